@@ -1,0 +1,3 @@
+from mailtalk.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""Every default of the configuration, as a named constant in one place.
+
+`deploy/mailtalk.toml.example` documents each key with its type and default;
+keep the two in step.
+"""
+
+CONFIG_PATH = "/etc/mailtalk/mailtalk.toml"
+CONFIG_ENV = "MAILTALK_CONFIG"
+
+# [site]
+STATE_DIR_ROOT = "/var/lib/mailtalk"          # when running as root
+STATE_DIR_USER = "~/.local/state/mailtalk"    # otherwise ($XDG_STATE_HOME honoured)
+SECRET_FILE_NAME = "site.key"                 # under state_dir
+MAIL_ID_LIFETIME_DAYS = 30
+LOG_LEVEL = "info"
+
+# [milter]
+MILTER_SOCKET = "inet:8894@127.0.0.1"
+MILTER_TIMEOUT = 30                           # seconds libmilter waits on the MTA
+OUTBOX_FILE_NAME = "outbox.sqlite3"           # under state_dir
+BODY_TEXT_LIMIT = 64 * 1024                   # bytes of body text recorded per mail
+OUTBOX_RETRY_MAX = 60.0                       # seconds between hand-over tries, at most
+
+# [filter]
+FILTER_LISTEN = "127.0.0.1:10025"
+FILTER_REINJECT = "127.0.0.1:10026"
+LOOKUP_TIMEOUT = 2.0                          # seconds; the whole DNS + HTTP lookup
+MAX_MESSAGE_SIZE = 50 * 1024 * 1024           # >= Postfix's message_size_limit (10240000)
+LOOKUP_CONCURRENCY_PER_DOMAIN = 8
+REINJECT_TIMEOUT = 60.0
+
+# [presence]
+PRESENCE_LISTEN = "127.0.0.1:8470"
+PRESENCE_PUBLIC_URL = "http://127.0.0.1:8470"
+DATABASE_FILE_NAME = "presence.sqlite3"       # under state_dir
+LINK_LIFETIME_DAYS = 30
+SESSION_LIFETIME_HOURS = 24 * 14
+IDLE_AWAY_SECONDS = 300                       # no input for this long: away
+HEARTBEAT_SECONDS = 15                        # a vanished page drops out within 2x this
+LOGIN_ATTEMPTS_PER_MINUTE = 10
+LOOKUPS_PER_MINUTE_PER_CLIENT = 600
+CHAT_MESSAGE_MAX_CHARS = 4000
+
+# [dns]
+DNS_NAMESERVERS: list[str] = []               # empty: the system resolver
+DNS_NEGATIVE_TTL = 300                        # seconds a missing record is remembered
+DNS_MAX_TTL = 3600
