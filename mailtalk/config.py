@@ -105,6 +105,11 @@ def _port(s: str, whole: Any) -> int:
 def parse_hostport(v: Any, default_port: int | None = None) -> HostPort:
     """`HOST:PORT` or `[V6]:PORT` (or a bare HOST when default_port is given)."""
     s = _str(v).strip()
+    if default_port is not None and ":" in s and not s.startswith("["):
+        try:                                   # a bare IPv6 address: "::1"
+            return HostPort(str(ipaddress.IPv6Address(s)), default_port)
+        except ValueError:
+            pass
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", s)
     if not m:
         raise ValueError(f"expected HOST:PORT, got {v!r}")
@@ -248,7 +253,6 @@ class Config:
         return section in self.sections
 
 
-_NO_DEFAULT = object()
 _DERIVED = object()   # default computed from other keys in _build()
 
 # section -> key -> (parser, default)
@@ -260,7 +264,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "log_level": (_log_level, D.LOG_LEVEL),
     },
     "domains": {
-        "names": (_domains, ()),
+        "names": (_domains, []),
         "login_domain": (parse_domain, _DERIVED),
     },
     "milter": {
@@ -292,7 +296,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "chat_message_max_chars": (_int_min(1), D.CHAT_MESSAGE_MAX_CHARS),
     },
     "dns": {
-        "nameservers": (_nameservers, ()),
+        "nameservers": (_nameservers, D.DNS_NAMESERVERS),
         "negative_ttl": (_int_min(0), D.DNS_NEGATIVE_TTL),
         "max_ttl": (_int_min(0), D.DNS_MAX_TTL),
     },
@@ -335,7 +339,8 @@ def _parse_sections(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]
 
 def _build(given: dict[str, dict[str, Any]], source: str) -> Config:
     def section_values(name: str) -> dict[str, Any]:
-        vals = {k: d for k, (_, d) in SCHEMA[name].items()}
+        # Defaults go through the same parsers as the file's values.
+        vals = {k: d if d is _DERIVED else parse(d) for k, (parse, d) in SCHEMA[name].items()}
         vals.update(given.get(name, {}))
         return vals
 

@@ -1,0 +1,44 @@
+"""The `mailtalk` command as a user runs it: a real subprocess."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MAILTALK = [sys.executable, "-m", "mailtalk"]
+SUBCOMMANDS = ["run", "milter", "filter", "presence", "check", "dns", "user"]
+
+
+def mailtalk(*args: str, env: dict | None = None, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(MAILTALK + list(args), capture_output=True, text=True, timeout=60,
+                          input=stdin, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_every_subcommand_has_help(sub):
+    r = mailtalk(sub, "--help")
+    assert r.returncode == 0 and "usage: mailtalk" in r.stdout
+
+
+def test_bad_config_stops_with_one_line_naming_file_and_key(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[filter]\nlisten = "nowhere"\n')
+    r = mailtalk("-c", str(cfg), "run")
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"mailtalk: {cfg}: [filter] listen: expected HOST:PORT, got 'nowhere'"
+
+
+def test_env_config_is_used(tmp_path):
+    cfg = tmp_path / "env.toml"
+    cfg.write_text("[nope]\n")
+    r = mailtalk("run", env={"MAILTALK_CONFIG": str(cfg)})
+    assert r.returncode == 2 and f"{cfg}: [nope]: unknown section" in r.stderr
+
+
+def test_run_with_no_service_section_says_so(tmp_path):
+    cfg = tmp_path / "empty.toml"
+    cfg.write_text('[dns]\nnameservers = []\n')
+    r = mailtalk("-c", str(cfg), "run")
+    assert r.returncode == 2 and "nothing to run" in r.stderr
