@@ -205,6 +205,7 @@ class MilterConfig:
     presence_api: str          # base URL the outbox hands records to (this site's service)
     body_text_limit: int
     outbox_retry_max: float
+    socket_group: str          # group given a unix: socket (0660); empty: 0666
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "presence_api": (parse_base_url, _DERIVED),
         "body_text_limit": (_int_min(0), D.BODY_TEXT_LIMIT),
         "outbox_retry_max": (_pos_float, D.OUTBOX_RETRY_MAX),
+        "socket_group": (_str, D.MILTER_SOCKET_GROUP),
     },
     "filter": {
         "listen": (_hostport, D.FILTER_LISTEN),

@@ -20,6 +20,7 @@ MILTER_TIMEOUT = 30                           # seconds libmilter waits on the M
 OUTBOX_FILE_NAME = "outbox.sqlite3"           # under state_dir
 BODY_TEXT_LIMIT = 64 * 1024                   # bytes of body text recorded per mail
 OUTBOX_RETRY_MAX = 60.0                       # seconds between hand-over tries, at most
+MILTER_SOCKET_GROUP = "postfix"               # group of a unix: socket (mode 0660); "": 0666
 
 # [filter]
 FILTER_LISTEN = "127.0.0.1:10025"
