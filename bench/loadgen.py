@@ -25,6 +25,7 @@ class Target:
     bodies: list[dict[str, Any]]
     check: Callable[[int, Any], bool]      # (HTTP status, decoded JSON) -> answer is right
     pid: int | None = None                 # the server process, for CPU time
+    warm_body: dict[str, Any] | None = None  # for the untimed warm-up (default: bodies[0])
 
 
 @dataclass
@@ -57,18 +58,23 @@ class Result:
                 f"errors {self.errors:4d}  {cpu_s}")
 
 
-async def run(target: Target, concurrency: int, count: int, duration: float) -> Result:
-    """Send up to `count` requests for at most `duration` seconds, `concurrency` at a time."""
+async def run(target: Target, concurrency: int, count: int, duration: float,
+              local_ip: str | None = None) -> Result:
+    """Send up to `count` requests for at most `duration` seconds, `concurrency` at a time.
+
+    `local_ip` binds the client's connections to one loopback address of ours.
+    """
     latencies: list[float] = []
     errors = 0
     sent = 0
     bodies = target.bodies
-    conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    conn = aiohttp.TCPConnector(limit=concurrency,
+                                local_addr=(local_ip, 0) if local_ip else None)
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as http:
         # one untimed request per connection so that connection set-up is not measured
         async def warm() -> None:
-            async with http.post(target.url, json=bodies[0]) as r:
+            async with http.post(target.url, json=target.warm_body or bodies[0]) as r:
                 await r.read()
         await asyncio.gather(*(warm() for _ in range(concurrency)))
 

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Presence lookups: mailtalk's POST /api/v1/lookup beside ejabberd's get_presence.
+
+    .venv/bin/python bench/presence_bench.py [--concurrency 32] [--duration 10] ...
+
+One run, one client process, the same load generator (bench/loadgen.py) for every
+target, `--concurrency` requests in flight, each measurement bounded by `--count`
+requests and `--duration` seconds; targets are measured in turn, `--rounds` times
+(interleaved, so a warm-up or a noisy neighbour does not favour one side), and the
+best round of each is reported along with every round.
+
+Targets, all asking "is this sender there?" about `--accounts` accounts:
+  ejabberd        Debian's ejabberd, mod_http_api `get_presence` (private instance,
+                  bench/ejabberd_peer.py), users registered and partly online over XMPP.
+  mailtalk        `POST /api/v1/lookup` with valid Mail-IDs (made with the site key the
+                  service uses) that were looked up before: links exist (read path).
+  mailtalk-fresh  the same with a Mail-ID never seen before in every request: what a
+                  receiving MTA really sends, one lookup per delivered mail (the
+                  service binds the mail and creates the recipient's link: write path).
+Servers and client use loopback addresses 127.0.15.x only; everything stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import aiohttp  # noqa: E402
+
+import loadgen  # noqa: E402
+from ejabberd_peer import EjabberdPeer  # noqa: E402
+from mailtalk_site import MailtalkSite  # noqa: E402
+from xmpp_online import XmppSession, go_online  # noqa: E402
+
+log = logging.getLogger("bench.presence")
+
+EJABBERD_IP = "127.0.15.2"
+MAILTALK_IP = "127.0.15.3"
+CLIENT_IP = "127.0.15.4"
+SENDER_DOMAIN = "a.bench.test"
+RECIPIENT = "bob@b.bench.test"
+STATUSES = {"online", "away", "busy", "offline"}
+XMPP_PASSWORD = "bench-password"
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--concurrency", type=int, default=32, help="requests in flight (32)")
+    p.add_argument("--count", type=int, default=100_000, help="requests per measurement, at most")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement, at most")
+    p.add_argument("--rounds", type=int, default=2, help="measurements of each target (2)")
+    p.add_argument("--accounts", type=int, default=1000, help="accounts asked about (1000)")
+    p.add_argument("--online", type=int, default=100,
+                   help="of those, ejabberd users kept online over XMPP (100)")
+    p.add_argument("--targets", default="ejabberd,mailtalk,mailtalk-fresh",
+                   help="comma-separated subset of ejabberd,mailtalk,mailtalk-fresh")
+    p.add_argument("--timeout", type=float, default=600.0, help="the whole run, at most")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args()
+
+
+def _mailtalk_ok(status: int, data: object) -> bool:
+    # A valid Mail-ID must get a real status and the recipient's link; "unknown"
+    # would mean the service did not accept the Mail-ID: counted as an error.
+    return (status == 200 and isinstance(data, dict) and data.get("status") in STATUSES
+            and RECIPIENT in (data.get("links") or {}))
+
+
+def _ejabberd_ok(status: int, data: object) -> bool:
+    return status == 200 and isinstance(data, dict) and "show" in data
+
+
+async def _ejabberd_target(peer: EjabberdPeer, users: list[str], online: int,
+                           sessions: list[XmppSession]) -> loadgen.Target:
+    async with aiohttp.ClientSession() as http:
+        await peer.register(http, users, XMPP_PASSWORD)
+    for u in users[:online]:
+        sessions.append(await go_online(peer.ip, peer.c2s_port, peer.host, u, XMPP_PASSWORD))
+    return loadgen.Target("ejabberd", f"{peer.api_url}/get_presence",
+                          [{"user": u, "server": peer.host} for u in users],
+                          _ejabberd_ok, peer.pid)
+
+
+def _mailtalk_targets(site: MailtalkSite, accounts: list[str], fresh_count: int,
+                      wanted: set[str]) -> list[loadgen.Target]:
+    url = f"{site.base_url}/api/v1/lookup"
+    out = []
+    if "mailtalk" in wanted:
+        bodies = [{"account": a, "mail_id": site.mail_ids.issue(a), "recipients": [RECIPIENT]}
+                  for a in accounts]
+        out.append(loadgen.Target("mailtalk", url, bodies, _mailtalk_ok, site.pid))
+    if "mailtalk-fresh" in wanted:
+        # Every measured request carries a Mail-ID the service has never seen; the
+        # warm-up asks about one more of its own.
+        bodies = [{"account": accounts[i % len(accounts)],
+                   "mail_id": site.mail_ids.issue(accounts[i % len(accounts)]),
+                   "recipients": [RECIPIENT]} for i in range(fresh_count)]
+        warm = {"account": accounts[0], "mail_id": site.mail_ids.issue(accounts[0]),
+                "recipients": [RECIPIENT]}
+        out.append(loadgen.Target("mailtalk-fresh", url, bodies, _mailtalk_ok, site.pid, warm))
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:5.2f}" if a is not None and b else "  n/a"
+
+
+def _report(best: dict[str, loadgen.Result], args: argparse.Namespace) -> None:
+    print(f"\n== best of {args.rounds} round(s), concurrency {args.concurrency}, "
+          f"{args.accounts} accounts, {os.cpu_count()} CPUs (client and servers share them) ==")
+    for r in best.values():
+        print(r.line())
+    ej = best.get("ejabberd")
+    if ej is None:
+        return
+    for name in ("mailtalk", "mailtalk-fresh"):
+        r = best.get(name)
+        if r is None:
+            continue
+        print(f"ratio {name}/ejabberd: lookups/s {_ratio(r.rate, ej.rate)}   "
+              f"p99 {_ratio(r.p(99), ej.p(99))}   server CPU per lookup "
+              f"{_ratio(r.cpu_ms_per_1000, ej.cpu_ms_per_1000)}")
+
+
+async def main(args: argparse.Namespace) -> int:
+    wanted = {t.strip() for t in args.targets.split(",") if t.strip()}
+    accounts = [f"user{i}@{SENDER_DOMAIN}" for i in range(args.accounts)]
+    peer = EjabberdPeer(EJABBERD_IP, "b.bench.test") if "ejabberd" in wanted else None
+    site = MailtalkSite(MAILTALK_IP, SENDER_DOMAIN) if wanted & {"mailtalk", "mailtalk-fresh"} \
+        else None
+    sessions: list[XmppSession] = []
+    targets: list[loadgen.Target] = []
+    try:
+        if peer is not None:
+            await peer.start()
+            targets.append(await _ejabberd_target(
+                peer, [a.split("@")[0] for a in accounts], args.online, sessions))
+        if site is not None:
+            await site.populate(accounts)
+            await site.start()
+            # enough fresh Mail-IDs for every round even at 20,000 lookups/s
+            fresh = min(args.count, int(args.duration * 20_000)) * args.rounds
+            targets += _mailtalk_targets(site, accounts, fresh, wanted)
+        for t in targets:
+            if t.name == "mailtalk":   # one untimed pass: every link exists before timing
+                await loadgen.run(t, args.concurrency, len(t.bodies), args.timeout, CLIENT_IP)
+        best: dict[str, loadgen.Result] = {}
+        fresh_pos = 0
+        for rnd in range(1, args.rounds + 1):
+            for t in targets:
+                if t.name == "mailtalk-fresh":      # never reuse a Mail-ID across rounds
+                    t = loadgen.Target(t.name, t.url, t.bodies[fresh_pos:], t.check, t.pid,
+                                       t.warm_body)
+                count = min(args.count, len(t.bodies)) if t.name == "mailtalk-fresh" \
+                    else args.count
+                r = await loadgen.run(t, args.concurrency, count, args.duration, CLIENT_IP)
+                if t.name == "mailtalk-fresh":
+                    fresh_pos += r.ok + r.errors
+                print(f"round {rnd}: {r.line()}", flush=True)
+                if t.name not in best or r.rate > best[t.name].rate:
+                    best[t.name] = r
+        _report(best, args)
+        failed = [r.name for r in best.values() if r.errors or not r.ok]
+        if failed:
+            print(f"errors from: {', '.join(failed)} (see above)", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        for s in sessions:
+            s.close()
+        if site is not None:
+            await site.stop()
+        if peer is not None:
+            await peer.stop()
+
+
+if __name__ == "__main__":
+    a = _args()
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        sys.exit(asyncio.run(asyncio.wait_for(main(a), a.timeout)))
+    except asyncio.TimeoutError:
+        print(f"presence_bench: gave up after {a.timeout:.0f} s", file=sys.stderr)
+        sys.exit(2)
