@@ -19,3 +19,4 @@ API_LOOKUP = "/api/v1/lookup"      # public: receiving hooks ask for presence an
 LOOKUP_RESPONSE_MAX_BYTES = 64 * 1024
 LOOKUP_MAX_RECIPIENTS = 100
 TXT_RECORD_MAX_BYTES = 2048
+DNS_CACHE_MAX_ENTRIES = 10000      # discovery cache: oldest entries dropped beyond this

@@ -1,0 +1,252 @@
+"""Finding a mail domain's presence service: the DNS TXT record `_mailtalk.<domain>`.
+
+    _mailtalk.a.example. 3600 IN TXT "v=mailtalk1; api=https://chat.a.example"
+
+The record is parsed strictly (exactly the tags `v` and `api`, `v` first, each once,
+ASCII, at most `TXT_RECORD_MAX_BYTES`), and the endpoint must be `https://` unless
+its host is a loopback address (test deployments). Answers are cached for their TTL,
+at most `[dns] max_ttl`; a missing record (NXDOMAIN, no TXT, no mailtalk TXT) and a
+bad one for `[dns] negative_ttl`. Transient failures (timeout, SERVFAIL) are not
+cached. Lookups return a `DiscoveryResult`, never raise (CancelledError excepted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+from urllib.parse import urlsplit
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+from mailtalk.config import DnsConfig, parse_domain
+from mailtalk.constants import DNS_CACHE_MAX_ENTRIES, DNS_LABEL, DNS_VERSION, TXT_RECORD_MAX_BYTES
+
+log = logging.getLogger("mailtalk.discovery")
+
+
+class BadRecord(ValueError):
+    """A `_mailtalk` TXT record that does not follow the grammar; str() says why."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A presence service's base URL, as a domain publishes it."""
+    api: str          # base URL without a trailing slash
+    scheme: str
+    host: str         # lower case; an IPv6 address without brackets
+    port: int
+
+    def same_origin(self, url: str) -> bool:
+        """True if `url` has exactly this endpoint's scheme, host and port."""
+        o = origin_of(url)
+        return o is not None and o == (self.scheme, self.host, self.port)
+
+
+@dataclass(frozen=True)
+class DiscoveryResult:
+    """The outcome of one discovery: an endpoint, or why there is none."""
+    endpoint: Endpoint | None
+    error: str = ""           # "", "no record", "bad record: ...", "timeout", ...
+    cached: bool = False
+
+
+def is_loopback_host(host: str) -> bool:
+    h = host.strip("[]").lower().rstrip(".")
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def origin_of(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL with default ports filled in, else None."""
+    try:
+        p = urlsplit(url)
+        port = p.port
+    except ValueError:
+        return None
+    if p.scheme not in ("http", "https") or not p.hostname:
+        return None
+    return p.scheme, p.hostname.lower(), port or (443 if p.scheme == "https" else 80)
+
+
+def _is_clean_ascii(s: str) -> bool:
+    # Printable ASCII with no spaces: a record or URL that goes into a mail header
+    # must not smuggle control characters, spaces or angle brackets.
+    return all(0x21 <= ord(c) <= 0x7E for c in s)
+
+
+def parse_endpoint(url: str) -> Endpoint:
+    """Check a published base URL: http(s), a host, no credentials, query or fragment;
+    https unless the host is loopback. Raises BadRecord."""
+    if not url or not _is_clean_ascii(url) or any(c in url for c in '<>"\\'):
+        raise BadRecord(f"api is not a clean URL: {url!r}")
+    o = origin_of(url)
+    if o is None:
+        raise BadRecord(f"api is not an http(s) URL with a host: {url!r}")
+    p = urlsplit(url)
+    if p.username is not None or p.password is not None or p.query or p.fragment:
+        raise BadRecord(f"api must have no credentials, query or fragment: {url!r}")
+    scheme, host, port = o
+    if scheme != "https" and not is_loopback_host(host):
+        raise BadRecord(f"api must be https:// (http only on a loopback address): {url!r}")
+    return Endpoint(api=url.rstrip("/"), scheme=scheme, host=host, port=port)
+
+
+def parse_record(text: str) -> Endpoint:
+    """Parse `v=mailtalk1; api=<URL>` strictly. Raises BadRecord."""
+    if len(text.encode("utf-8", "replace")) > TXT_RECORD_MAX_BYTES:
+        raise BadRecord(f"longer than {TXT_RECORD_MAX_BYTES} bytes")
+    if not text.isascii():
+        raise BadRecord("not ASCII")
+    parts = [p.strip() for p in text.split(";")]
+    if parts and parts[-1] == "":
+        parts.pop()                      # one trailing ';' is tolerated
+    tags: dict[str, str] = {}
+    for i, part in enumerate(parts):
+        name, eq, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not eq or not name or not value:
+            raise BadRecord(f"not a tag=value pair: {part!r}")
+        if name in tags:
+            raise BadRecord(f"tag {name!r} given twice")
+        if name not in ("v", "api"):
+            raise BadRecord(f"unknown tag {name!r}")
+        if i == 0 and name != "v":
+            raise BadRecord("must start with v=mailtalk1")
+        tags[name] = value
+    if f"v={tags.get('v')}" != DNS_VERSION:
+        raise BadRecord(f"must start with {DNS_VERSION}")
+    if "api" not in tags:
+        raise BadRecord("no api= tag")
+    return parse_endpoint(tags["api"])
+
+
+def _is_ours(text: str) -> bool:
+    """Does this TXT string claim to be a mailtalk record (so that it must parse)?"""
+    head = text.lstrip()
+    return head.startswith(DNS_VERSION) and head[len(DNS_VERSION):len(DNS_VERSION) + 1] in ("", ";", " ")
+
+
+def choose_record(texts: list[str]) -> Endpoint | None:
+    """Of all TXT strings at the name, the one mailtalk record; None if there is none.
+    Raises BadRecord when it is malformed or there is more than one."""
+    ours = [t for t in texts if _is_ours(t)]
+    if not ours:
+        return None
+    if len(ours) > 1:
+        raise BadRecord("more than one v=mailtalk1 record")
+    return parse_record(ours[0])
+
+
+class _Resolver(Protocol):
+    async def resolve(self, qname: Any, rdtype: Any = ..., *args: Any, **kw: Any) -> Any: ...
+
+
+def make_resolver(cfg: DnsConfig) -> dns.asyncresolver.Resolver:
+    """dnspython's async resolver on `[dns] nameservers` (empty: /etc/resolv.conf)."""
+    if cfg.nameservers:
+        r = dns.asyncresolver.Resolver(configure=False)
+        r.nameservers = [dns.nameserver.Do53Nameserver(hp.host, hp.port) for hp in cfg.nameservers]
+    else:
+        try:
+            r = dns.asyncresolver.Resolver()
+        except dns.resolver.NoResolverConfiguration:
+            log.error("no [dns] nameservers and no usable /etc/resolv.conf: "
+                      "asking 127.0.0.1")
+            r = dns.asyncresolver.Resolver(configure=False)
+            r.nameservers = ["127.0.0.1"]
+    r.cache = None                 # our own cache applies max_ttl and negative_ttl
+    r.use_edns(0, 0, 4096)         # room for a long record without falling back to TCP
+    return r
+
+
+class Discoverer:
+    """Resolves and caches `_mailtalk.<domain>` records; one per process."""
+
+    def __init__(self, cfg: DnsConfig, *, resolver: _Resolver | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._cfg = cfg
+        self._resolver = resolver if resolver is not None else make_resolver(cfg)
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[float, DiscoveryResult]] = OrderedDict()
+        self._inflight: dict[str, asyncio.Task[DiscoveryResult]] = {}
+
+    async def discover(self, domain: str, timeout: float = 5.0) -> DiscoveryResult:
+        """The endpoint of `domain`'s presence service, from cache or DNS."""
+        try:
+            domain = parse_domain(domain)
+        except ValueError:
+            return DiscoveryResult(None, f"bad domain: {domain!r}")
+        hit = self._cache.get(domain)
+        if hit is not None:
+            if hit[0] > self._clock():
+                return DiscoveryResult(hit[1].endpoint, hit[1].error, cached=True)
+            del self._cache[domain]
+        # Concurrent discoveries of one domain share one query; a caller's own
+        # timeout must not cancel the query for the others, hence the shield.
+        task = self._inflight.get(domain)
+        if task is None:
+            task = asyncio.ensure_future(self._query(domain, timeout))
+            self._inflight[domain] = task
+            task.add_done_callback(lambda _t, d=domain: self._inflight.pop(d, None))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except asyncio.TimeoutError:
+            return DiscoveryResult(None, "timeout")
+
+    async def _query(self, domain: str, timeout: float) -> DiscoveryResult:
+        qname = f"{DNS_LABEL}.{domain}."
+        try:
+            answer = await self._resolver.resolve(qname, "TXT", lifetime=timeout, search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return self._store(domain, DiscoveryResult(None, "no record"), self._cfg.negative_ttl)
+        except dns.exception.Timeout:
+            log.info("DNS %s: timeout", qname)
+            return DiscoveryResult(None, "timeout")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:       # SERVFAIL, refused, network: transient, not cached
+            log.info("DNS %s: %s", qname, e)
+            return DiscoveryResult(None, f"dns error: {type(e).__name__}")
+        texts: list[str] = []
+        for rdata in answer.rrset:
+            raw = b"".join(rdata.strings)
+            texts.append(raw.decode("ascii", "replace"))   # non-ASCII fails the parse
+        ttl = min(answer.rrset.ttl, self._cfg.max_ttl)
+        try:
+            endpoint = choose_record(texts)
+        except BadRecord as e:
+            log.warning("DNS %s: bad mailtalk record: %s", qname, e)
+            return self._store(domain, DiscoveryResult(None, f"bad record: {e}"),
+                               min(ttl, self._cfg.negative_ttl))
+        if endpoint is None:
+            return self._store(domain, DiscoveryResult(None, "no record"), self._cfg.negative_ttl)
+        log.debug("DNS %s: %s (ttl %s)", qname, endpoint.api, ttl)
+        return self._store(domain, DiscoveryResult(endpoint), ttl)
+
+    def _store(self, domain: str, result: DiscoveryResult, ttl: int) -> DiscoveryResult:
+        if ttl > 0:
+            self._cache[domain] = (self._clock() + ttl, result)
+            self._cache.move_to_end(domain)
+            while len(self._cache) > DNS_CACHE_MAX_ENTRIES:
+                self._cache.popitem(last=False)
+        return result
+
+    def forget(self, domain: str | None = None) -> None:
+        """Drop one cached domain, or all."""
+        if domain is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(domain.lower().rstrip("."), None)

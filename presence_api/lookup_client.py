@@ -1,0 +1,261 @@
+"""The receiving hook's question to the sender domain's presence service.
+
+`PresenceLookup.lookup(account, mail_id, recipients)` finds the account domain's
+presence service through DNS (`discovery`), POSTs `{"account", "mail_id",
+"recipients"}` to `<api>/api/v1/lookup` and returns a `LookupResult`. It never
+raises (CancelledError excepted): every failure (no record, bad record, DNS or HTTP
+error, timeout, oversize or malformed answer) is `unknown` with no links, and the
+whole lookup, DNS and HTTP together, is bounded by `[filter] lookup_timeout`.
+
+Safety: a returned link is kept only if it has the scheme, host and port of the
+endpoint that the account's own domain publishes in DNS; links are never taken from
+the mail. Answers are capped at `LOOKUP_RESPONSE_MAX_BYTES`, requests at
+`LOOKUP_MAX_RECIPIENTS` recipients (more are split), concurrent requests per
+account domain at `[filter] lookup_concurrency_per_domain`, and identical lookups in
+flight share one request.
+
+A recipient without a link in `links` (its link was refused, or the service gave
+none) gets no `chat=`; MISSION.md's grammar then calls for `unknown` for that one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Callable
+
+import aiohttp
+
+from mailtalk import __version__
+from mailtalk.accounts import account_domain, normalize_account
+from mailtalk.config import Config
+from mailtalk.constants import API_LOOKUP, LOOKUP_MAX_RECIPIENTS, LOOKUP_RESPONSE_MAX_BYTES
+from mailtalk.mailid import is_well_formed
+from presence_api.discovery import Discoverer, Endpoint
+
+log = logging.getLogger("mailtalk.lookup")
+
+STATUSES = ("online", "away", "busy", "offline", "unknown")
+# MISSION.md: yes for online, away and busy (the sender is there), no for offline.
+STATE_OF_STATUS = {"online": "yes", "away": "yes", "busy": "yes", "offline": "no", "unknown": "unknown"}
+LINK_MAX_CHARS = 2048
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    state: str                  # "yes" | "no" | "unknown"
+    status: str                 # online|away|busy|offline|unknown
+    account: str
+    checked: datetime           # UTC
+    links: dict[str, str] = field(default_factory=dict)  # recipient (as given) -> chat URL
+
+
+class LookupFailed(Exception):
+    """Why a lookup gave `unknown`: logged, never raised out of `lookup`."""
+
+
+@dataclass
+class _Gate:
+    sem: asyncio.Semaphore
+    users: int = 0              # holders and waiters; the gate is dropped at 0
+
+
+def _clean_link(url: Any) -> str | None:
+    # Printable ASCII, no spaces or characters that could break out of `chat=<...>`.
+    if not isinstance(url, str) or not 0 < len(url) <= LINK_MAX_CHARS:
+        return None
+    if not all(0x21 <= ord(c) <= 0x7E for c in url) or any(c in url for c in '<>"\\'):
+        return None
+    return url
+
+
+def _parse_checked(value: Any, fallback: datetime) -> datetime:
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            t = datetime.fromisoformat(value)
+        except ValueError:
+            return fallback
+        if t.tzinfo is not None:
+            return t.astimezone(timezone.utc)
+    return fallback
+
+
+class PresenceLookup:
+    """One per process (or per filter): holds the DNS cache and the HTTP pool."""
+
+    def __init__(self, cfg: Config, *, resolver: Any = None,
+                 session: aiohttp.ClientSession | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        """`resolver`: a `Discoverer`, or a dnspython-style async resolver for one;
+        `session`: an aiohttp session to use (not closed by `close`);
+        `clock`: seconds since the epoch (default time.time), also drives DNS TTLs."""
+        self._timeout = cfg.filter.lookup_timeout
+        self._cap = cfg.filter.lookup_concurrency_per_domain
+        self._clock = clock or time.time
+        if isinstance(resolver, Discoverer):
+            self.discoverer = resolver
+        else:
+            self.discoverer = Discoverer(cfg.dns, resolver=resolver,
+                                         clock=clock or time.monotonic)
+        self._session = session
+        self._own_session = session is None
+        self._gates: dict[str, _Gate] = {}
+        self._inflight: dict[tuple[Any, ...], asyncio.Task[tuple[str, datetime, dict[str, str]]]] = {}
+
+    # --- public
+
+    async def lookup(self, account: str, mail_id: str, recipients: list[str],
+                     *, queue_id: str = "-") -> LookupResult:
+        """Presence of `account` and a chat link per recipient; never raises."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._lookup(account, mail_id, recipients, queue_id)
+        except TimeoutError:
+            log.info("%s: lookup of %s: no answer within %ss: unknown",
+                     queue_id, account, self._timeout)
+        except LookupFailed as e:
+            log.info("%s: lookup of %s: %s: unknown", queue_id, account, e)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:    # fail open: the mail goes on with `unknown`
+            log.warning("%s: lookup of %s failed: %s: %s: unknown",
+                        queue_id, account, type(e).__name__, e)
+        return self._unknown(account)
+
+    async def close(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
+        self._inflight.clear()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    def gate_users(self, domain: str) -> int:
+        """Requests to `domain` running or waiting for the per-domain cap (for tests)."""
+        gate = self._gates.get(domain)
+        return gate.users if gate else 0
+
+    # --- internals
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), timezone.utc).replace(microsecond=0)
+
+    def _unknown(self, account: str) -> LookupResult:
+        return LookupResult("unknown", "unknown", account, self._now(), {})
+
+    async def _lookup(self, account: str, mail_id: str, recipients: list[str],
+                      queue_id: str) -> LookupResult:
+        acct = normalize_account(account) if isinstance(account, str) else None
+        if acct is None or not isinstance(mail_id, str) or not is_well_formed(mail_id):
+            raise LookupFailed("malformed account or Mail-ID")
+        domain = account_domain(acct)
+        found = await self.discoverer.discover(domain, timeout=self._timeout)
+        if found.endpoint is None:
+            raise LookupFailed(f"_mailtalk.{domain}: {found.error}")
+        wanted = list(dict.fromkeys(r for r in recipients if isinstance(r, str) and r))
+        chunks = [wanted[i:i + LOOKUP_MAX_RECIPIENTS]
+                  for i in range(0, len(wanted), LOOKUP_MAX_RECIPIENTS)] or [[]]
+        answers = await asyncio.gather(
+            *(self._coalesced(found.endpoint, domain, acct, mail_id, c) for c in chunks))
+        status, checked, _ = answers[0]
+        if status == "unknown":
+            return LookupResult("unknown", "unknown", account, checked, {})
+        links: dict[str, str] = {}
+        for st, _, chunk_links in answers:
+            if st != "unknown":
+                links.update(chunk_links)
+        log.debug("%s: lookup of %s: %s, %d of %d links", queue_id, acct, status,
+                  len(links), len(wanted))
+        return LookupResult(STATE_OF_STATUS[status], status, account, checked, links)
+
+    async def _coalesced(self, endpoint: Endpoint, domain: str, account: str, mail_id: str,
+                         chunk: list[str]) -> tuple[str, datetime, dict[str, str]]:
+        # Identical lookups in flight share one request. The shield keeps one
+        # caller's timeout from cancelling the request the others wait for; the
+        # request itself is bounded by the session timeout.
+        key = (endpoint.api, account, mail_id, tuple(chunk))
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._post(endpoint, domain, account, mail_id, chunk))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t, k=key: self._done(k, t))
+        return await asyncio.shield(task)
+
+    def _done(self, key: tuple[Any, ...], task: asyncio.Task[Any]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()         # retrieved: no "never retrieved" warning if all left
+
+    @contextlib.asynccontextmanager
+    async def _gate(self, domain: str) -> AsyncIterator[None]:
+        gate = self._gates.get(domain)
+        if gate is None:
+            gate = self._gates[domain] = _Gate(asyncio.Semaphore(self._cap))
+        gate.users += 1
+        try:
+            async with gate.sem:
+                yield
+        finally:
+            gate.users -= 1
+            if gate.users == 0 and self._gates.get(domain) is gate:
+                del self._gates[domain]
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=256, limit_per_host=self._cap,
+                                             ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector, trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                headers={"User-Agent": f"mailtalk/{__version__}"})
+        return self._session
+
+    async def _post(self, endpoint: Endpoint, domain: str, account: str, mail_id: str,
+                    chunk: list[str]) -> tuple[str, datetime, dict[str, str]]:
+        body = {"account": account, "mail_id": mail_id, "recipients": chunk}
+        url = endpoint.api + API_LOOKUP
+        async with self._gate(domain):
+            session = self._get_session()
+            async with session.post(url, json=body, allow_redirects=False,
+                                    timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
+                if resp.status != 200:
+                    raise LookupFailed(f"{url}: HTTP {resp.status}")
+                if (resp.content_length or 0) > LOOKUP_RESPONSE_MAX_BYTES:
+                    raise LookupFailed(f"{url}: answer larger than {LOOKUP_RESPONSE_MAX_BYTES} bytes")
+                data = bytearray()
+                async for part in resp.content.iter_chunked(16384):
+                    data += part
+                    if len(data) > LOOKUP_RESPONSE_MAX_BYTES:
+                        raise LookupFailed(f"{url}: answer larger than {LOOKUP_RESPONSE_MAX_BYTES} bytes")
+        try:
+            payload = json.loads(bytes(data))
+        except ValueError:
+            raise LookupFailed(f"{url}: answer is not JSON") from None
+        return self._parse(payload, endpoint, chunk, url)
+
+    def _parse(self, payload: Any, endpoint: Endpoint, chunk: list[str],
+               url: str) -> tuple[str, datetime, dict[str, str]]:
+        if not isinstance(payload, dict) or payload.get("status") not in STATUSES:
+            raise LookupFailed(f"{url}: answer has no valid status")
+        checked = _parse_checked(payload.get("checked"), self._now())
+        raw_links = payload.get("links") or {}
+        if not isinstance(raw_links, dict):
+            raise LookupFailed(f"{url}: links is not an object")
+        asked = set(chunk)
+        links: dict[str, str] = {}
+        for rcpt, url_value in raw_links.items():
+            link = _clean_link(url_value)
+            if rcpt not in asked:
+                continue                # never a link for someone we did not ask about
+            if link is None or not endpoint.same_origin(link):
+                log.warning("link for %s refused: not on %s's published origin %s",
+                            rcpt, url, endpoint.api)
+                continue
+            links[rcpt] = link
+        return payload["status"], checked, links

@@ -1,0 +1,200 @@
+"""Discovery of a domain's presence service: the `_mailtalk` TXT record's grammar, and
+lookups through a real dnsmasq (TTLs, negative caching, bad records, dead DNS)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from presence_api.discovery import BadRecord, Discoverer, choose_record, parse_record
+from support.discovery_extra import DNS_HOST, CountingResolver, Dnsmasq, make_config
+from support.wait import free_udp_port
+
+# --- the grammar, no DNS
+
+
+@pytest.mark.parametrize("text,api", [
+    ("v=mailtalk1; api=https://chat.a.example", "https://chat.a.example"),
+    ("v=mailtalk1;api=https://chat.a.example/", "https://chat.a.example"),
+    ("v=mailtalk1; api=https://chat.a.example:8443/mt;", "https://chat.a.example:8443/mt"),
+    ("  v=mailtalk1 ;  api=http://127.0.0.2:8080 ", "http://127.0.0.2:8080"),
+    ("v=mailtalk1; api=http://127.9.8.7", "http://127.9.8.7"),
+    ("v=mailtalk1; api=http://localhost:8470", "http://localhost:8470"),
+    ("v=mailtalk1; api=http://[::1]:8470", "http://[::1]:8470"),
+])
+def test_good_records_parse(text, api):
+    assert parse_record(text).api == api
+
+
+@pytest.mark.parametrize("text,why", [
+    ("v=mailtalk1; api=http://chat.a.example", "https"),            # http off loopback
+    ("v=mailtalk1; api=http://10.0.0.1:8080", "https"),
+    ("v=mailtalk1; api=http://localhost.evil.example", "https"),
+    ("v=mailtalk1", "no api"),
+    ("api=https://a.example; v=mailtalk1", "start with"),
+    ("v=mailtalk2; api=https://a.example", "start with"),
+    ("v=mailtalk1; api=https://a.example; api=https://b.example", "twice"),
+    ("v=mailtalk1; api=https://a.example; extra=1", "unknown tag"),
+    ("v=mailtalk1; api", "tag=value"),
+    ("v=mailtalk1; api=ftp://a.example", "http(s)"),
+    ("v=mailtalk1; api=https://user:pw@a.example", "credentials"),
+    ("v=mailtalk1; api=https://a.example/?q=1", "query"),
+    ("v=mailtalk1; api=https://a.example:99999", "http(s)"),
+    ("v=mailtalk1; api=https://a.example/<script>", "clean"),
+    ("v=mailtalk1; api=https://ä.example", "ASCII"),
+    ("v=mailtalk1; api=https://a.example/" + "x" * 3000, "longer"),
+])
+def test_bad_records_refused(text, why):
+    with pytest.raises(BadRecord, match=why.replace("(", r"\(").replace(")", r"\)")):
+        parse_record(text)
+
+
+def test_only_our_record_counts_and_only_once():
+    assert choose_record(["v=spf1 -all", "v=mailtalk10; api=x"]) is None
+    assert choose_record(["v=spf1 -all", "v=mailtalk1; api=https://a.example"]).host == "a.example"
+    with pytest.raises(BadRecord, match="more than one"):
+        choose_record(["v=mailtalk1; api=https://a.example", "v=mailtalk1; api=https://b.example"])
+
+
+def test_endpoint_origin_is_scheme_host_and_port():
+    ep = parse_record("v=mailtalk1; api=https://chat.a.example/base")
+    assert ep.same_origin("https://chat.a.example/c/abc")
+    assert ep.same_origin("https://CHAT.a.example:443/c/abc")
+    assert not ep.same_origin("http://chat.a.example/c/abc")
+    assert not ep.same_origin("https://chat.a.example:8443/c/abc")
+    assert not ep.same_origin("https://chat.a.example.evil.example/c/abc")
+    assert not ep.same_origin("https://evil.example/c/abc")
+
+
+# --- through a real dnsmasq
+
+LONG = ["v=mailtalk1; api=https://chat.long.test/" + "x" * 200] + ["y" * 250] * 9
+
+
+@pytest.fixture(scope="module")
+def dnsmasq():
+    d = Dnsmasq({
+        "_mailtalk.ok.test": ["v=mailtalk1; api=https://chat.ok.test"],
+        "_mailtalk.split.test": [["v=mailtalk1; ", "api=http://127.0.14.9:8080"]],
+        "_mailtalk.both.test": ["v=spf1 -all", "v=mailtalk1; api=https://chat.both.test"],
+        "_mailtalk.other.test": ["v=spf1 -all"],
+        "_mailtalk.plain.test": ["v=mailtalk1; api=http://chat.plain.test"],
+        "_mailtalk.long.test": [LONG],
+    }, ttl=60)
+    yield d
+    d.stop()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def discoverer(d: Dnsmasq, clock: Clock, **cfg):
+    counting = CountingResolver(d.host, d.port)
+    return Discoverer(make_config(d.nameserver, **cfg).dns, resolver=counting, clock=clock), counting
+
+
+async def test_configured_nameserver_is_used(dnsmasq):
+    disc = Discoverer(make_config(dnsmasq.nameserver).dns)       # its own dnspython resolver
+    found = await disc.discover("ok.test")
+    assert found.endpoint is not None and found.endpoint.api == "https://chat.ok.test"
+    split = await disc.discover("Split.Test.")
+    assert split.endpoint is not None and split.endpoint.api == "http://127.0.14.9:8080"
+    both = await disc.discover("both.test")
+    assert both.endpoint is not None and both.endpoint.host == "chat.both.test"
+
+
+async def test_ttl_honoured_and_capped_by_max_ttl(dnsmasq):
+    clock = Clock()
+    disc, counting = discoverer(dnsmasq, clock)                 # record TTL 60
+    assert (await disc.discover("ok.test")).endpoint is not None
+    clock.t += 59
+    again = await disc.discover("ok.test")
+    assert again.cached and len(counting.queries) == 1
+    clock.t += 2
+    assert not (await disc.discover("ok.test")).cached
+    assert len(counting.queries) == 2
+
+    disc, counting = discoverer(dnsmasq, clock, max_ttl=10)
+    await disc.discover("ok.test")
+    clock.t += 9
+    assert (await disc.discover("ok.test")).cached
+    clock.t += 2
+    await disc.discover("ok.test")
+    assert len(counting.queries) == 2
+
+
+@pytest.mark.parametrize("domain", ["missing.test", "other.test"])   # NXDOMAIN, no mailtalk TXT
+async def test_missing_record_cached_for_negative_ttl(dnsmasq, domain):
+    clock = Clock()
+    disc, counting = discoverer(dnsmasq, clock, negative_ttl=30)
+    first = await disc.discover(domain)
+    assert first.endpoint is None and first.error == "no record"
+    clock.t += 29
+    assert (await disc.discover(domain)).cached
+    clock.t += 2
+    assert not (await disc.discover(domain)).cached
+    assert len(counting.queries) == 2
+
+
+async def test_bad_records_give_no_endpoint(dnsmasq):
+    clock = Clock()
+    disc, counting = discoverer(dnsmasq, clock, negative_ttl=30)
+    plain = await disc.discover("plain.test")
+    assert plain.endpoint is None and "https" in plain.error
+    long = await disc.discover("long.test")                      # 2.4 kB in ten strings
+    assert long.endpoint is None and "longer than" in long.error
+    clock.t += 31                                                # cached min(ttl, negative_ttl)
+    await disc.discover("plain.test")
+    assert counting.queries.count("_mailtalk.plain.test.") == 2
+
+
+async def test_concurrent_discoveries_share_one_query(dnsmasq):
+    disc, counting = discoverer(dnsmasq, Clock())
+    results = await asyncio.gather(*(disc.discover("ok.test") for _ in range(5)))
+    assert all(r.endpoint is not None for r in results)
+    assert counting.queries == ["_mailtalk.ok.test."]
+
+
+async def test_bad_domain_is_not_queried(dnsmasq):
+    disc, counting = discoverer(dnsmasq, Clock())
+    found = await disc.discover("not a domain")
+    assert found.endpoint is None and counting.queries == []
+
+
+def _black_hole() -> socket.socket:
+    """A UDP 'nameserver' that reads queries and never answers."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((DNS_HOST, free_udp_port(DNS_HOST)))
+    return s
+
+
+async def test_dead_dns_ends_within_the_timeout_and_is_not_cached():
+    hole = _black_hole()
+    try:
+        ns = f"{DNS_HOST}:{hole.getsockname()[1]}"
+        clock = Clock()
+        disc = Discoverer(make_config(ns).dns, clock=clock)
+        start = time.monotonic()
+        found = await disc.discover("ok.test", timeout=0.5)
+        # A bound, not a speed measurement: well under the 2 s default either way.
+        assert time.monotonic() - start < 1.5
+        assert found.endpoint is None and found.error == "timeout" and not found.cached
+        again = await disc.discover("ok.test", timeout=0.3)
+        assert not again.cached
+    finally:
+        hole.close()
+
+
+async def test_refusing_dns_gives_no_endpoint():
+    port = free_udp_port(DNS_HOST)           # nothing listens: ICMP port unreachable
+    disc = Discoverer(make_config(f"{DNS_HOST}:{port}").dns)
+    found = await disc.discover("ok.test", timeout=0.5)
+    assert found.endpoint is None and not found.cached

@@ -1,0 +1,231 @@
+"""The lookup client against a real dnsmasq and a real aiohttp server on loopback.
+
+The aiohttp server is a stand-in for a foreign site's presence service (see
+support/discovery_extra.py): it lets the test make the far side slow, oversize or
+hostile, which the real presence service never is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import time
+from datetime import datetime, timezone
+
+import pytest
+from aiohttp import web
+
+from presence_api.lookup_client import LookupResult, PresenceLookup
+from support.discovery_extra import DNS_HOST, Dnsmasq, FakeRemote, make_config
+from support.wait import free_port, free_udp_port
+
+REMOTE_HOST = "127.0.14.7"
+
+
+def mail_id() -> str:
+    return secrets.token_urlsafe(33)
+
+
+async def until(pred, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def remote_port() -> int:
+    return free_port(REMOTE_HOST)
+
+
+@pytest.fixture(scope="module")
+def dnsmasq(remote_port):
+    d = Dnsmasq({
+        "_mailtalk.a.test": [f"v=mailtalk1; api=http://{REMOTE_HOST}:{remote_port}"],
+        "_mailtalk.plain.test": [f"v=mailtalk1; api=http://chat.plain.test:{remote_port}"],
+        "_mailtalk.bad.test": ["v=mailtalk1; api="],
+    })
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+async def remote(remote_port):
+    r = await FakeRemote(REMOTE_HOST, remote_port).start()
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
+async def client(dnsmasq):
+    c = PresenceLookup(make_config(dnsmasq.nameserver, lookup_timeout=1.0, concurrency=2))
+    yield c
+    await c.close()
+
+
+async def test_online_sender_gets_yes_and_a_link_per_recipient(client, remote):
+    mid = mail_id()
+    res = await client.lookup("alice@a.test", mid, ["bob@b.test", "Carol@b.test"])
+    assert res == LookupResult("yes", "online", "alice@a.test",
+                               datetime(2026, 11, 29, 7, 0, tzinfo=timezone.utc),
+                               {"bob@b.test": remote.link("bob@b.test"),
+                                "Carol@b.test": remote.link("Carol@b.test")})
+    assert remote.requests == [{"account": "alice@a.test", "mail_id": mid,
+                                "recipients": ["bob@b.test", "Carol@b.test"]}]
+
+
+@pytest.mark.parametrize("status,state", [("offline", "no"), ("away", "yes"),
+                                          ("busy", "yes"), ("unknown", "unknown")])
+async def test_status_maps_to_state(client, remote, status, state):
+    async def answer(request, body):
+        return web.json_response({"status": status, "checked": "2026-11-29T07:00:00+00:00",
+                                  "links": {"bob@b.test": remote.link("bob@b.test")}})
+    remote.handler = answer
+    res = await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])
+    assert (res.state, res.status) == (state, status)
+    assert bool(res.links) == (state != "unknown")
+
+
+@pytest.mark.parametrize("account,mid", [
+    ("alice@missing.test", None),        # no record
+    ("alice@plain.test", None),          # http:// off loopback: refused, never asked
+    ("alice@bad.test", None),            # malformed record
+    ("not-an-account", None),
+    ("alice@a.test", "short"),           # malformed Mail-ID: not even asked
+])
+async def test_no_usable_endpoint_is_unknown_without_asking(client, remote, account, mid):
+    res = await client.lookup(account, mid or mail_id(), ["bob@b.test"])
+    assert (res.state, res.status, res.links) == ("unknown", "unknown", {})
+    assert res.checked.tzinfo is not None
+    assert remote.requests == []
+
+
+async def test_slow_service_gives_unknown_within_the_timeout(client, remote):
+    async def never(request, body):
+        await remote.release.wait()
+        return web.json_response({"status": "online"})
+    remote.handler = never
+    start = time.monotonic()
+    res = await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])
+    # lookup_timeout is 1 s here; a bound with slack for a loaded machine, not a speed test.
+    assert time.monotonic() - start < 2.5
+    assert res.state == "unknown" and res.links == {}
+    assert len(remote.requests) == 1
+
+
+async def test_dead_dns_gives_unknown_within_the_timeout():
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # reads queries, never answers
+    hole.bind((DNS_HOST, free_udp_port(DNS_HOST)))
+    c = PresenceLookup(make_config(f"{DNS_HOST}:{hole.getsockname()[1]}", lookup_timeout=0.5))
+    try:
+        start = time.monotonic()
+        res = await c.lookup("alice@a.test", mail_id(), ["bob@b.test"])
+        assert time.monotonic() - start < 2.0
+        assert res.state == "unknown"
+    finally:
+        await c.close()
+        hole.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_oversize_answer_is_unknown(client, remote, chunked):
+    huge = b'{"status": "online", "links": {}, "pad": "' + b"x" * 100_000 + b'"}'
+
+    async def answer(request, body):
+        if not chunked:
+            return web.Response(body=huge, content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(huge), 8192):
+            await resp.write(huge[i:i + 8192])
+        await resp.write_eof()
+        return resp
+    remote.handler = answer
+    res = await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])
+    assert res.state == "unknown"
+
+
+@pytest.mark.parametrize("reply", [
+    web.json_response({"error": "slow down"}, status=429),
+    web.Response(status=302, headers={"Location": "http://127.0.14.8:1/api/v1/lookup"}),
+    web.Response(text="not json", content_type="application/json"),
+    web.json_response({"status": "sleeping"}),
+    web.json_response({"status": "online", "links": ["x"]}),
+])
+async def test_bad_answers_are_unknown(client, remote, reply):
+    async def answer(request, body):
+        return reply
+    remote.handler = answer
+    res = await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])
+    assert (res.state, res.links) == ("unknown", {})
+
+
+async def test_links_off_the_published_origin_are_refused(client, remote):
+    good = remote.link("dave@b.test")
+
+    async def answer(request, body):
+        return web.json_response({"status": "online", "links": {
+            "bob@b.test": f"http://127.0.14.8:{remote.port}/c/x",        # other host
+            "carol@b.test": f"https://{REMOTE_HOST}:{remote.port}/c/x",  # other scheme
+            "erin@b.test": f"http://{REMOTE_HOST}:{remote.port + 1}/c/x",  # other port
+            "frank@b.test": f"{remote.base}/c/x> <https://evil.example/", # header break-out
+            "dave@b.test": good,
+            "eve@b.test": remote.link("eve@b.test"),                     # not asked about
+        }})
+    remote.handler = answer
+    rcpts = ["bob@b.test", "carol@b.test", "erin@b.test", "frank@b.test", "dave@b.test"]
+    res = await client.lookup("alice@a.test", mail_id(), rcpts)
+    assert res.state == "yes" and res.links == {"dave@b.test": good}
+
+
+async def test_identical_lookups_in_flight_share_one_request(client, remote):
+    async def held(request, body):
+        await remote.release.wait()
+        return web.json_response({"status": "online", "links": {
+            r: remote.link(r) for r in body["recipients"]}})
+    remote.handler = held
+    mid = mail_id()
+    tasks = [asyncio.ensure_future(client.lookup("alice@a.test", mid, ["bob@b.test"]))
+             for _ in range(5)]
+    other = asyncio.ensure_future(client.lookup("alice@a.test", mail_id(), ["bob@b.test"]))
+    await until(lambda: len(remote.requests) == 2, what="two requests")
+    remote.release.set()
+    results = await asyncio.gather(*tasks)
+    assert (await other).state == "yes"
+    assert all(r == results[0] and r.state == "yes" for r in results)
+    assert len(remote.requests) == 2
+
+
+async def test_concurrent_requests_per_domain_are_capped(client, remote):
+    async def held(request, body):
+        await remote.release.wait()
+        return web.json_response({"status": "online", "links": {}})
+    remote.handler = held
+    tasks = [asyncio.ensure_future(client.lookup("alice@a.test", mail_id(), ["bob@b.test"]))
+             for _ in range(5)]
+    await until(lambda: client.gate_users("a.test") == 5 and remote.in_flight == 2,
+                what="2 requests running and 3 waiting")
+    assert len(remote.requests) == 2
+    remote.release.set()
+    results = await asyncio.gather(*tasks)
+    assert all(r.state == "yes" for r in results)
+    assert remote.max_in_flight == 2 and len(remote.requests) == 5
+    assert client.gate_users("a.test") == 0
+
+
+async def test_more_than_100_recipients_are_split(client, remote):
+    rcpts = [f"user{i}@b.test" for i in range(250)]
+    res = await client.lookup("alice@a.test", mail_id(), rcpts + rcpts[:3])
+    assert sorted(len(r["recipients"]) for r in remote.requests) == [50, 100, 100]
+    assert res.state == "yes" and set(res.links) == set(rcpts)
+
+
+async def test_dns_answer_is_cached_between_lookups(client, remote):
+    # The second lookup reaches the service without a DNS query: stop dnsmasq's
+    # answers by pointing at nothing would need a new client, so look at the cache.
+    await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])
+    found = await client.discoverer.discover("a.test")
+    assert found.cached and found.endpoint is not None
