@@ -1,0 +1,1 @@
+"""The presence service: accounts, presence, web chat and the lookup API."""

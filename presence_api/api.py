@@ -1,0 +1,177 @@
+"""The JSON API: POST /api/v1/mails (this site's milter) and POST /api/v1/lookup (public).
+
+Lookup answers must not tell a valid Mail-ID from a wrong, forged or expired one or
+from an unknown account, by content or by time: every path does one HMAC verify
+and one store call (`lookup_context`) before deciding, and all refusals share one
+answer. Only a verified Mail-ID of an existing account goes further.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from mailtalk.accounts import account_domain, normalize_account
+from mailtalk.constants import API_LOOKUP, API_MAILS, LOOKUP_MAX_RECIPIENTS
+from mailtalk.mailid import is_well_formed
+from presence_api.service import client_ip, service
+from presence_api.store import Mail
+
+log = logging.getLogger("mailtalk.presence.api")
+
+# Hard caps on a record's fields (the milter trims the body to body_text_limit first).
+MAX_SUBJECT = 2000
+MAX_HEADER_FIELD = 1000
+MAX_BODY_TEXT = 512 * 1024
+MAX_RECORD_RECIPIENTS = 1000
+
+
+def rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _bad(reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=400)
+
+
+async def _json(request: web.Request) -> dict[str, Any] | None:
+    try:
+        body = await request.json(loads=json.loads)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def norm_account(s: str) -> str | None:
+    """Accounts are case-insensitive here: one key per mailbox."""
+    a = normalize_account(s)
+    return a.lower() if a else None
+
+
+def norm_recipient(s: Any) -> str | None:
+    """Recipients keep their local part; the domain is lowercased."""
+    return normalize_account(s) if isinstance(s, str) and len(s) <= 320 else None
+
+
+# --- POST /api/v1/mails
+
+def _str_field(body: dict[str, Any], key: str, limit: int, required: bool = True) -> str:
+    v = body.get(key, None if required else "")
+    if not isinstance(v, str):
+        raise ValueError(f"{key}: expected a string")
+    if len(v) > limit:
+        raise ValueError(f"{key}: longer than {limit} characters")
+    return v
+
+
+def _record(body: dict[str, Any], now: float) -> Mail:
+    mail_id = _str_field(body, "mail_id", 64)
+    account = norm_account(_str_field(body, "account", 320))
+    if not account:
+        raise ValueError("account: not an address")
+    rcpts = body.get("recipients")
+    if not isinstance(rcpts, list) or len(rcpts) > MAX_RECORD_RECIPIENTS:
+        raise ValueError(f"recipients: expected a list of at most {MAX_RECORD_RECIPIENTS}")
+    recipients = []
+    for r in rcpts:
+        n = norm_recipient(r)
+        if n is None:
+            raise ValueError(f"recipients: not an address: {str(r)[:80]!r}")
+        if n not in recipients:
+            recipients.append(n)
+    return Mail(mail_id=mail_id, account=account, recorded=True,
+                message_id=_str_field(body, "message_id", MAX_HEADER_FIELD, False),
+                subject=_str_field(body, "subject", MAX_SUBJECT, False),
+                date=_str_field(body, "date", MAX_HEADER_FIELD, False),
+                recipients=tuple(recipients),
+                body_text=_str_field(body, "body_text", MAX_BODY_TEXT, False),
+                queue_id=_str_field(body, "queue_id", 64, False), created_at=now)
+
+
+async def post_mails(request: web.Request) -> web.Response:
+    svc = service(request)
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                             svc.outbox_token.encode()):
+        return web.json_response({"error": "unauthorized"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
+    body = await _json(request)
+    if body is None:
+        return _bad("expected a JSON object")
+    try:
+        mail = _record(body, svc.clock())
+    except ValueError as e:
+        return _bad(str(e))
+    queue_id = mail.queue_id or "-"
+    if account_domain(mail.account) not in svc.cfg.domains.names:
+        log.warning("%s: record refused: account %s is not in [domains] names",
+                    queue_id, mail.account)
+        return _bad("account: not in one of this site's domains")
+    if not svc.mail_ids.verify(mail.account, mail.mail_id):
+        log.warning("%s: record refused: Mail-ID %s not valid for %s",
+                    queue_id, mail.mail_id, mail.account)
+        return _bad("mail_id: not a valid Mail-ID of this account")
+    existing = await svc.store.get_mail(mail.mail_id)
+    if existing is not None and existing.account != mail.account:
+        return _bad("mail_id: belongs to another account")
+    stored = await svc.store.put_mail(mail)
+    log.info("%s: mail %s of %s %s (%d recipients)", queue_id, mail.mail_id, mail.account,
+             "recorded" if stored else "already recorded", len(mail.recipients))
+    return web.json_response({"mail_id": mail.mail_id, "stored": stored},
+                             status=201 if stored else 200)
+
+
+# --- POST /api/v1/lookup
+
+async def post_lookup(request: web.Request) -> web.Response:
+    svc = service(request)
+    if not svc.lookup_limiter.hit(client_ip(request)):
+        return web.json_response({"error": "too many lookups"}, status=429,
+                                 headers={"Retry-After": "60"})
+    body = await _json(request)
+    if body is None:
+        return _bad("expected a JSON object")
+    account_in, mail_id, rcpts = body.get("account"), body.get("mail_id"), body.get("recipients")
+    if not isinstance(account_in, str) or not isinstance(mail_id, str) or len(mail_id) > 64:
+        return _bad("account and mail_id: expected strings")
+    if not isinstance(rcpts, list) or len(rcpts) > LOOKUP_MAX_RECIPIENTS:
+        return _bad(f"recipients: expected a list of at most {LOOKUP_MAX_RECIPIENTS}")
+
+    now = svc.clock()
+    unknown = web.json_response({"status": "unknown", "checked": rfc3339(now), "links": {}})
+    account = norm_account(account_in) if len(account_in) <= 320 else None
+    # The same work on every path: one HMAC, one store call.
+    valid = svc.mail_ids.verify(account or "", mail_id)
+    ctx = await svc.store.lookup_context(account or "", mail_id if is_well_formed(mail_id) else "")
+    if (not valid or account is None or ctx.account is None
+            or account_domain(account) not in svc.cfg.domains.names
+            or (ctx.mail is not None and ctx.mail.account != account)):
+        return unknown
+
+    status = svc.presence.status(account, ctx.account.mode)
+    # The record may not be here yet (the outbox is asynchronous): the verified Mail-ID
+    # proves the mail; bind links to it now. Once recorded, only its recipients get links.
+    mail = ctx.mail or await svc.store.bind_mail(mail_id, account, now)
+    allowed = {r.lower() for r in mail.recipients} if mail.recorded else None
+    links: dict[str, str] = {}
+    for r in rcpts:
+        rcpt = norm_recipient(r)
+        if rcpt is None or rcpt in links or (allowed is not None and rcpt.lower() not in allowed):
+            continue
+        if rcpt in ctx.links:
+            links[rcpt] = svc.links.url(svc.links.token(mail_id, rcpt))
+        else:
+            links[rcpt] = await svc.links.issue(mail_id, rcpt, now)
+    log.info("lookup of %s for mail %s from %s: %s, %d links", account, mail_id,
+             client_ip(request), status, len(links))
+    return web.json_response({"status": status, "checked": rfc3339(now), "links": links})
+
+
+def routes() -> list[web.RouteDef]:
+    return [web.post(API_MAILS, post_mails), web.post(API_LOOKUP, post_lookup)]

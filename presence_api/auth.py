@@ -1,0 +1,108 @@
+"""Passwords (argon2), web sessions, CSRF tokens and the failed-login limit.
+
+The session cookie holds a random token; the store keeps only its SHA-256, so a
+leaked database holds no usable session. A CSRF token is an HMAC of the session
+token (or, before log-in, of a random pre-session cookie): a form from another
+site cannot know it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+from typing import Callable
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from mailtalk.mailid import derive_key
+from presence_api.ratelimit import RateLimiter
+from presence_api.store import Store
+
+log = logging.getLogger("mailtalk.presence.auth")
+
+SESSION_COOKIE = "mt_session"
+PRE_COOKIE = "mt_pre"        # before log-in: what the log-in form's CSRF token is bound to
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_CHARS = 1024
+
+_hasher = PasswordHasher()
+# Verified against when the account does not exist, so that an unknown account
+# costs the same time as a wrong password.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def check_password_strength(password: str) -> str | None:
+    """None if acceptable, else why not."""
+    if len(password) < MIN_PASSWORD_CHARS:
+        return f"a password needs at least {MIN_PASSWORD_CHARS} characters"
+    if len(password) > MAX_PASSWORD_CHARS:
+        return f"a password may have at most {MAX_PASSWORD_CHARS} characters"
+    return None
+
+
+def _verify(stored: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(stored or _DUMMY_HASH, password) and stored is not None
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Auth:
+    def __init__(self, store: Store, site_key: bytes, session_lifetime: float,
+                 attempts_per_minute: int, clock: Callable[[], float]) -> None:
+        self.store = store
+        self._csrf_key = derive_key(site_key, "csrf")
+        self.session_lifetime = session_lifetime
+        self._clock = clock
+        # Failed log-ins, counted per client address and per account: a guesser spread
+        # over many addresses still hits the account's limit.
+        self._fail_ip = RateLimiter(attempts_per_minute, clock=clock)
+        self._fail_account = RateLimiter(attempts_per_minute, clock=clock)
+
+    def login_blocked(self, ip: str, account: str) -> bool:
+        return self._fail_ip.blocked(ip) or self._fail_account.blocked(account)
+
+    async def login(self, ip: str, account: str, password: str) -> str | None:
+        """A new session token, or None (wrong account or password: one answer)."""
+        acct = await self.store.get_account(account)
+        ok = await asyncio.get_running_loop().run_in_executor(
+            None, _verify, acct.password_hash if acct else None, password)
+        if not ok:
+            self._fail_ip.hit(ip)
+            self._fail_account.hit(account)
+            log.info("failed log-in for %s from %s", account, ip)
+            return None
+        token = secrets.token_urlsafe(32)
+        await self.store.create_session(token_hash(token), account,
+                                        self._clock() + self.session_lifetime)
+        log.info("log-in: %s from %s", account, ip)
+        return token
+
+    async def session_account(self, token: str | None) -> str | None:
+        if not token or len(token) > 128:
+            return None
+        return await self.store.get_session(token_hash(token), self._clock())
+
+    async def logout(self, token: str | None) -> None:
+        if token:
+            await self.store.delete_session(token_hash(token))
+
+    def csrf_token(self, bound_to: str) -> str:
+        return hmac.new(self._csrf_key, bound_to.encode(), hashlib.sha256).hexdigest()
+
+    def csrf_ok(self, bound_to: str | None, given: str | None) -> bool:
+        if not bound_to or not given:
+            return False
+        return hmac.compare_digest(self.csrf_token(bound_to), given)

@@ -1,0 +1,118 @@
+"""Rooms, messages and fan-out: one room per Mail-ID.
+
+Members of a room: the mail's sender (all of their logged-in pages) and each
+recipient who opened their link (their link pages). Every frame names its room and
+is authorized here for the page that sent it.
+
+Fan-out is in-process (`deliver`): the sender's pages and the room's link pages of
+this process. With several processes, `deliver` publishes to Redis channels
+`user:<account>` and `room:<mail_id>` instead, and each process forwards what it
+receives to its own pages; nothing else here changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from presence_api.presence import Client, PresenceHub, send_all
+from presence_api.store import Mail, Message, Store
+
+log = logging.getLogger("mailtalk.presence.chat")
+
+HISTORY_LIMIT = 500      # messages sent to a page when it enters a room
+
+
+def mail_view(mail: Mail, for_sender: bool) -> dict[str, Any]:
+    """What a page may show of a mail; recipients never see the envelope recipients
+    (that would reveal Bcc), the sender does (seed claim 4)."""
+    view: dict[str, Any] = {"mail_id": mail.mail_id, "sender": mail.account,
+                            "recorded": mail.recorded, "subject": mail.subject,
+                            "date": mail.date, "body_text": mail.body_text}
+    if for_sender:
+        view["recipients"] = list(mail.recipients)
+    return view
+
+
+def message_view(m: Message) -> dict[str, Any]:
+    return {"type": "message", "mail_id": m.mail_id, "id": m.id, "author": m.author,
+            "text": m.text, "ts": m.ts}
+
+
+class ChatError(Exception):
+    """A frame refused; str() is the code sent back to the page."""
+
+
+class ChatHub:
+    def __init__(self, store: Store, presence: PresenceHub, clock: Callable[[], float],
+                 max_chars: int) -> None:
+        self.store = store
+        self.presence = presence
+        self._clock = clock
+        self.max_chars = max_chars
+        self._rooms: dict[str, set[Client]] = {}    # mail_id -> link pages in it
+
+    # --- membership of pages
+
+    def attach(self, client: Client) -> None:
+        if client.kind == "link" and client.mail_id:
+            self._rooms.setdefault(client.mail_id, set()).add(client)
+
+    def detach(self, client: Client) -> None:
+        if client.kind == "link" and client.mail_id:
+            room = self._rooms.get(client.mail_id)
+            if room is not None:
+                room.discard(client)
+                if not room:
+                    del self._rooms[client.mail_id]
+
+    async def authorize(self, client: Client, mail_id: Any) -> Mail:
+        """The room's mail if this page may use it; else ChatError("forbidden")."""
+        if not isinstance(mail_id, str) or not mail_id or len(mail_id) > 64:
+            raise ChatError("forbidden")
+        if client.kind == "link" and mail_id != client.mail_id:
+            raise ChatError("forbidden")
+        mail = await self.store.get_mail(mail_id)
+        if mail is None or (client.kind == "user" and mail.account != client.identity):
+            raise ChatError("forbidden")
+        return mail
+
+    async def deliver(self, mail: Mail, event: dict[str, Any]) -> None:
+        targets = set(self.presence.clients.get(mail.account, ())) | \
+            self._rooms.get(mail.mail_id, set())
+        await send_all(targets, event)
+
+    # --- actions
+
+    async def snapshot(self, client: Client, mail: Mail) -> dict[str, Any]:
+        msgs = await self.store.messages(mail.mail_id, HISTORY_LIMIT)
+        return {"type": "room", "mail": mail_view(mail, client.kind == "user"),
+                "members": await self.store.members(mail.mail_id),
+                "messages": [message_view(m) for m in msgs],
+                "sender_status": self.presence.status(mail.account),
+                "you": client.identity}
+
+    async def post(self, client: Client, mail_id: Any, text: Any) -> Message:
+        mail = await self.authorize(client, mail_id)
+        if not isinstance(text, str) or not text.strip():
+            raise ChatError("empty")
+        if len(text) > self.max_chars:
+            raise ChatError("too_long")
+        msg = await self.store.add_message(mail.mail_id, client.identity, text.strip(),
+                                           self._clock())
+        log.info("mail %s: message %d from %s", mail.mail_id, msg.id, client.identity)
+        await self.deliver(mail, message_view(msg))
+        return msg
+
+    async def opened(self, mail: Mail, recipient: str) -> None:
+        """A recipient opened their link: they join the room and the sender is told at once."""
+        first = await self.store.join(mail.mail_id, recipient, self._clock())
+        log.info("mail %s: link opened by %s%s", mail.mail_id, recipient,
+                 " (joined)" if first else "")
+        # Only to the sender's pages: this view holds the envelope recipients.
+        await send_all(self.presence.clients.get(mail.account, ()),
+                       {"type": "opened", "mail_id": mail.mail_id, "recipient": recipient,
+                        "first": first, "mail": mail_view(mail, True)})
+        if first:
+            await self.deliver(mail, {"type": "members", "mail_id": mail.mail_id,
+                                      "members": await self.store.members(mail.mail_id)})

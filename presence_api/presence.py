@@ -1,0 +1,157 @@
+"""Who is online: WebSocket connections per account, idle time and chosen mode.
+
+A user is online while at least one of their pages holds a WebSocket; aiohttp's
+heartbeat (a ping every `heartbeat_seconds`, the page must answer within half of
+that) closes the socket of a page that vanished without closing, so it drops out
+within 1.5 x heartbeat_seconds (at most 2 x with the sweep). Away: no input on any
+page for `idle_away_seconds`. Busy and appear-offline are chosen modes (stored).
+
+In one process this map is the truth; with several processes it moves to Redis
+(a key per connection with an expiry, a pub/sub channel per account for changes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Callable
+
+from aiohttp import web
+
+log = logging.getLogger("mailtalk.presence")
+
+STATUSES = ("online", "away", "busy", "offline")
+
+
+class Client:
+    """One open page: a logged-in user's ("user") or a link recipient's ("link")."""
+
+    def __init__(self, ws: web.WebSocketResponse, kind: str, identity: str, now: float,
+                 mail_id: str | None = None, session_hash: str | None = None,
+                 link_expires: float = 0.0) -> None:
+        self.ws = ws
+        self.kind = kind
+        self.identity = identity          # account (user) or recipient address (link)
+        self.mail_id = mail_id            # the one room a link page may use
+        self.session_hash = session_hash
+        self.link_expires = link_expires
+        self.last_input = now
+        self.watching: str | None = None  # the sender whose presence a link page shows
+
+    async def send_raw(self, data: str) -> None:
+        if self.ws.closed:
+            return
+        try:
+            await self.ws.send_str(data)
+        except (ConnectionError, RuntimeError):
+            pass   # the page is going away; its handler cleans up
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.send_raw(json.dumps(event))
+
+
+async def send_all(clients: Any, event: dict[str, Any]) -> None:
+    """Serialise once, send to each (concurrently: one slow page delays no other)."""
+    data = json.dumps(event)
+    targets = list(clients)
+    if targets:
+        await asyncio.gather(*(c.send_raw(data) for c in targets))
+
+
+class PresenceHub:
+    def __init__(self, idle_away: float, clock: Callable[[], float]) -> None:
+        self.idle_away = idle_away
+        self._clock = clock
+        self.clients: dict[str, set[Client]] = {}       # account -> its open pages
+        self._watchers: dict[str, set[Client]] = {}     # account -> link pages showing it
+        self._modes: dict[str, str] = {}                # account -> chosen mode (cache)
+        self._last: dict[str, str] = {}                 # account -> last status announced
+
+    def status(self, account: str, mode: str | None = None) -> str:
+        mode = mode or self._modes.get(account, "auto")
+        conns = self.clients.get(account)
+        if mode == "offline" or not conns:
+            return "offline"
+        if mode == "busy":
+            return "busy"
+        now = self._clock()
+        if all(now - c.last_input >= self.idle_away for c in conns):
+            return "away"
+        return "online"
+
+    def mode(self, account: str) -> str:
+        return self._modes.get(account, "auto")
+
+    def event(self, account: str) -> dict[str, Any]:
+        return {"type": "presence", "account": account, "status": self.status(account)}
+
+    async def _announce(self, account: str, force: bool = False) -> None:
+        new = self.status(account)
+        if not force and self._last.get(account, "offline") == new:
+            return
+        self._last[account] = new
+        log.debug("%s is %s", account, new)
+        await send_all(self._watchers.get(account, ()),
+                       {"type": "presence", "account": account, "status": new})
+        await send_all(self.clients.get(account, ()),
+                       {"type": "presence", "account": account, "status": new,
+                        "mode": self.mode(account), "self": True})
+
+    async def add(self, client: Client, mode: str) -> None:
+        self._modes[client.identity] = mode
+        self.clients.setdefault(client.identity, set()).add(client)
+        await self._announce(client.identity)
+
+    async def remove(self, client: Client) -> None:
+        self.unwatch(client)
+        if client.kind != "user":
+            return
+        conns = self.clients.get(client.identity)
+        if conns is not None:
+            conns.discard(client)
+            if not conns:
+                del self.clients[client.identity]
+        await self._announce(client.identity)
+        if client.identity not in self.clients:
+            self._last.pop(client.identity, None)
+            self._modes.pop(client.identity, None)
+
+    async def activity(self, client: Client) -> None:
+        client.last_input = self._clock()
+        if client.kind == "user":
+            await self._announce(client.identity)
+
+    async def set_mode(self, account: str, mode: str) -> None:
+        self._modes[account] = mode
+        await self._announce(account, force=True)
+
+    def watch(self, client: Client, account: str) -> None:
+        self.unwatch(client)
+        client.watching = account
+        self._watchers.setdefault(account, set()).add(client)
+
+    def unwatch(self, client: Client) -> None:
+        if client.watching:
+            w = self._watchers.get(client.watching)
+            if w is not None:
+                w.discard(client)
+                if not w:
+                    del self._watchers[client.watching]
+            client.watching = None
+
+    async def sweep(self) -> None:
+        """Announce online -> away changes that no event caused (time passing)."""
+        for account in list(self.clients):
+            await self._announce(account)
+
+    async def run_sweeper(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("presence sweep failed")
+
+    def connected_count(self) -> int:
+        return sum(len(v) for v in self.clients.values())

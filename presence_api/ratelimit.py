@@ -1,0 +1,41 @@
+"""A fixed-window counter per key: cheap, bounded memory, clock passed in for tests.
+
+Per process: with several presence processes each allows the limit (a Redis
+INCR + EXPIRE with the same key would make it global).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+# Forget windows this many at a time, so memory stays bounded under a flood of keys.
+_MAX_KEYS = 100_000
+
+
+class RateLimiter:
+    def __init__(self, limit: int, window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._start = clock()
+        self._counts: dict[str, int] = {}
+
+    def _roll(self) -> None:
+        now = self._clock()
+        if now - self._start >= self.window or len(self._counts) > _MAX_KEYS:
+            self._start = now
+            self._counts.clear()
+
+    def hit(self, key: str) -> bool:
+        """Count one event for `key`; False when it is over the limit."""
+        self._roll()
+        n = self._counts.get(key, 0) + 1
+        self._counts[key] = n
+        return n <= self.limit
+
+    def blocked(self, key: str) -> bool:
+        """Over the limit already, without counting."""
+        self._roll()
+        return self._counts.get(key, 0) >= self.limit

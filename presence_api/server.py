@@ -1,0 +1,122 @@
+"""Start and stop the presence service; `make_app` builds it for tests too.
+
+`start(cfg, stop)` is what `mailtalk presence` and `mailtalk run` call (see
+mailtalk/runner.py): it opens the store (creating or migrating the schema), listens
+on `[presence] listen` and returns a `Running` whose `close()` stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Callable
+
+from aiohttp import web
+
+from mailtalk.config import Config, ConfigError
+from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
+from presence_api import api, openapi, web as pages, ws
+from presence_api.auth import Auth
+from presence_api.chat import ChatHub
+from presence_api.links import Links
+from presence_api.presence import PresenceHub
+from presence_api.ratelimit import RateLimiter
+from presence_api.service import SERVICE, Service
+from presence_api.store import Store
+from presence_api.store_sqlite import SqliteStore, sqlite_path
+
+log = logging.getLogger("mailtalk.presence")
+
+# Requests are small JSON or forms; the largest is a mail record (body text).
+CLIENT_MAX_SIZE = 1024 * 1024
+
+
+def open_store(cfg: Config) -> Store:
+    """The store named by `[presence] database` (a path, or sqlite:///path)."""
+    db = cfg.presence.database
+    if db.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{cfg.source}: [presence] database: PostgreSQL is not supported "
+                          f"yet; use a file path or sqlite:///path")
+    return SqliteStore(sqlite_path(db))
+
+
+def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float] = time.time,
+             site_key: bytes | None = None) -> web.Application:
+    """The aiohttp app. The store is opened at app start-up and closed at clean-up."""
+    p = cfg.presence
+    store = store if store is not None else open_store(cfg)
+    key = site_key if site_key is not None else load_or_create_site_key(cfg.site.secret_file)
+    presence = PresenceHub(p.idle_away_seconds, clock)
+    svc = Service(
+        cfg=cfg, store=store, clock=clock,
+        mail_ids=MailIds(key, cfg.site.mail_id_lifetime_days, clock=clock),
+        outbox_token=outbox_api_token(key),
+        auth=Auth(store, key, p.session_lifetime_hours * 3600, p.login_attempts_per_minute,
+                  clock),
+        links=Links(store, key, p.public_url, p.link_lifetime_days),
+        presence=presence,
+        chat=ChatHub(store, presence, clock, p.chat_message_max_chars),
+        lookup_limiter=RateLimiter(p.lookups_per_minute_per_client, clock=clock),
+    )
+    app = web.Application(middlewares=[pages.security_headers], client_max_size=CLIENT_MAX_SIZE)
+    app[SERVICE] = svc
+    app.add_routes(api.routes())
+    app.add_routes([web.get("/openapi.json", openapi.get_openapi),
+                    web.get("/ws", ws.ws_user), web.get("/ws/c/{token}", ws.ws_link)])
+    app.add_routes(pages.routes())
+
+    sweeper: list[asyncio.Task[None]] = []
+
+    async def on_startup(app: web.Application) -> None:
+        await store.open()
+        # Away is a matter of time passing: look a few times per idle period.
+        interval = max(0.5, min(10.0, p.idle_away_seconds / 4))
+        sweeper.append(asyncio.create_task(presence.run_sweeper(interval)))
+
+    async def on_shutdown(app: web.Application) -> None:
+        for conns in list(presence.clients.values()):
+            for c in list(conns):
+                await c.ws.close(code=1001, message=b"server shutting down")
+
+    async def on_cleanup(app: web.Application) -> None:
+        for t in sweeper:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await store.close()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+class Running:
+    def __init__(self, runner: web.AppRunner) -> None:
+        self._runner = runner
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+        log.info("presence service stopped")
+
+
+async def start(cfg: Config, stop: asyncio.Event) -> Running:
+    """Serve on [presence] listen until close(). `stop` is not set by us: aiohttp's
+    server does not die on its own short of the process."""
+    app = make_app(cfg)
+    runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access"),
+                           shutdown_timeout=5.0)
+    await runner.setup()
+    listen = cfg.presence.listen
+    site = web.TCPSite(runner, listen.host, listen.port)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ConfigError(f"{cfg.source}: [presence] listen: cannot listen on {listen}: "
+                          f"{e.strerror}") from None
+    log.info("presence service on %s (public URL %s, database %s)", listen,
+             cfg.presence.public_url, cfg.presence.database)
+    return Running(runner)

@@ -1,0 +1,54 @@
+"""The shared state of one presence-service app, handed to every handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from mailtalk.config import Config
+from mailtalk.mailid import MailIds
+from presence_api.auth import Auth
+from presence_api.chat import ChatHub
+from presence_api.links import Links
+from presence_api.presence import PresenceHub
+from presence_api.ratelimit import RateLimiter
+from presence_api.store import Store
+
+
+@dataclass
+class Service:
+    cfg: Config
+    store: Store
+    clock: Callable[[], float]
+    mail_ids: MailIds
+    outbox_token: str
+    auth: Auth
+    links: Links
+    presence: PresenceHub
+    chat: ChatHub
+    lookup_limiter: RateLimiter
+
+    @property
+    def origin(self) -> str:
+        """scheme://host[:port] of public_url: the only Origin a WebSocket may come from."""
+        u = urlsplit(self.cfg.presence.public_url)
+        return f"{u.scheme}://{u.netloc}".lower()
+
+    @property
+    def secure(self) -> bool:
+        return self.cfg.presence.public_url.startswith("https://")
+
+
+SERVICE: web.AppKey[Service] = web.AppKey("mailtalk_presence", Service)
+
+
+def service(request: web.Request) -> Service:
+    return request.app[SERVICE]
+
+
+def client_ip(request: web.Request) -> str:
+    # The peer address; a reverse proxy in front makes every client one key (see docs).
+    return request.remote or "?"

@@ -1,0 +1,119 @@
+"""The storage interface of the presence service.
+
+Web, chat and API code talk only to `Store`; `store_sqlite.SqliteStore` is the one
+back end today. A PostgreSQL back end (several processes) implements the same
+methods; nothing above this line changes. Every method is a coroutine so that a
+network database fits as well as SQLite run in a worker thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# Presence modes a user can choose; "auto" means: online/away from activity.
+MODES = ("auto", "busy", "offline")
+
+
+@dataclass(frozen=True)
+class Account:
+    account: str
+    password_hash: str
+    mode: str            # one of MODES
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Mail:
+    mail_id: str
+    account: str                     # the sender
+    recorded: bool                   # False: only a stub bound by a lookup; record not here yet
+    message_id: str = ""
+    subject: str = ""
+    date: str = ""
+    recipients: tuple[str, ...] = ()
+    body_text: str = ""
+    queue_id: str = ""
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Link:
+    token_hash: str
+    mail_id: str
+    recipient: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    mail_id: str
+    author: str
+    text: str
+    ts: float
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One sent mail seen as a chat room, for the sender's list."""
+    mail: Mail
+    members: tuple[str, ...]          # recipients who opened their link
+    last_activity: float
+    unread: int
+    last_text: str = ""
+
+
+@dataclass(frozen=True)
+class LookupContext:
+    """What one lookup needs, fetched in one store call on every path (same time)."""
+    account: Account | None
+    mail: Mail | None
+    links: dict[str, Link] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect, create or migrate the schema."""
+
+    async def close(self) -> None: ...
+
+    # accounts
+    async def create_account(self, account: str, password_hash: str, now: float) -> bool: ...
+    async def set_password(self, account: str, password_hash: str) -> bool: ...
+    async def get_account(self, account: str) -> Account | None: ...
+    async def list_accounts(self) -> list[Account]: ...
+    async def remove_account(self, account: str) -> bool: ...
+    async def set_mode(self, account: str, mode: str) -> None: ...
+
+    # sessions (the token's hash only; the cookie holds the token)
+    async def create_session(self, token_hash: str, account: str, expires_at: float) -> None: ...
+    async def get_session(self, token_hash: str, now: float) -> str | None: ...
+    async def delete_session(self, token_hash: str) -> None: ...
+
+    # sent mails
+    async def put_mail(self, mail: Mail) -> bool:
+        """Store the milter's record; True if stored now, False if it was already there."""
+
+    async def bind_mail(self, mail_id: str, account: str, now: float) -> Mail:
+        """The mail row for a verified Mail-ID: the record, or a stub if none arrived yet."""
+
+    async def get_mail(self, mail_id: str) -> Mail | None: ...
+    async def lookup_context(self, account: str, mail_id: str) -> LookupContext: ...
+
+    # recipient links
+    async def get_or_create_link(self, link: Link) -> Link:
+        """Insert unless (mail_id, recipient) already has one; return the stored link."""
+
+    async def get_link(self, token_hash: str) -> Link | None: ...
+
+    # rooms (one per Mail-ID)
+    async def join(self, mail_id: str, address: str, now: float) -> bool:
+        """Make `address` a member; True if it was not one before."""
+
+    async def members(self, mail_id: str) -> list[str]: ...
+    async def add_message(self, mail_id: str, author: str, text: str, now: float) -> Message: ...
+    async def messages(self, mail_id: str, limit: int) -> list[Message]: ...
+    async def mark_read(self, mail_id: str, address: str, message_id: int) -> None: ...
+    async def conversations(self, account: str, limit: int) -> list[Conversation]: ...

@@ -1,0 +1,356 @@
+"""SQLite back end of `store.Store`: the embedded default, one file, no server.
+
+sqlite3 blocks, so every call runs in one dedicated worker thread (a single-thread
+executor): the event loop never waits on the disk, and one connection used by one
+thread needs no locking. The schema is created and migrated at `open()` from the
+numbered steps in MIGRATIONS, recorded in `schema_version`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from presence_api.store import (Account, Conversation, Link, LookupContext, Mail, Message)
+
+log = logging.getLogger("mailtalk.presence.store")
+T = TypeVar("T")
+
+# Append only: a deployed database has run every step up to its version.
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE accounts (
+        account TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        mode TEXT NOT NULL DEFAULT 'auto',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        account TEXT NOT NULL REFERENCES accounts(account) ON DELETE CASCADE,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE mails (
+        mail_id TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        recorded INTEGER NOT NULL,
+        message_id TEXT NOT NULL DEFAULT '',
+        subject TEXT NOT NULL DEFAULT '',
+        date TEXT NOT NULL DEFAULT '',
+        recipients TEXT NOT NULL DEFAULT '[]',
+        body_text TEXT NOT NULL DEFAULT '',
+        queue_id TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX mails_account ON mails(account);
+    CREATE TABLE links (
+        token_hash TEXT PRIMARY KEY,
+        mail_id TEXT NOT NULL REFERENCES mails(mail_id),
+        recipient TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        UNIQUE (mail_id, recipient)
+    );
+    CREATE TABLE members (
+        mail_id TEXT NOT NULL REFERENCES mails(mail_id),
+        address TEXT NOT NULL,
+        joined_at REAL NOT NULL,
+        PRIMARY KEY (mail_id, address)
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        mail_id TEXT NOT NULL REFERENCES mails(mail_id),
+        author TEXT NOT NULL,
+        text TEXT NOT NULL,
+        ts REAL NOT NULL
+    );
+    CREATE INDEX messages_mail ON messages(mail_id, id);
+    CREATE TABLE reads (
+        mail_id TEXT NOT NULL,
+        address TEXT NOT NULL,
+        last_read INTEGER NOT NULL,
+        PRIMARY KEY (mail_id, address)
+    );
+    """,
+]
+
+
+def sqlite_path(database: str) -> Path:
+    """`/path`, `sqlite:///path` -> Path. Other URLs are the caller's problem."""
+    if database.startswith("sqlite://"):
+        return Path(database[len("sqlite://"):])
+    return Path(database)
+
+
+def _mail(row: sqlite3.Row) -> Mail:
+    return Mail(mail_id=row["mail_id"], account=row["account"], recorded=bool(row["recorded"]),
+                message_id=row["message_id"], subject=row["subject"], date=row["date"],
+                recipients=tuple(json.loads(row["recipients"])), body_text=row["body_text"],
+                queue_id=row["queue_id"], created_at=row["created_at"])
+
+
+def _account(row: sqlite3.Row) -> Account:
+    return Account(row["account"], row["password_hash"], row["mode"], row["created_at"])
+
+
+def _link(row: sqlite3.Row) -> Link:
+    return Link(row["token_hash"], row["mail_id"], row["recipient"], row["created_at"],
+                row["expires_at"])
+
+
+def _message(row: sqlite3.Row) -> Message:
+    return Message(row["id"], row["mail_id"], row["author"], row["text"], row["ts"])
+
+
+class SqliteStore:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presence-sqlite")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "store not open"
+        return self._db
+
+    # --- lifecycle
+
+    def _open(self) -> None:
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=5000")
+        self._db = db
+        self._migrate()
+
+    def _migrate(self) -> None:
+        db = self.db
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+        current = row[0] if row else 0
+        if current > len(MIGRATIONS):
+            raise RuntimeError(f"{self.path}: schema version {current} is newer than this "
+                               f"mailtalk knows ({len(MIGRATIONS)})")
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            log.info("%s: migrating schema to version %d", self.path, version)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in MIGRATIONS[version - 1].split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+                db.execute("DELETE FROM schema_version")
+                db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self.db.close)
+            self._db = None
+        self._pool.shutdown(wait=True)
+
+    async def schema_version(self) -> int:
+        return await self._run(lambda: self.db.execute(
+            "SELECT version FROM schema_version").fetchone()[0])
+
+    # --- accounts
+
+    async def create_account(self, account: str, password_hash: str, now: float) -> bool:
+        def do() -> bool:
+            cur = self.db.execute("INSERT OR IGNORE INTO accounts (account, password_hash, "
+                                  "created_at) VALUES (?, ?, ?)", (account, password_hash, now))
+            return cur.rowcount == 1
+        return await self._run(do)
+
+    async def set_password(self, account: str, password_hash: str) -> bool:
+        def do() -> bool:
+            cur = self.db.execute("UPDATE accounts SET password_hash=? WHERE account=?",
+                                  (password_hash, account))
+            if cur.rowcount:   # a new password ends every session of the account
+                self.db.execute("DELETE FROM sessions WHERE account=?", (account,))
+            return cur.rowcount == 1
+        return await self._run(do)
+
+    def _get_account(self, account: str) -> Account | None:
+        row = self.db.execute("SELECT * FROM accounts WHERE account=?", (account,)).fetchone()
+        return _account(row) if row else None
+
+    async def get_account(self, account: str) -> Account | None:
+        return await self._run(self._get_account, account)
+
+    async def list_accounts(self) -> list[Account]:
+        return await self._run(lambda: [_account(r) for r in self.db.execute(
+            "SELECT * FROM accounts ORDER BY account")])
+
+    async def remove_account(self, account: str) -> bool:
+        def do() -> bool:
+            self.db.execute("DELETE FROM sessions WHERE account=?", (account,))
+            return self.db.execute("DELETE FROM accounts WHERE account=?",
+                                   (account,)).rowcount == 1
+        return await self._run(do)
+
+    async def set_mode(self, account: str, mode: str) -> None:
+        await self._run(lambda: self.db.execute("UPDATE accounts SET mode=? WHERE account=?",
+                                                (mode, account)))
+
+    # --- sessions
+
+    async def create_session(self, token_hash: str, account: str, expires_at: float) -> None:
+        await self._run(lambda: self.db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?)", (token_hash, account, expires_at)))
+
+    async def get_session(self, token_hash: str, now: float) -> str | None:
+        def do() -> str | None:
+            row = self.db.execute("SELECT account, expires_at FROM sessions WHERE token_hash=?",
+                                  (token_hash,)).fetchone()
+            if row is None:
+                return None
+            if row["expires_at"] <= now:
+                self.db.execute("DELETE FROM sessions WHERE token_hash=?", (token_hash,))
+                return None
+            return str(row["account"])
+        return await self._run(do)
+
+    async def delete_session(self, token_hash: str) -> None:
+        await self._run(lambda: self.db.execute("DELETE FROM sessions WHERE token_hash=?",
+                                                (token_hash,)))
+
+    # --- mails
+
+    async def put_mail(self, mail: Mail) -> bool:
+        def do() -> bool:
+            vals = (mail.account, mail.message_id, mail.subject, mail.date,
+                    json.dumps(list(mail.recipients)), mail.body_text, mail.queue_id)
+            # A stub bound by an early lookup is completed; a full record is never replaced.
+            cur = self.db.execute(
+                "UPDATE mails SET recorded=1, account=?, message_id=?, subject=?, date=?, "
+                "recipients=?, body_text=?, queue_id=? WHERE mail_id=? AND recorded=0",
+                vals + (mail.mail_id,))
+            if cur.rowcount:
+                return True
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO mails (mail_id, account, recorded, message_id, subject, "
+                "date, recipients, body_text, queue_id, created_at) "
+                "VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?)",
+                (mail.mail_id,) + vals + (mail.created_at,))
+            return cur.rowcount == 1
+        return await self._run(do)
+
+    def _get_mail(self, mail_id: str) -> Mail | None:
+        row = self.db.execute("SELECT * FROM mails WHERE mail_id=?", (mail_id,)).fetchone()
+        return _mail(row) if row else None
+
+    async def get_mail(self, mail_id: str) -> Mail | None:
+        return await self._run(self._get_mail, mail_id)
+
+    async def bind_mail(self, mail_id: str, account: str, now: float) -> Mail:
+        def do() -> Mail:
+            self.db.execute("INSERT OR IGNORE INTO mails (mail_id, account, recorded, "
+                            "created_at) VALUES (?, ?, 0, ?)", (mail_id, account, now))
+            mail = self._get_mail(mail_id)
+            assert mail is not None
+            return mail
+        return await self._run(do)
+
+    async def lookup_context(self, account: str, mail_id: str) -> LookupContext:
+        def do() -> LookupContext:
+            acct = self._get_account(account)
+            mail = self._get_mail(mail_id)
+            links = {r["recipient"]: _link(r) for r in self.db.execute(
+                "SELECT * FROM links WHERE mail_id=?", (mail_id,))}
+            return LookupContext(acct, mail, links)
+        return await self._run(do)
+
+    # --- links
+
+    async def get_or_create_link(self, link: Link) -> Link:
+        def do() -> Link:
+            self.db.execute("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)",
+                            (link.token_hash, link.mail_id, link.recipient, link.created_at,
+                             link.expires_at))
+            row = self.db.execute("SELECT * FROM links WHERE mail_id=? AND recipient=?",
+                                  (link.mail_id, link.recipient)).fetchone()
+            return _link(row)
+        return await self._run(do)
+
+    async def get_link(self, token_hash: str) -> Link | None:
+        def do() -> Link | None:
+            row = self.db.execute("SELECT * FROM links WHERE token_hash=?",
+                                  (token_hash,)).fetchone()
+            return _link(row) if row else None
+        return await self._run(do)
+
+    # --- rooms
+
+    async def join(self, mail_id: str, address: str, now: float) -> bool:
+        return await self._run(lambda: self.db.execute(
+            "INSERT OR IGNORE INTO members VALUES (?, ?, ?)",
+            (mail_id, address, now)).rowcount == 1)
+
+    async def members(self, mail_id: str) -> list[str]:
+        return await self._run(lambda: [r[0] for r in self.db.execute(
+            "SELECT address FROM members WHERE mail_id=? ORDER BY joined_at, address",
+            (mail_id,))])
+
+    async def add_message(self, mail_id: str, author: str, text: str, now: float) -> Message:
+        def do() -> Message:
+            cur = self.db.execute("INSERT INTO messages (mail_id, author, text, ts) "
+                                  "VALUES (?, ?, ?, ?)", (mail_id, author, text, now))
+            return Message(int(cur.lastrowid or 0), mail_id, author, text, now)
+        return await self._run(do)
+
+    async def messages(self, mail_id: str, limit: int) -> list[Message]:
+        def do() -> list[Message]:
+            rows = self.db.execute("SELECT * FROM messages WHERE mail_id=? ORDER BY id DESC "
+                                   "LIMIT ?", (mail_id, limit)).fetchall()
+            return [_message(r) for r in reversed(rows)]
+        return await self._run(do)
+
+    async def mark_read(self, mail_id: str, address: str, message_id: int) -> None:
+        await self._run(lambda: self.db.execute(
+            "INSERT INTO reads VALUES (?, ?, ?) ON CONFLICT (mail_id, address) DO UPDATE "
+            "SET last_read=max(last_read, excluded.last_read)", (mail_id, address, message_id)))
+
+    async def conversations(self, account: str, limit: int) -> list[Conversation]:
+        def do() -> list[Conversation]:
+            # A sent mail is a conversation once a recipient opened it or someone wrote.
+            rows = self.db.execute(
+                """
+                SELECT m.*,
+                  (SELECT group_concat(address, ' ') FROM members WHERE mail_id=m.mail_id)
+                    AS member_list,
+                  max(coalesce((SELECT max(ts) FROM messages WHERE mail_id=m.mail_id), 0),
+                      coalesce((SELECT max(joined_at) FROM members WHERE mail_id=m.mail_id), 0))
+                    AS last_activity,
+                  (SELECT count(*) FROM messages WHERE mail_id=m.mail_id AND author != :a
+                     AND id > coalesce((SELECT last_read FROM reads
+                                        WHERE mail_id=m.mail_id AND address=:a), 0)) AS unread,
+                  (SELECT text FROM messages WHERE mail_id=m.mail_id ORDER BY id DESC LIMIT 1)
+                    AS last_text
+                FROM mails m
+                WHERE m.account=:a AND (EXISTS (SELECT 1 FROM members WHERE mail_id=m.mail_id)
+                                        OR EXISTS (SELECT 1 FROM messages WHERE mail_id=m.mail_id))
+                ORDER BY last_activity DESC LIMIT :n
+                """, {"a": account, "n": limit}).fetchall()
+            return [Conversation(_mail(r), tuple(sorted((r["member_list"] or "").split())),
+                                 r["last_activity"], r["unread"], r["last_text"] or "")
+                    for r in rows]
+        return await self._run(do)

@@ -1,0 +1,96 @@
+"""`mailtalk user add|passwd|list|remove`: the presence service's accounts.
+
+Exit codes: 0 done, 1 refused (no such account, already exists, weak password,
+account outside [domains] names), 2 usage or configuration problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+import time
+
+from mailtalk.accounts import account_domain
+from mailtalk.config import Config
+from presence_api.api import norm_account
+from presence_api.auth import check_password_strength, hash_password
+from presence_api.server import open_store
+from presence_api.store import Store
+
+
+def _err(msg: str) -> int:
+    print(f"mailtalk user: {msg}", file=sys.stderr)
+    return 1
+
+
+def _read_password(from_stdin: bool) -> str | None:
+    if from_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    if not sys.stdin.isatty():
+        print("mailtalk user: no terminal to ask for the password; use --password-stdin",
+              file=sys.stderr)
+        return None
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        print("mailtalk user: the passwords differ", file=sys.stderr)
+        return None
+    return first
+
+
+async def _run(cfg: Config, args: argparse.Namespace, store: Store) -> int:
+    cmd = args.user_command
+    if cmd == "list":
+        for a in await store.list_accounts():
+            print(f"{a.account}\t{a.mode}\t"
+                  f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(a.created_at))}")
+        return 0
+
+    account = norm_account(args.account)
+    if account is None:
+        return _err(f"{args.account!r} is not an account (expected user@domain)")
+    if cmd == "remove":
+        if not await store.remove_account(account):
+            return _err(f"{account}: no such account")
+        print(f"removed {account}")
+        return 0
+
+    # add, passwd
+    if cmd == "add" and account_domain(account) not in cfg.domains.names:
+        return _err(f"{account}: the domain is not one of this site's "
+                    f"([domains] names = {', '.join(cfg.domains.names) or 'none'})")
+    exists = await store.get_account(account) is not None
+    if cmd == "add" and exists:
+        return _err(f"{account}: the account exists already (use `mailtalk user passwd`)")
+    if cmd == "passwd" and not exists:
+        return _err(f"{account}: no such account")
+    password = _read_password(args.password_stdin)
+    if password is None:
+        return 1
+    weak = check_password_strength(password)
+    if weak:
+        return _err(weak)
+    pw_hash = await asyncio.get_running_loop().run_in_executor(None, hash_password, password)
+    if cmd == "add":
+        if not await store.create_account(account, pw_hash, time.time()):
+            return _err(f"{account}: the account exists already")
+        print(f"added {account}")
+    else:
+        await store.set_password(account, pw_hash)
+        print(f"password of {account} changed; its sessions are ended")
+    return 0
+
+
+async def _main(cfg: Config, args: argparse.Namespace) -> int:
+    store = open_store(cfg)
+    await store.open()
+    try:
+        return await _run(cfg, args, store)
+    finally:
+        await store.close()
+
+
+def main(cfg: Config, args: argparse.Namespace) -> int:
+    return asyncio.run(_main(cfg, args))

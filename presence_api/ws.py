@@ -1,0 +1,136 @@
+"""The WebSocket of a chat page: `/ws` (logged-in user) and `/ws/c/<token>` (link page).
+
+The Origin must be public_url's (no other site can drive a user's socket with their
+cookie). Every frame is checked again: the session (or the link's expiry) is still
+valid, and the room it names is this page's. Frames are JSON objects:
+
+  page -> server: join {mail_id} | send {mail_id, text} | read {mail_id, up_to}
+                  | activity | status {mode}          (status: users only)
+  server -> page: hello | room | message | opened | members | presence | error {error}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from presence_api.auth import SESSION_COOKIE, token_hash
+from presence_api.chat import ChatError
+from presence_api.presence import Client
+from presence_api.service import Service, service
+from presence_api.store import MODES
+
+log = logging.getLogger("mailtalk.presence.ws")
+
+
+def _origin_ok(svc: Service, request: web.Request) -> bool:
+    return request.headers.get("Origin", "").rstrip("/").lower() == svc.origin
+
+
+async def _open(svc: Service, request: web.Request) -> web.WebSocketResponse:
+    max_chars = svc.cfg.presence.chat_message_max_chars
+    ws = web.WebSocketResponse(heartbeat=float(svc.cfg.presence.heartbeat_seconds),
+                               max_msg_size=max_chars * 4 + 4096)
+    await ws.prepare(request)
+    return ws
+
+
+async def ws_user(request: web.Request) -> web.StreamResponse:
+    svc = service(request)
+    if not _origin_ok(svc, request):
+        raise web.HTTPForbidden(text="bad origin")
+    token = request.cookies.get(SESSION_COOKIE)
+    account = await svc.auth.session_account(token)
+    if account is None or token is None:
+        raise web.HTTPUnauthorized(text="log in first")
+    acct = await svc.store.get_account(account)
+    if acct is None:
+        raise web.HTTPUnauthorized(text="no such account")
+    ws = await _open(svc, request)
+    client = Client(ws, "user", account, svc.clock(), session_hash=token_hash(token))
+    await svc.presence.add(client, acct.mode)
+    await client.send({"type": "hello", "kind": "user", "you": account,
+                       "status": svc.presence.status(account), "mode": acct.mode})
+    return await _serve(svc, client)
+
+
+async def ws_link(request: web.Request) -> web.StreamResponse:
+    svc = service(request)
+    if not _origin_ok(svc, request):
+        raise web.HTTPForbidden(text="bad origin")
+    opened = await svc.links.open(request.match_info["token"], svc.clock())
+    if opened.link is None:
+        raise web.HTTPNotFound(text="no such link")
+    link = opened.link
+    mail = await svc.store.get_mail(link.mail_id)
+    if mail is None:
+        raise web.HTTPNotFound(text="no such link")
+    ws = await _open(svc, request)
+    client = Client(ws, "link", link.recipient, svc.clock(), mail_id=link.mail_id,
+                    link_expires=link.expires_at)
+    svc.chat.attach(client)
+    svc.presence.watch(client, mail.account)
+    await client.send({"type": "hello", "kind": "link", "you": link.recipient,
+                       "mail_id": link.mail_id})
+    return await _serve(svc, client)
+
+
+async def _still_valid(svc: Service, client: Client) -> bool:
+    if client.kind == "link":
+        return svc.clock() < client.link_expires
+    return await svc.store.get_session(client.session_hash or "", svc.clock()) == client.identity
+
+
+async def _frame(svc: Service, client: Client, frame: dict[str, Any]) -> None:
+    kind = frame.get("type")
+    if kind == "join":
+        mail = await svc.chat.authorize(client, frame.get("mail_id"))
+        await client.send(await svc.chat.snapshot(client, mail))
+    elif kind == "send":
+        await svc.chat.post(client, frame.get("mail_id"), frame.get("text"))
+        await svc.presence.activity(client)
+    elif kind == "read":
+        mail = await svc.chat.authorize(client, frame.get("mail_id"))
+        up_to = frame.get("up_to")
+        if isinstance(up_to, int) and not isinstance(up_to, bool) and up_to > 0:
+            await svc.store.mark_read(mail.mail_id, client.identity, up_to)
+    elif kind == "activity":
+        await svc.presence.activity(client)
+    elif kind == "status" and client.kind == "user":
+        mode = frame.get("mode")
+        if mode not in MODES:
+            raise ChatError("bad_mode")
+        await svc.store.set_mode(client.identity, str(mode))
+        await svc.presence.set_mode(client.identity, str(mode))
+    else:
+        raise ChatError("bad_frame")
+
+
+async def _serve(svc: Service, client: Client) -> web.WebSocketResponse:
+    ws = client.ws
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            if not await _still_valid(svc, client):
+                await client.send({"type": "error", "error": "session_ended"})
+                await ws.close(code=4001, message=b"session ended")
+                break
+            try:
+                frame = json.loads(msg.data)
+                if not isinstance(frame, dict):
+                    raise ChatError("bad_frame")
+                await _frame(svc, client, frame)
+            except ValueError:
+                await client.send({"type": "error", "error": "bad_frame"})
+            except ChatError as e:
+                await client.send({"type": "error", "error": str(e),
+                                   "mail_id": frame.get("mail_id") if isinstance(frame, dict)
+                                   else None})
+    finally:
+        svc.chat.detach(client)
+        await svc.presence.remove(client)
+    return ws
