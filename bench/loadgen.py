@@ -53,7 +53,7 @@ class Result:
     def line(self) -> str:
         cpu = self.cpu_ms_per_1000
         cpu_s = f"{cpu:7.0f} server-CPU-ms/1000" if cpu is not None else ""
-        return (f"{self.name:<10} {self.rate:9.0f} lookups/s  p50 {self.p(50):6.2f} ms  "
+        return (f"{self.name:<14} {self.rate:9.0f} lookups/s  p50 {self.p(50):6.2f} ms  "
                 f"p99 {self.p(99):6.2f} ms  max {self.p(100):7.2f} ms  ok {self.ok:7d}  "
                 f"errors {self.errors:4d}  {cpu_s}")
 
