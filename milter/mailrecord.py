@@ -1,0 +1,212 @@
+"""The record of a sent mail, made from what the milter saw: no sockets, no milter.
+
+The milter collects header fields and the first bytes of the body (`BodyBuffer`);
+`make_record` turns them into the JSON the presence service stores
+(`POST /api/v1/mails`, docs/architecture.md): Message-ID, subject (RFC 2047
+decoded), date, envelope recipients and the body text - the text/plain part, else
+the text of the HTML part - cut at `[milter] body_text_limit` bytes of UTF-8.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import html.parser
+import re
+from dataclasses import asdict, dataclass
+from datetime import timezone
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+
+# How many raw body bytes are kept per body_text_limit byte of text: base64 makes
+# 3 bytes into 4, quoted-printable up to 3x, HTML markup often more. Past the cap
+# the body is not kept (a 50 MB mail must not sit in memory); the text is then
+# taken from what was kept, which is cut anyway.
+RAW_PER_TEXT_BYTE = 4
+RAW_BODY_MIN = 64 * 1024
+# Header fields kept for the record (all of them: MIME parsing needs Content-*),
+# at most this many bytes; a larger header block is rare and kept only in part.
+HEADERS_MAX_BYTES = 256 * 1024
+SUBJECT_MAX_CHARS = 998
+MESSAGE_ID_MAX_CHARS = 998
+
+
+def raw_body_cap(body_text_limit: int) -> int:
+    return max(RAW_PER_TEXT_BYTE * body_text_limit, RAW_BODY_MIN) if body_text_limit else 0
+
+
+class BodyBuffer:
+    """The first `cap` bytes of a body that arrives in chunks; the rest is dropped."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.truncated = False
+
+    def add(self, chunk: bytes) -> None:
+        room = self._cap - self._size
+        if room <= 0:
+            self.truncated = self.truncated or bool(chunk)
+            return
+        if len(chunk) > room:
+            chunk = chunk[:room]
+            self.truncated = True
+        self._parts.append(chunk)
+        self._size += len(chunk)
+
+    def value(self) -> bytes:
+        return b"".join(self._parts)
+
+
+@dataclass(frozen=True)
+class MailRecord:
+    mail_id: str
+    account: str
+    message_id: str
+    subject: str
+    date: str | None           # RFC 3339 UTC, None when the mail has no usable Date
+    recipients: list[str]
+    body_text: str
+    queue_id: str
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class _HtmlText(html.parser.HTMLParser):
+    """The visible text of an HTML part: no script/style, breaks at block ends."""
+
+    _SKIP = {"script", "style", "head", "title"}
+    _BREAK = {"br", "p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6",
+              "blockquote", "pre", "table", "ul", "ol"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self._out: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIP:
+            self._skipping += 1
+        elif tag in self._BREAK:
+            self._out.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP:
+            self._skipping = max(0, self._skipping - 1)
+        elif tag in self._BREAK:
+            self._out.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self._out.append(data)
+
+    def text(self) -> str:
+        lines = (" ".join(line.split()) for line in "".join(self._out).splitlines())
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def html_to_text(markup: str) -> str:
+    p = _HtmlText()
+    p.feed(markup)
+    p.close()
+    return p.text()
+
+
+def cut_utf8(text: str, limit: int) -> str:
+    """At most `limit` bytes of UTF-8, never half a character."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode("utf-8", "ignore")
+
+
+def _part_text(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    charset = part.get_content_charset() or "us-ascii"
+    try:
+        return payload.decode(charset, "replace")
+    except LookupError:                         # unknown charset name
+        return payload.decode("utf-8", "replace")
+
+
+def body_text(msg: Message) -> str:
+    """The text/plain part that is not an attachment, else the text of the HTML one."""
+    plain = html = None
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        if part.get_content_disposition() == "attachment":
+            continue
+        ctype = part.get_content_type()
+        if ctype == "text/plain" and plain is None:
+            plain = part
+        elif ctype == "text/html" and html is None:
+            html = part
+    if plain is not None:
+        return _part_text(plain).replace("\r\n", "\n").strip()
+    if html is not None:
+        return html_to_text(_part_text(html))
+    return ""
+
+
+def _header_str(msg: EmailMessage, name: str, headers: list[tuple[str, bytes]]) -> str:
+    """The decoded value of the first `name` field; on a field the email package
+    cannot parse, its raw text (errors replaced)."""
+    try:
+        value = msg.get(name)
+        text = "" if value is None else str(value)
+    except (ValueError, IndexError, TypeError, AttributeError):
+        raw = next((v for n, v in headers if n.lower() == name.lower()), b"")
+        text = raw.decode("utf-8", "replace")
+    return " ".join(text.split())
+
+
+def rfc3339_date(value: str) -> str | None:
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if dt is None:
+        return None
+    if dt.tzinfo is None:                        # "-0000": UTC per RFC 5322
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_message(headers: list[tuple[str, bytes]], body: bytes) -> EmailMessage:
+    """An EmailMessage from the header fields as the milter got them and the kept body."""
+    lines = [name.encode("ascii", "replace") + b": " + value.replace(b"\r", b"")
+             .replace(b"\n", b"\r\n") for name, value in headers]
+    raw = b"\r\n".join(lines) + b"\r\n\r\n" + body
+    msg = BytesParser(policy=email.policy.default).parsebytes(raw)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def bare_address(addr: str) -> str:
+    """`<bob@b.example>` (as the milter gets RCPT TO) -> `bob@b.example`."""
+    addr = addr.strip()
+    if addr.startswith("<") and ">" in addr:
+        addr = addr[1:addr.index(">")]
+    return addr.strip()
+
+
+def make_record(*, mail_id: str, account: str, queue_id: str,
+                recipients: list[str], headers: list[tuple[str, bytes]],
+                body: bytes, body_text_limit: int) -> MailRecord:
+    msg = parse_message(headers, body)
+    text = cut_utf8(body_text(msg), body_text_limit) if body_text_limit else ""
+    return MailRecord(
+        mail_id=mail_id,
+        account=account,
+        message_id=_header_str(msg, "Message-ID", headers)[:MESSAGE_ID_MAX_CHARS],
+        subject=_header_str(msg, "Subject", headers)[:SUBJECT_MAX_CHARS],
+        date=rfc3339_date(_header_str(msg, "Date", headers)),
+        recipients=[bare_address(r) for r in recipients if bare_address(r)],
+        body_text=text,
+        queue_id=queue_id,
+    )

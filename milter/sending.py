@@ -1,0 +1,297 @@
+"""The sending milter (pymilter) on the sender's MTA.
+
+On every message it deletes every copy of X-Messenger-Account, X-Mail-ID and
+X-Sender-Online (any case, any count): only this milter may set the first two,
+and only the recipient's hook the third. For a sender who logged in with SASL
+(`{auth_authen}` at MAIL FROM) as an account of one of our domains it adds
+X-Messenger-Account and a fresh X-Mail-ID, and puts the record of the mail into
+the outbox (a local SQLite insert; the hand-over runs in the background).
+
+Errors of ours never hold mail up: every callback catches its own exceptions,
+logs them with the queue ID and lets the message go on. Forged copies are
+deleted first, whatever else fails (they must never pass); if making the
+Mail-ID or the record fails, no header is added (the mail passes as it came,
+minus forged copies). libmilter's own policy for an exception that escapes
+anyway is set to CONTINUE, not its default tempfail.
+
+libmilter runs in a thread of its own (`milter.main()`), one more thread per SMTP
+connection; the asyncio loop keeps the outbox hand-over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import Milter
+
+from mailtalk.accounts import account_for_login
+from mailtalk.config import Config, ConfigError, DomainsConfig
+from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, OUR_HEADERS
+from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
+from mailtalk_milter import milter_socket
+from mailtalk_milter.mailrecord import (HEADERS_MAX_BYTES, BodyBuffer, make_record,
+                                        raw_body_cap)
+from mailtalk_milter.outbox import Handover, Outbox
+
+log = logging.getLogger("mailtalk.milter")
+
+MILTER_NAME = "mailtalk"
+NOQUEUE = "NOQUEUE"
+MAX_RECIPIENTS = 1000          # recorded per mail; Postfix's default limit is 1000
+JOIN_TIMEOUT = 10.0            # seconds close() waits for libmilter's loop to end
+POKE_EVERY = 0.05              # seconds between wake-up connections while stopping
+_OURS = {h.lower(): h for h in OUR_HEADERS}
+
+
+class RecordSink:
+    """Where records go: the Outbox, or a stand-in in tests."""
+
+    def add(self, record: object) -> None: ...   # pragma: no cover
+
+
+@dataclass
+class Engine:
+    """What every connection shares; made once at start."""
+    domains: DomainsConfig
+    mail_ids: MailIds
+    outbox: Outbox | RecordSink
+    body_text_limit: int
+
+
+@dataclass
+class _Message:
+    """Per-message state; envfrom makes a new one (a connection carries many)."""
+    account: str | None = None
+    queue_id: str = NOQUEUE
+    failed: bool = False
+    recipients: list[str] = field(default_factory=list)
+    ours: dict[str, int] = field(default_factory=dict)    # lower-case name -> count
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    header_bytes: int = 0
+    body: BodyBuffer | None = None
+
+
+class SendingMilter(Milter.Base):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.msg = _Message()
+
+    # -- helpers
+
+    def _qid(self) -> str:
+        qid = self.getsymval("i")
+        if qid:
+            self.msg.queue_id = qid
+        return self.msg.queue_id
+
+    def _failed(self, where: str) -> int:
+        log.exception("%s: internal error in %s; the mail passes unchanged",
+                      self.msg.queue_id, where)
+        self.msg.failed = True
+        return Milter.CONTINUE
+
+    # -- callbacks (everything that is not overridden is skipped by negotiation)
+
+    @Milter.noreply
+    @Milter.symlist("{auth_authen}", "i")
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self.msg = _Message()
+        try:
+            self._qid()
+            login = self.getsymval("{auth_authen}")
+            if login:
+                self.msg.account = account_for_login(login, self.engine.domains)
+                if self.msg.account is None:
+                    log.debug("%s: login %r is not an account of ours: no headers",
+                              self.msg.queue_id, login)
+                else:
+                    self.msg.body = BodyBuffer(raw_body_cap(self.engine.body_text_limit))
+        except Exception:
+            return self._failed("envfrom")
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envrcpt(self, to: str, *params: str) -> int:
+        if self.msg.account and len(self.msg.recipients) < MAX_RECIPIENTS:
+            self.msg.recipients.append(to)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @Milter.decode("bytes")
+    def header(self, name: str, value: bytes) -> int:
+        try:
+            lower = name.lower()
+            if lower in _OURS:
+                self.msg.ours[lower] = self.msg.ours.get(lower, 0) + 1
+            elif self.msg.account and self.msg.header_bytes < HEADERS_MAX_BYTES:
+                self.msg.headers.append((name, value))
+                self.msg.header_bytes += len(name) + len(value) + 4
+        except Exception:
+            return self._failed("header")
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def body(self, chunk: bytes) -> int:
+        if self.msg.body is not None:
+            self.msg.body.add(chunk)
+        return Milter.CONTINUE
+
+    @Milter.symlist("i")
+    def eom(self) -> int:
+        qid = self.msg.queue_id
+        try:
+            qid = self._qid()
+            self._delete_ours(qid)
+        except Exception:
+            self._failed("eom (deleting forged headers)")
+        m = self.msg
+        if m.failed or not m.account:
+            return Milter.CONTINUE
+        try:
+            mail_id = self.engine.mail_ids.issue(m.account)
+            record = make_record(
+                mail_id=mail_id, account=m.account, queue_id=qid, recipients=m.recipients,
+                headers=m.headers, body=m.body.value() if m.body else b"",
+                body_text_limit=self.engine.body_text_limit)
+            self.engine.outbox.add(record)
+        except Exception:
+            return self._failed("eom (recording the mail)")
+        try:
+            self.addheader(HDR_ACCOUNT, m.account)
+            self.addheader(HDR_MAIL_ID, mail_id)
+        except Exception:
+            # Half added at worst; the mail goes on all the same.
+            return self._failed("eom (adding headers)")
+        log.info("%s: account=%s mail_id=%s recipients=%d", qid, m.account, mail_id,
+                 len(m.recipients))
+        return Milter.CONTINUE
+
+    def _delete_ours(self, qid: str) -> None:
+        """Delete every copy of our headers that came with the message.
+
+        libmilter counts a name's copies from 1, case-insensitively (Postfix and
+        Sendmail both). Deleting from the last copy to the first keeps every index
+        valid whether or not the MTA still counts the copies it already deleted.
+        """
+        for lower, count in self.msg.ours.items():
+            for index in range(count, 0, -1):
+                self.chgheader(_OURS[lower], index, "")
+        if self.msg.ours:
+            log.warning("%s: deleted %d forged cop%s of %s", qid, sum(self.msg.ours.values()),
+                        "y" if sum(self.msg.ours.values()) == 1 else "ies",
+                        ", ".join(_OURS[n] for n in self.msg.ours))
+
+    def abort(self) -> int:
+        self.msg = _Message()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        return Milter.CONTINUE
+
+
+def install(engine: Engine) -> None:
+    """Make libmilter (or TestCtx) create a SendingMilter per connection."""
+    Milter.factory = lambda: SendingMilter(engine)
+
+
+# -- running it
+
+def _register(socket: str, timeout: int) -> None:
+    """What Milter.runmilter does up to opening the socket; runmilter itself opens
+    and serves in one call, and we must tune the socket in between."""
+    import milter  # pymilter's C module (never our folder: see MISSION.md, Layout)
+
+    milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+    milter.set_exception_policy(Milter.CONTINUE)
+    milter.set_connect_callback(Milter.connect_callback)
+    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_close_callback(Milter.close_callback)
+    milter.setconn(socket)
+    milter.settimeout(timeout)
+    milter.register(MILTER_NAME, data=lambda ctx: ctx.getpriv().data(),
+                    unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+                    negotiate=Milter.negotiate_callback)
+
+
+class Running:
+    def __init__(self, spec: str, thread: threading.Thread, handover: Handover,
+                 outbox: Outbox, closing: threading.Event) -> None:
+        self._spec = spec
+        self._thread = thread
+        self._handover = handover
+        self._outbox = outbox
+        self._closing = closing
+
+    async def close(self) -> None:
+        import milter
+        self._closing.set()
+        # smfi_stop() waits for a mutex that libmilter's listener holds across its
+        # poll() of up to 5 s; connections of our own end that poll at once.
+        stopper = asyncio.ensure_future(asyncio.to_thread(milter.stop))
+        while not stopper.done():
+            await asyncio.to_thread(milter_socket.poke, self._spec)
+            await asyncio.wait({stopper}, timeout=POKE_EVERY)
+        await asyncio.to_thread(self._thread.join, JOIN_TIMEOUT)
+        if self._thread.is_alive():
+            log.warning("libmilter did not stop within %.0fs", JOIN_TIMEOUT)
+        await self._handover.close()
+        self._outbox.close()
+
+
+async def start(cfg: Config, stop: asyncio.Event) -> Running:
+    import milter
+
+    loop = asyncio.get_running_loop()
+    key = load_or_create_site_key(cfg.site.secret_file)
+    mc = cfg.milter
+    outbox = Outbox(mc.outbox)
+    handover = Handover(outbox, mc.presence_api, outbox_api_token(key), mc.outbox_retry_max,
+                        max_age=cfg.site.mail_id_lifetime_days * 86400.0)
+    outbox.on_added = handover.wake_threadsafe
+    install(Engine(cfg.domains, MailIds(key, cfg.site.mail_id_lifetime_days), outbox,
+                   mc.body_text_limit))
+
+    milter_socket.prepare(mc.socket)
+    before = milter_socket.listening_fds()
+    _register(mc.socket, mc.timeout)
+    try:
+        milter.opensocket(True)         # True: remove a stale unix socket first
+    except milter.error as e:
+        outbox.close()
+        raise ConfigError(f"{cfg.source}: [milter] socket: cannot listen on {mc.socket} "
+                          f"({e}; in use by another process?)") from None
+    milter_socket.tune(mc.socket, before, mc.socket_group)
+
+    closing = threading.Event()
+
+    def serve() -> None:
+        try:
+            milter.main()
+        except Exception:
+            log.exception("libmilter stopped with an error")
+        finally:
+            if not closing.is_set():
+                # libmilter's own signal thread ends its loop on SIGTERM/SIGINT/SIGHUP
+                # when it, not our main thread, receives the signal: stop it all.
+                log.info("libmilter's loop ended: stopping")
+                try:
+                    loop.call_soon_threadsafe(stop.set)
+                except RuntimeError:
+                    pass
+
+    thread = threading.Thread(target=serve, name="libmilter", daemon=True)
+    thread.start()
+    handover.start()
+    log.info("milter listening on %s (outbox %s, hand-over to %s)", mc.socket, mc.outbox,
+             mc.presence_api)
+    return Running(mc.socket, thread, handover, outbox, closing)
