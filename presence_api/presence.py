@@ -86,7 +86,7 @@ class PresenceHub:
     def event(self, account: str) -> dict[str, Any]:
         return {"type": "presence", "account": account, "status": self.status(account)}
 
-    async def _announce(self, account: str, force: bool = False) -> None:
+    async def announce(self, account: str, force: bool = False) -> None:
         new = self.status(account)
         if not force and self._last.get(account, "offline") == new:
             return
@@ -98,10 +98,10 @@ class PresenceHub:
                        {"type": "presence", "account": account, "status": new,
                         "mode": self.mode(account), "self": True})
 
-    async def add(self, client: Client, mode: str) -> None:
+    def add(self, client: Client, mode: str) -> None:
+        """Count the page in; the caller greets it, then calls announce()."""
         self._modes[client.identity] = mode
         self.clients.setdefault(client.identity, set()).add(client)
-        await self._announce(client.identity)
 
     async def remove(self, client: Client) -> None:
         self.unwatch(client)
@@ -112,7 +112,7 @@ class PresenceHub:
             conns.discard(client)
             if not conns:
                 del self.clients[client.identity]
-        await self._announce(client.identity)
+        await self.announce(client.identity)
         if client.identity not in self.clients:
             self._last.pop(client.identity, None)
             self._modes.pop(client.identity, None)
@@ -120,11 +120,11 @@ class PresenceHub:
     async def activity(self, client: Client) -> None:
         client.last_input = self._clock()
         if client.kind == "user":
-            await self._announce(client.identity)
+            await self.announce(client.identity)
 
     async def set_mode(self, account: str, mode: str) -> None:
         self._modes[account] = mode
-        await self._announce(account, force=True)
+        await self.announce(account, force=True)
 
     def watch(self, client: Client, account: str) -> None:
         self.unwatch(client)
@@ -143,7 +143,7 @@ class PresenceHub:
     async def sweep(self) -> None:
         """Announce online -> away changes that no event caused (time passing)."""
         for account in list(self.clients):
-            await self._announce(account)
+            await self.announce(account)
 
     async def run_sweeper(self, interval: float) -> None:
         while True:

@@ -51,9 +51,14 @@ async def ws_user(request: web.Request) -> web.StreamResponse:
         raise web.HTTPUnauthorized(text="no such account")
     ws = await _open(svc, request)
     client = Client(ws, "user", account, svc.clock(), session_hash=token_hash(token))
-    await svc.presence.add(client, acct.mode)
-    await client.send({"type": "hello", "kind": "user", "you": account,
-                       "status": svc.presence.status(account), "mode": acct.mode})
+    svc.presence.add(client, acct.mode)
+    try:
+        await client.send({"type": "hello", "kind": "user", "you": account,
+                           "status": svc.presence.status(account), "mode": acct.mode})
+        await svc.presence.announce(account)
+    except BaseException:
+        await svc.presence.remove(client)
+        raise
     return await _serve(svc, client)
 
 
