@@ -1,0 +1,332 @@
+"""The after-queue content filter for Postfix (FILTER_README's "advanced" filter).
+
+Postfix's `mailtalk` transport delivers to `[filter] listen` over SMTP; each message goes
+back to Postfix's re-injection smtpd at `[filter] reinject` with X-Sender-Online added.
+
+Nothing is lost and nothing bounces because of us:
+- MAIL and RCPT are forwarded to the re-injection server live, so a recipient the next
+  hop refuses gets that very reply (a 5xx from the next hop, not one of ours) at RCPT
+  time, and every recipient that reaches DATA is known to be accepted.
+- At DATA one transaction is sent per group of recipients with the same header (their
+  links differ), and 250 is answered only when every group was accepted. A 4xx, a
+  timeout, a broken connection or an exception of ours is a 4xx: Postfix keeps the mail
+  and retries. Groups already delivered before such a failure are remembered (queue ID,
+  recipient, digest of the message) and skipped on the retry, so no one gets it twice.
+- aiosmtpd's own exception reply would be a 500 (a bounce): `handle_exception` gives 451.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import socket
+import time
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailtalk.config import Config, FilterConfig
+from mailtalk_milter import receiving
+from mailtalk_milter.reinject import ReinjectClient, ReinjectError, Reply
+
+log = logging.getLogger("mailtalk.filter")
+
+XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
+REPLY_TEMPFAIL = "451 4.3.0 Error: mailtalk filter failed; try again later"
+REPLY_REINJECT_DOWN = "451 4.4.1 Error: re-injection unavailable; try again later"
+DELIVERED_TTL = 3 * 86400      # remember partial deliveries this long (seconds)
+DELIVERED_MAX = 100_000        # and at most this many recipients
+DRAIN_SECONDS = 10.0           # on stop: how long messages in flight may finish
+
+
+class FilterEnvelope(Envelope):
+    def __init__(self) -> None:
+        super().__init__()
+        self.xforward: dict[str, str] = {}
+
+
+class Delivered:
+    """Recipients already re-injected for a queue ID, in case Postfix retries the mail."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str, bytes], float] = {}
+
+    def has(self, key: tuple[str, str, bytes]) -> bool:
+        t = self._seen.get(key)
+        return t is not None and time.monotonic() - t < DELIVERED_TTL
+
+    def add(self, key: tuple[str, str, bytes]) -> None:
+        if len(self._seen) >= DELIVERED_MAX:
+            cutoff = time.monotonic() - DELIVERED_TTL
+            self._seen = {k: t for k, t in self._seen.items() if t > cutoff}
+            while len(self._seen) >= DELIVERED_MAX:
+                self._seen.pop(next(iter(self._seen)))
+        self._seen[key] = time.monotonic()
+
+
+class FilterSMTP(SMTP):
+    """aiosmtpd's SMTP plus XFORWARD, one re-injection connection, and 451 on errors."""
+
+    def __init__(self, handler: "FilterHandler", **kw: Any) -> None:
+        # A line may be as long as the whole message: long lines must pass, and an
+        # aiosmtpd "500 Line too long" would be a 5xx of our own making.
+        self.line_length_limit = max(kw.get("data_size_limit") or 0, 1001)
+        super().__init__(handler, **kw)
+        self.upstream: ReinjectClient | None = None
+        handler.sessions.add(self)
+
+    def _create_envelope(self) -> FilterEnvelope:
+        return FilterEnvelope()
+
+    async def smtp_XFORWARD(self, arg: str | None) -> None:
+        """Postfix's XFORWARD (XFORWARD_README): client attributes, before MAIL."""
+        env = self.envelope
+        assert isinstance(env, FilterEnvelope)
+        if env.mail_from:
+            await self.push("503 5.5.1 Error: MAIL transaction in progress")
+            return
+        if not arg:
+            await self.push("501 5.5.4 Syntax: XFORWARD attribute=value...")
+            return
+        attrs: dict[str, str] = {}
+        for item in arg.split():
+            name, sep, value = item.partition("=")
+            if not sep or name.upper() not in XFORWARD_ATTRS:
+                await self.push(f"501 5.5.4 Bad XFORWARD attribute name: {name[:40]}")
+                return
+            attrs[name.upper()] = value
+        env.xforward.update(attrs)
+        await self.push("250 2.0.0 Ok")
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("unexpected error in the SMTP session: %s: %s",
+                  type(error).__name__, error, exc_info=error)
+        self.drop_upstream()
+        self._set_rset_state()
+        return REPLY_TEMPFAIL
+
+    def drop_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.drop_upstream()
+        self.event_handler.sessions.discard(self)
+        super().connection_lost(error)
+
+
+def _own(reply: Reply) -> str:
+    """A next-hop reply for Postfix: 2xx/4xx/5xx pass as they are, anything else 451."""
+    return reply.smtp() if 200 <= reply.code < 600 and reply.code // 100 != 3 else REPLY_TEMPFAIL
+
+
+class FilterHandler:
+    def __init__(self, cfg: FilterConfig, lookup: receiving.Lookup | None,
+                 helo: str | None = None) -> None:
+        self.cfg = cfg
+        self.lookup = lookup
+        self.helo = helo or socket.gethostname()
+        self.delivered = Delivered()
+        self.sessions: set[FilterSMTP] = set()
+        self.busy = 0            # messages between DATA and our reply
+
+    async def handle_EHLO(self, server: FilterSMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        server.drop_upstream()                      # EHLO resets: a fresh transaction
+        return responses[:-1] + ["250-XFORWARD " + " ".join(XFORWARD_ATTRS), responses[-1]]
+
+    async def handle_RSET(self, server: FilterSMTP, session: Session,
+                          envelope: Envelope) -> str:
+        up = server.upstream
+        if up is not None:
+            try:
+                await up.rset()
+            except ReinjectError:
+                server.drop_upstream()
+        return "250 2.0.0 Ok"
+
+    async def _upstream(self, server: FilterSMTP) -> ReinjectClient:
+        if server.upstream is None or not server.upstream.connected:
+            client = ReinjectClient(self.cfg.reinject.host, self.cfg.reinject.port,
+                                    self.cfg.reinject_timeout, self.helo)
+            await client.connect()
+            server.upstream = client
+        return server.upstream
+
+    async def handle_MAIL(self, server: FilterSMTP, session: Session, envelope: FilterEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        ident = envelope.xforward.get("IDENT", "-")
+        for attempt in (1, 2):     # a cached connection may have timed out: reconnect once
+            try:
+                up = await self._upstream(server)
+                if envelope.xforward:
+                    r = await up.xforward(envelope.xforward)
+                    if r is not None and not r.ok:
+                        log.warning("%s: XFORWARD refused by the re-injection server: %s", ident, r)
+                reply = await up.mail(address, mail_options)
+                break
+            except ReinjectError as e:
+                server.drop_upstream()
+                if attempt == 2:
+                    log.warning("%s: MAIL FROM <%s>: %s: deferred", ident, address, e)
+                    return REPLY_REINJECT_DOWN
+        if reply.ok:
+            envelope.mail_from = address
+            envelope.mail_options.extend(mail_options)
+            return "250 2.1.0 Ok"
+        log.info("%s: MAIL FROM <%s> refused by the re-injection server: %s", ident, address, reply)
+        return _own(reply)
+
+    async def handle_RCPT(self, server: FilterSMTP, session: Session, envelope: FilterEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        ident = envelope.xforward.get("IDENT", "-")
+        if server.upstream is None:
+            return REPLY_REINJECT_DOWN
+        try:
+            reply = await server.upstream.rcpt(address)
+        except ReinjectError as e:
+            server.drop_upstream()
+            log.warning("%s: RCPT TO <%s>: %s: deferred", ident, address, e)
+            return REPLY_REINJECT_DOWN
+        if reply.ok:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+            return "250 2.1.5 Ok"
+        log.info("%s: RCPT TO <%s> refused by the re-injection server: %s", ident, address, reply)
+        return _own(reply)
+
+    async def handle_DATA(self, server: FilterSMTP, session: Session,
+                          envelope: FilterEnvelope) -> str:
+        self.busy += 1
+        try:
+            return await self._data(server, envelope)
+        except asyncio.CancelledError:      # Postfix went away: the transaction is void
+            server.drop_upstream()
+            raise
+        except Exception:
+            log.exception("%s: error in the filter: deferred",
+                          envelope.xforward.get("IDENT", "-"))
+            server.drop_upstream()
+            return REPLY_TEMPFAIL
+        finally:
+            self.busy -= 1
+
+    async def _data(self, server: FilterSMTP, envelope: FilterEnvelope) -> str:
+        raw = envelope.original_content or b""
+        prepared = await receiving.prepare(
+            raw, envelope.rcpt_tos, self.lookup, self.cfg.lookup_timeout,
+            xforward_ident=envelope.xforward.get("IDENT"))
+        qid = prepared.qid
+        digest = hashlib.sha256(raw).digest()
+        done = {r for r in envelope.rcpt_tos if qid != "-" and self.delivered.has((qid, r, digest))}
+        groups = [(h, [r for r in rs if r not in done]) for h, rs in prepared.groups()]
+        groups = [(h, rs) for h, rs in groups if rs]
+        if done:
+            log.info("%s: %d recipient(s) re-injected on an earlier try: skipped", qid, len(done))
+        up = server.upstream
+        if up is None:
+            return REPLY_REINJECT_DOWN
+        try:
+            if len(groups) == 1 and not done:
+                # The usual case: the live transaction carries every recipient.
+                reply = await up.data(prepared.message_with(groups[0][0]))
+                log.info("%s: re-injected to %d recipient(s): %s", qid, len(groups[0][1]), reply)
+                return _own(reply)
+            await up.rset()
+            for n, (header, rcpts) in enumerate(groups):
+                reply = await self._one_transaction(up, envelope, rcpts,
+                                                    prepared.message_with(header))
+                if not reply.ok:
+                    log.warning("%s: group %d/%d (%s) refused: %s", qid, n + 1, len(groups),
+                                ", ".join(rcpts), reply)
+                    if n == 0 and not done and reply.code >= 500:
+                        return _own(reply)     # nothing delivered: the next hop's own 5xx
+                    return REPLY_TEMPFAIL if reply.code >= 500 else _own(reply)
+                for r in rcpts:
+                    if qid != "-":
+                        self.delivered.add((qid, r, digest))
+                log.info("%s: re-injected to %s: %s", qid, ", ".join(rcpts), reply)
+            return "250 2.0.0 Ok: re-injected"
+        except ReinjectError as e:
+            server.drop_upstream()
+            log.warning("%s: re-injection failed: %s: deferred", qid, e)
+            return REPLY_REINJECT_DOWN
+
+    @staticmethod
+    async def _one_transaction(up: ReinjectClient, envelope: FilterEnvelope,
+                               rcpts: list[str], message: bytes) -> Reply:
+        if envelope.xforward:
+            await up.xforward(envelope.xforward)
+        reply = await up.mail(envelope.mail_from or "", envelope.mail_options)
+        if not reply.ok:
+            return reply
+        for r in rcpts:
+            reply = await up.rcpt(r)
+            if not reply.ok:
+                await up.rset()
+                return reply
+        return await up.data(message)
+
+
+class Running:
+    def __init__(self, server: asyncio.AbstractServer, handler: FilterHandler,
+                 lookup: Any, owns_lookup: bool) -> None:
+        self.server, self.handler = server, handler
+        self._lookup, self._owns_lookup = lookup, owns_lookup
+
+    @property
+    def port(self) -> int:
+        return self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening, let messages in flight finish (bounded), then hang up."""
+        self.server.close()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while self.handler.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for s in list(self.handler.sessions):
+            if s.transport is not None:
+                s.transport.close()
+            s.drop_upstream()
+        await self.server.wait_closed()
+        if self._owns_lookup and self._lookup is not None:
+            await self._lookup.close()
+        log.info("filter stopped")
+
+
+def make_lookup(cfg: Config) -> Any:
+    """The real presence lookup; without it (not installed) every mail gets `unknown`."""
+    try:
+        from presence_api.lookup_client import PresenceLookup
+    except ImportError as e:
+        log.error("presence lookup unavailable (%s): every mail gets unknown", e)
+        return None
+    return PresenceLookup(cfg)
+
+
+async def start(cfg: Config, stop: asyncio.Event, *,
+                lookup: receiving.Lookup | None = None) -> Running:
+    """Listen on `[filter] listen`; `lookup` is for tests (default: the real one)."""
+    fc = cfg.filter
+    owns = lookup is None
+    if owns:
+        lookup = make_lookup(cfg)
+    handler = FilterHandler(fc, lookup)
+    if logging.getLogger("mail.log").level == logging.NOTSET:
+        logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd: a line per command
+    loop = asyncio.get_running_loop()
+
+    def factory() -> FilterSMTP:
+        return FilterSMTP(handler, data_size_limit=fc.max_message_size, enable_SMTPUTF8=True,
+                          decode_data=False, hostname=handler.helo,
+                          ident="mailtalk filter", loop=loop)
+
+    server = await loop.create_server(factory, host=fc.listen.host, port=fc.listen.port,
+                                      reuse_address=True)
+    running = Running(server, handler, lookup, owns)
+    log.info("filter listening on %s:%d, re-injecting to %s", fc.listen.host, running.port,
+             fc.reinject)
+    return running

@@ -1,0 +1,181 @@
+"""The re-injection client: hands a filtered message back to Postfix (`[filter] reinject`).
+
+A small SMTP client on asyncio streams rather than aiosmtplib: aiosmtplib rewrites
+bare CR and LF in the message data to CRLF, which would change the bytes that must
+pass unchanged (DKIM). Here the data goes out exactly as given, only dot-stuffed.
+Every reply is returned as a value (code and lines), so the filter can hand a
+recipient's own 5xx back to Postfix; a timeout or a broken connection raises
+`ReinjectError`, which the filter turns into a 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+log = logging.getLogger("mailtalk.filter.reinject")
+
+REPLY_MAX_LINES = 100          # a reply longer than this is a broken peer
+REPLY_LINE_MAX = 4096
+_STUFF = re.compile(rb"(?m)^\.")   # a dot after every LF, as the receiver splits lines there
+_XTEXT_SAFE = re.compile(r"[!-~]+")
+
+
+class ReinjectError(Exception):
+    """The re-injection server is unreachable, timed out, or broke the protocol."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    lines: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    def smtp(self) -> str:
+        """The reply as SMTP lines for aiosmtpd's push() (CRLF between lines)."""
+        lines = self.lines or ("",)
+        out = [f"{self.code}-{t}" for t in lines[:-1]] + [f"{self.code} {lines[-1]}"]
+        return "\r\n".join(x.rstrip() for x in out)
+
+    def __str__(self) -> str:
+        return f"{self.code} {' / '.join(self.lines)}"
+
+
+def _printable(b: bytes) -> str:
+    return re.sub(r"[^\x20-\x7e]", "?", b.decode("utf-8", errors="replace"))
+
+
+class ReinjectClient:
+    """One SMTP connection to the re-injection server; several transactions may use it."""
+
+    def __init__(self, host: str, port: int, timeout: float, helo: str) -> None:
+        self.host, self.port, self.timeout, self.helo = host, port, timeout, helo
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.extensions: dict[str, str] = {}     # EHLO keyword -> its parameters
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def connect(self) -> None:
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, limit=REPLY_LINE_MAX * 2),
+                self.timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise ReinjectError(f"cannot connect to {self.host}:{self.port}: {e or 'timeout'}") from None
+        greeting = await self._read_reply()
+        if greeting.code != 220:
+            await self.close()
+            raise ReinjectError(f"greeting {greeting}")
+        reply = await self.command(b"EHLO " + self.helo.encode("ascii"))
+        if not reply.ok:
+            await self.close()
+            raise ReinjectError(f"EHLO refused: {reply}")
+        self.extensions = {}
+        for line in reply.lines[1:]:
+            keyword, _, params = line.partition(" ")
+            self.extensions[keyword.upper()] = params.upper()
+
+    async def _read_reply(self) -> Reply:
+        assert self._reader is not None
+        lines: list[str] = []
+        code = 0
+        try:
+            while len(lines) < REPLY_MAX_LINES:
+                raw = await asyncio.wait_for(self._reader.readline(), self.timeout)
+                if not raw.endswith(b"\n"):
+                    raise ReinjectError("connection closed by the re-injection server")
+                if len(raw) < 4 or not raw[:3].isdigit() or raw[3:4] not in (b" ", b"-", b"\r", b"\n"):
+                    raise ReinjectError(f"malformed reply line {_printable(raw[:80])!r}")
+                code = int(raw[:3])
+                lines.append(_printable(raw[4:].rstrip(b"\r\n")))
+                if raw[3:4] != b"-":
+                    return Reply(code, tuple(lines))
+        except asyncio.TimeoutError:
+            raise ReinjectError(f"no reply within {self.timeout:g}s") from None
+        except (OSError, asyncio.LimitOverrunError, ValueError) as e:
+            raise ReinjectError(f"reading a reply: {e}") from None
+        raise ReinjectError("reply too long")
+
+    async def _send(self, data: bytes) -> None:
+        if not self.connected:
+            raise ReinjectError("not connected")
+        assert self._writer is not None
+        try:
+            self._writer.write(data)
+            await asyncio.wait_for(self._writer.drain(), self.timeout)
+        except asyncio.TimeoutError:
+            raise ReinjectError(f"cannot send within {self.timeout:g}s") from None
+        except OSError as e:
+            raise ReinjectError(f"sending: {e}") from None
+
+    async def command(self, line: bytes) -> Reply:
+        if b"\r" in line or b"\n" in line:
+            raise ValueError("CR or LF in an SMTP command")
+        await self._send(line + b"\r\n")
+        return await self._read_reply()
+
+    async def xforward(self, attrs: dict[str, str]) -> Reply | None:
+        """Pass Postfix's XFORWARD attributes on (only those the server accepts)."""
+        offered = set(self.extensions.get("XFORWARD", "").split())
+        items = [f"{k}={v}" for k, v in attrs.items()
+                 if k in offered and _XTEXT_SAFE.fullmatch(v)]
+        reply = None
+        # Postfix's server takes a few attributes per command line; send them in chunks.
+        for i in range(0, len(items), 4):
+            reply = await self.command(("XFORWARD " + " ".join(items[i:i + 4])).encode("ascii"))
+            if not reply.ok:
+                return reply
+        return reply
+
+    async def mail(self, sender: str, options: Iterable[str]) -> Reply:
+        opts = [o for o in options if self._offers_option(o)]
+        line = f"MAIL FROM:<{sender}>" + "".join(" " + o for o in opts)
+        return await self.command(line.encode("utf-8", errors="surrogateescape"))
+
+    def _offers_option(self, option: str) -> bool:
+        key = option.split("=", 1)[0].upper()
+        return {"BODY": "8BITMIME", "SMTPUTF8": "SMTPUTF8", "SIZE": "SIZE"}.get(key, "") in self.extensions
+
+    async def rcpt(self, recipient: str) -> Reply:
+        return await self.command(f"RCPT TO:<{recipient}>".encode("utf-8", errors="surrogateescape"))
+
+    async def data(self, message: bytes) -> Reply:
+        """DATA, the message dot-stuffed and otherwise unchanged, then the final dot."""
+        reply = await self.command(b"DATA")
+        if reply.code != 354:
+            return reply
+        body = _STUFF.sub(b"..", message)
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        await self._send(body + b".\r\n")
+        return await self._read_reply()
+
+    async def rset(self) -> Reply:
+        return await self.command(b"RSET")
+
+    async def close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is None:
+            return
+        try:
+            if not writer.is_closing():
+                writer.write(b"QUIT\r\n")
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        except (OSError, asyncio.TimeoutError):
+            pass
+
+    def abort(self) -> None:
+        """Drop the connection now (after an error: the transaction there is void)."""
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.transport.abort()

@@ -1,0 +1,182 @@
+"""The transport-free receiving logic and the X-Sender-Online grammar."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import pytest
+
+from mailtalk_milter import online_header, receiving
+from mailtalk_milter.online_header import SenderOnline
+
+NOW = datetime(2026, 11, 29, 7, 0, 0, tzinfo=timezone.utc)
+MAIL_ID = "A" * 22 + "b-_9" * 5
+
+
+class FakeLookup:
+    """Stands in for presence_api.lookup_client.PresenceLookup (the network)."""
+
+    def __init__(self, status: str = "online", delay: float = 0.0, error: Exception | None = None,
+                 links: dict[str, str] | None = None) -> None:
+        self.status, self.delay, self.error, self.links = status, delay, error, links
+        self.calls: list[tuple[str, str, list[str]]] = []
+
+    async def lookup(self, account: str, mail_id: str, recipients: list[str],
+                     *, queue_id: str = "-"):
+        from presence_api.lookup_client import LookupResult
+        self.calls.append((account, mail_id, list(recipients)))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.error:
+            raise self.error
+        links = self.links if self.links is not None else {
+            r: f"https://chat.a.example/c/{r.split('@')[0]}" for r in recipients}
+        state = online_header.state_for(self.status)
+        return LookupResult(state, self.status, account, NOW, links)
+
+
+def msg(*headers: str, body: bytes = b"Hello\r\n") -> bytes:
+    return "".join(h + "\r\n" for h in headers).encode() + b"\r\n" + body
+
+
+CLAIM = ("X-Messenger-Account: alice@a.example", f"X-Mail-ID: {MAIL_ID}")
+
+
+# --- the header grammar
+
+def test_format_parse_round_trip_and_folding() -> None:
+    h = SenderOnline("yes", "alice@a.example", "busy", NOW, "https://chat.a.example/c/T0K")
+    field = online_header.format_field(h)
+    assert field.startswith(b"X-Sender-Online: yes; account=alice@a.example; status=busy;")
+    assert all(len(line) <= 78 for line in field.split(b"\r\n"))
+    assert field.endswith(b"\r\n") and b"\r\n " in field      # folded at "; " only
+    assert online_header.parse_value(field.decode().split(":", 1)[1]) == h
+    u = online_header.unknown(None, NOW)
+    assert online_header.format_value(u) == "unknown; status=unknown; checked=2026-11-29T07:00:00Z"
+
+
+@pytest.mark.parametrize("bad", [
+    SenderOnline("yes", "alice@a.example", "online", NOW, None),          # yes needs chat
+    SenderOnline("yes", "a\r\nX-Evil: 1@a.example", "online", NOW, "https://x/c"),
+    SenderOnline("yes", "alice@a.example", "online", NOW, "https://x/c>\r\nX-Evil: 1"),
+    SenderOnline("yes", "alice@a.example", "online", NOW, "javascript:alert(1)"),
+    SenderOnline("maybe", "alice@a.example", "online", NOW, "https://x/c"),
+])
+def test_unsafe_values_are_refused(bad: SenderOnline) -> None:
+    with pytest.raises(ValueError):
+        online_header.format_value(bad)
+
+
+@pytest.mark.parametrize("value", [
+    "yes; account=a@b; status=offline; checked=2026-11-29T07:00:00Z; chat=<https://x/c>",
+    "yes; account=a@b; status=online; checked=yesterday; chat=<https://x/c>",
+    "no; account=a@b; status=offline; checked=2026-11-29T07:00:00Z",
+    "unknown; status=unknown; checked=2026-11-29T07:00:00Z; evil=1",
+])
+def test_parse_refuses_what_breaks_the_grammar(value: str) -> None:
+    with pytest.raises(ValueError):
+        online_header.parse_value(value)
+
+
+# --- raw header handling
+
+def test_strip_removes_every_case_and_folded_copy_and_nothing_else() -> None:
+    raw = (b"Received: from x\r\n by y with ESMTP id 4ABCDEF12\r\n"
+           b"x-sender-online: yes; account=evil@e.example; status=online;\r\n"
+           b"\tchecked=2026-01-01T00:00:00Z; chat=<https://evil.example/>\r\n"
+           b"Subject: X-Sender-Online: in a subject stays\r\n"
+           b"X-SENDER-ONLINE : no\r\n"
+           b"\r\n"
+           b"X-Sender-Online: in the body stays\r\n")
+    fields, rest, removed = receiving.strip_online(raw)
+    out = b"".join(fields) + rest
+    assert removed == 2
+    assert out == (b"Received: from x\r\n by y with ESMTP id 4ABCDEF12\r\n"
+                   b"Subject: X-Sender-Online: in a subject stays\r\n"
+                   b"\r\nX-Sender-Online: in the body stays\r\n")
+    assert receiving.queue_id_of(fields) == "4ABCDEF12"
+    assert receiving.queue_id_of(fields, "4XFWD") == "4XFWD"
+
+
+def test_split_keeps_every_byte() -> None:
+    samples = [b"", b"\r\n", b"A: b", b"A: b\r\n", b"From x\r\nA: b\r\n\r\n\xff\xfe\r\n",
+               b" lead\r\nA: b\n\nbody", b"A: \xc3\xa9t\xc3\xa9\r\n c\r\n\r\n" + b"x" * 5000]
+    for raw in samples:
+        fields, rest = receiving.split_message(raw)
+        assert b"".join(fields) + rest == raw
+
+
+@pytest.mark.parametrize("headers,problem", [
+    ((), f"0 X-Messenger-Account headers"),
+    (CLAIM + ("X-Messenger-Account: bob@a.example",), "2 X-Messenger-Account headers"),
+    (CLAIM + (f"X-Mail-ID: {MAIL_ID}",), "2 X-Mail-ID headers"),
+    (("X-Messenger-Account: alice@a.example", "X-Mail-ID: short"), "malformed X-Mail-ID"),
+    (("X-Messenger-Account: not an account", f"X-Mail-ID: {MAIL_ID}"), "malformed X-Messenger-Account"),
+])
+def test_claim_problems(headers: tuple[str, ...], problem: str) -> None:
+    fields, _ = receiving.split_message(msg(*headers))
+    assert receiving.read_claim(fields).problem == problem
+
+
+def test_claim_folded_header_is_read() -> None:
+    raw = b"X-Messenger-Account:\r\n alice@A.Example\r\nX-Mail-ID: " + MAIL_ID.encode() + b"\r\n\r\n"
+    claim = receiving.read_claim(receiving.split_message(raw)[0])
+    assert (claim.account, claim.mail_id, claim.problem) == ("alice@a.example", MAIL_ID, None)
+
+
+# --- the whole step
+
+async def test_per_recipient_links_and_unchanged_bytes() -> None:
+    body = "Grüße\r\n".encode() + b"y" * 3000 + b"\r\n.\r\n..dots\r\n"
+    raw = msg("Received: by b with ESMTP id 4QQQQQQQ", *CLAIM,
+              "X-Sender-Online: yes; account=evil@e; status=online; checked=x; chat=<https://e/>",
+              "Subject: hi", body=body)
+    lookup = FakeLookup("away")
+    p = await receiving.prepare(raw, ["bob@b.example", "carol@b.example"], lookup, 2.0,
+                                clock=lambda: NOW)
+    assert p.qid == "4QQQQQQQ" and p.removed == 1
+    assert lookup.calls == [("alice@a.example", MAIL_ID, ["bob@b.example", "carol@b.example"])]
+    groups = p.groups()
+    assert [g[1] for g in groups] == [["bob@b.example"], ["carol@b.example"]]
+    out = p.message_with(groups[0][0])
+    parsed = online_header.parse_value(groups[0][0].decode().split(":", 1)[1])
+    assert parsed.chat == "https://chat.a.example/c/bob" and parsed.state == "yes"
+    assert out.count(b"X-Sender-Online") == 1 and b"evil" not in out
+    # Everything but the removed line and the prepended header is byte for byte the same.
+    assert out[len(groups[0][0]):] == raw.replace(
+        b"X-Sender-Online: yes; account=evil@e; status=online; checked=x; chat=<https://e/>\r\n", b"")
+
+
+async def test_timeout_error_and_missing_link_give_unknown() -> None:
+    raw = msg(*CLAIM)
+    t0 = asyncio.get_running_loop().time()
+    p = await receiving.prepare(raw, ["bob@b.example"], FakeLookup(delay=30), 0.2, clock=lambda: NOW)
+    assert asyncio.get_running_loop().time() - t0 < 10        # bounded, not 30 s
+    assert p.headers["bob@b.example"].startswith(b"X-Sender-Online: unknown; account=alice@a.example")
+    p = await receiving.prepare(raw, ["bob@b.example"], FakeLookup(error=RuntimeError("x")), 1.0)
+    assert b"unknown" in p.headers["bob@b.example"]
+    p = await receiving.prepare(raw, ["bob@b.example", "carol@b.example"],
+                                FakeLookup(links={"bob@b.example": "https://c/c/1"}), 1.0)
+    assert b"yes;" in p.headers["bob@b.example"] and b"chat=" not in p.headers["carol@b.example"]
+    p = await receiving.prepare(raw, ["bob@b.example"],
+                                FakeLookup(links={"bob@b.example": "https://c/c/1>\r\nX: y"}), 1.0)
+    assert p.headers["bob@b.example"].startswith(b"X-Sender-Online: unknown")
+
+
+async def test_no_claim_asks_nobody() -> None:
+    lookup = FakeLookup()
+    p = await receiving.prepare(msg("Subject: plain"), ["bob@b.example"], lookup, 1.0,
+                                clock=lambda: NOW)
+    assert lookup.calls == []
+    assert p.headers["bob@b.example"] == (b"X-Sender-Online: unknown; status=unknown;"
+                                          b" checked=2026-11-29T07:00:00Z\r\n")
+
+
+async def test_many_recipients_are_asked_in_chunks() -> None:
+    lookup = FakeLookup("offline")
+    rcpts = [f"u{i}@b.example" for i in range(250)]
+    p = await receiving.prepare(msg(*CLAIM), rcpts, lookup, 2.0)
+    assert sorted(len(c[2]) for c in lookup.calls) == [50, 100, 100]
+    assert all(h.startswith(b"X-Sender-Online: no;") for h in p.headers.values())
+    assert len(p.groups()) == 250

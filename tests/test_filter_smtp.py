@@ -1,0 +1,168 @@
+"""The content filter over real SMTP: a real aiosmtpd server (ours) on loopback, a real
+re-injection server we control (an aiosmtpd sink answering 250/4xx/5xx per recipient)
+and a real SMTP client (smtplib). Only the presence lookup is a fake: it stands in for
+DNS and HTTP, which the discovery engineer's tests cover."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import pytest
+
+from mailtalk.config import parse_text
+from mailtalk_milter import filter as filt
+from mailtalk_milter import online_header, receiving
+from support import free_port
+from support.filter_extra import SinkHandler, send, start_sink
+from test_filter_receiving import CLAIM, MAIL_ID, FakeLookup, msg
+
+HOST = "127.0.13.2"
+SINK_HOST = "127.0.13.3"
+XFWD = "NAME=mx.a.example ADDR=192.0.2.7 PROTO=ESMTP HELO=mx.a.example IDENT=4FQX1234ZZ SOURCE=REMOTE"
+
+
+class Harness:
+    def __init__(self, running: filt.Running, sink: SinkHandler, lookup: FakeLookup) -> None:
+        self.running, self.sink, self.lookup = running, sink, lookup
+
+    async def send(self, rcpts: list[str], data: bytes, **kw) -> object:
+        return await asyncio.to_thread(send, HOST, self.running.port, "alice@a.example",
+                                       rcpts, data, **kw)
+
+
+async def _harness(lookup: FakeLookup, reinject_port: int | None = None,
+                   lookup_timeout: float = 2.0) -> tuple[Harness, list]:
+    sink_server, sink, sink_port = await start_sink(SINK_HOST)
+    port = free_port(HOST)
+    cfg = parse_text(f"""
+[filter]
+listen = "{HOST}:{port}"
+reinject = "{SINK_HOST}:{reinject_port or sink_port}"
+lookup_timeout = {lookup_timeout}
+reinject_timeout = 5
+""", "test")
+    running = await filt.start(cfg, asyncio.Event(), lookup=lookup)
+    return Harness(running, sink, lookup), [running, sink_server]
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[Harness]:
+    harness, things = await _harness(FakeLookup("online"))
+    yield harness
+    await things[0].close()
+    things[1].close()
+
+
+def online_of(content: bytes) -> list[online_header.SenderOnline]:
+    fields, _ = receiving.split_message(content)
+    return [online_header.parse_value(receiving.field_value(f)) for f in fields
+            if receiving.field_name(f) == b"x-sender-online"]
+
+
+async def test_unknown_mail_goes_in_one_transaction_with_xforward(h: Harness) -> None:
+    forged = "X-Sender-Online: yes; account=evil@e.example; status=online; checked=2026-01-01T00:00:00Z; chat=<https://evil.example/c/x>"
+    raw = msg("Subject: plain", forged, body="8-bit: Grüße\r\n".encode())
+    r = await h.send(["bob@b.example", "carol@b.example"], raw, xforward=XFWD,
+                     mail_options=["BODY=8BITMIME"])
+    assert r.data is not None and r.data[0] == 250
+    assert len(h.sink.got) == 1
+    got = h.sink.got[0]
+    assert got.rcpts == ["bob@b.example", "carol@b.example"]
+    assert [o.state for o in online_of(got.content)] == ["unknown"]
+    assert b"evil" not in got.content
+    assert got.content.endswith(b"\r\n\r\n8-bit: Gr\xc3\xbc\xc3\x9fe\r\n")
+    assert "IDENT=4FQX1234ZZ" in " ".join(got.xforward) and "ADDR=192.0.2.7" in " ".join(got.xforward)
+    assert h.lookup.calls == []
+
+
+async def test_each_recipient_gets_its_own_link_in_its_own_transaction(h: Harness) -> None:
+    r = await h.send(["bob@b.example", "carol@b.example"], msg(*CLAIM, "Subject: hi"),
+                     xforward=XFWD)
+    assert r.data[0] == 250
+    assert sorted(g.rcpts[0] for g in h.sink.got) == ["bob@b.example", "carol@b.example"]
+    for g in h.sink.got:
+        (online,) = online_of(g.content)
+        assert len(g.rcpts) == 1
+        assert online.state == "yes" and online.chat.endswith("/c/" + g.rcpts[0].split("@")[0])
+    assert h.lookup.calls == [("alice@a.example", MAIL_ID, ["bob@b.example", "carol@b.example"])]
+
+
+async def test_next_hop_5xx_and_4xx_per_recipient_are_passed_through(h: Harness) -> None:
+    r = await h.send(["bob@b.example", "rej5@b.example", "tmp4@b.example"], msg(*CLAIM))
+    assert r.rcpt["bob@b.example"][0] == 250
+    assert r.rcpt["rej5@b.example"][0] == 550 and b"no such user" in r.rcpt["rej5@b.example"][1]
+    assert r.rcpt["tmp4@b.example"][0] == 450
+    assert r.data[0] == 250
+    assert [g.rcpts for g in h.sink.got] == [["bob@b.example"]]
+
+
+async def test_4xx_at_data_is_4xx_and_broken_connection_is_451(h: Harness) -> None:
+    h.sink.data_replies = ["452 4.3.1 Insufficient system storage"]
+    r = await h.send(["bob@b.example"], msg("Subject: x"))
+    assert r.data[0] == 452
+    h.sink.data_replies = ["drop"]
+    r = await h.send(["bob@b.example"], msg("Subject: x"))
+    assert r.data[0] == 451
+    assert h.sink.got == []
+    r = await h.send(["bob@b.example"], msg("Subject: x"))   # and it recovers
+    assert r.data[0] == 250 and len(h.sink.got) == 1
+
+
+async def test_dead_reinjection_is_451_never_5xx() -> None:
+    harness, things = await _harness(FakeLookup(), reinject_port=free_port(SINK_HOST))
+    try:
+        r = await harness.send(["bob@b.example"], msg("Subject: x"))
+        assert r.mail[0] == 451 and r.data is None
+    finally:
+        await things[0].close()
+        things[1].close()
+
+
+async def test_exception_of_ours_is_451(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def boom(*a, **kw):
+        raise RuntimeError("a bug of ours")
+    monkeypatch.setattr(receiving, "prepare", boom)
+    r = await h.send(["bob@b.example"], msg("Subject: x"))
+    assert r.data[0] == 451
+    assert h.sink.got == []
+    monkeypatch.undo()
+    r = await h.send(["bob@b.example"], msg("Subject: x"))
+    assert r.data[0] == 250
+
+
+async def test_lookup_timeout_gives_unknown_and_delivers() -> None:
+    harness, things = await _harness(FakeLookup(delay=30), lookup_timeout=0.3)
+    try:
+        r = await asyncio.wait_for(harness.send(["bob@b.example"], msg(*CLAIM)), 20)
+        assert r.data[0] == 250
+        (online,) = online_of(harness.sink.got[0].content)
+        assert online.state == "unknown" and online.chat is None
+    finally:
+        await things[0].close()
+        things[1].close()
+
+
+async def test_partial_failure_defers_and_the_retry_delivers_each_once(h: Harness) -> None:
+    rcpts = ["bob@b.example", "carol@b.example"]
+    h.sink.data_replies = ["250 2.0.0 Ok", "451 4.3.0 later"]
+    r = await h.send(rcpts, msg(*CLAIM), xforward=XFWD)
+    assert r.data[0] == 451
+    assert [g.rcpts for g in h.sink.got] == [["bob@b.example"]]
+    r = await h.send(rcpts, msg(*CLAIM), xforward=XFWD)      # Postfix retries the same mail
+    assert r.data[0] == 250
+    assert sorted(g.rcpts[0] for g in h.sink.got) == rcpts   # carol now, bob not again
+
+
+async def test_5xx_at_data_before_anything_was_delivered_is_passed(h: Harness) -> None:
+    h.sink.data_replies = ["554 5.7.1 Message refused by policy"]
+    r = await h.send(["bob@b.example"], msg("Subject: x"))
+    assert r.data[0] == 554
+
+
+async def test_smtputf8_address_and_header_pass(h: Harness) -> None:
+    raw = "Subject: ünïcödé\r\n\r\nbody\r\n".encode()
+    r = await h.send(["bøb@b.example"], raw, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    assert r.data[0] == 250
+    assert h.sink.got[0].rcpts == ["bøb@b.example"]
+    assert h.sink.got[0].content.endswith(raw)
