@@ -18,6 +18,8 @@ from datetime import timezone
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
+from mailtalk.accounts import normalize_account
+
 # How many raw body bytes are kept per body_text_limit byte of text: base64 makes
 # 3 bytes into 4, quoted-printable up to 3x, HTML markup often more. Past the cap
 # the body is not kept (a 50 MB mail must not sit in memory); the text is then
@@ -27,12 +29,17 @@ RAW_BODY_MIN = 64 * 1024
 # Header fields kept for the record (all of them: MIME parsing needs Content-*),
 # at most this many bytes; a larger header block is rare and kept only in part.
 HEADERS_MAX_BYTES = 256 * 1024
+# Within what the presence service takes (presence_api/api.py: subject 2000,
+# header fields 1000, body text 512 Ki characters, queue ID 64, request 1 MiB).
 SUBJECT_MAX_CHARS = 998
 MESSAGE_ID_MAX_CHARS = 998
+QUEUE_ID_MAX_CHARS = 64
+BODY_TEXT_MAX_BYTES = 256 * 1024     # whatever body_text_limit says
 
 
 def raw_body_cap(body_text_limit: int) -> int:
-    return max(RAW_PER_TEXT_BYTE * body_text_limit, RAW_BODY_MIN) if body_text_limit else 0
+    limit = min(body_text_limit, BODY_TEXT_MAX_BYTES)
+    return max(RAW_PER_TEXT_BYTE * limit, RAW_BODY_MIN) if limit else 0
 
 
 class BodyBuffer:
@@ -65,7 +72,7 @@ class MailRecord:
     account: str
     message_id: str
     subject: str
-    date: str | None           # RFC 3339 UTC, None when the mail has no usable Date
+    date: str                  # RFC 3339 UTC; "" when the mail has no usable Date
     recipients: list[str]
     body_text: str
     queue_id: str
@@ -195,18 +202,31 @@ def bare_address(addr: str) -> str:
     return addr.strip()
 
 
+def recipients_of(rcpts: list[str]) -> list[str]:
+    """Envelope recipients as the presence service takes them (local part kept,
+    domain lower-cased, no duplicates). An address it would refuse (a quoted local
+    part, say) is left out rather than have the whole record refused."""
+    out: list[str] = []
+    for r in rcpts:
+        addr = normalize_account(bare_address(r))
+        if addr is not None and addr not in out:
+            out.append(addr)
+    return out
+
+
 def make_record(*, mail_id: str, account: str, queue_id: str,
                 recipients: list[str], headers: list[tuple[str, bytes]],
                 body: bytes, body_text_limit: int) -> MailRecord:
     msg = parse_message(headers, body)
-    text = cut_utf8(body_text(msg), body_text_limit) if body_text_limit else ""
+    limit = min(body_text_limit, BODY_TEXT_MAX_BYTES)
+    text = cut_utf8(body_text(msg), limit) if limit else ""
     return MailRecord(
         mail_id=mail_id,
         account=account,
         message_id=_header_str(msg, "Message-ID", headers)[:MESSAGE_ID_MAX_CHARS],
         subject=_header_str(msg, "Subject", headers)[:SUBJECT_MAX_CHARS],
-        date=rfc3339_date(_header_str(msg, "Date", headers)),
-        recipients=[bare_address(r) for r in recipients if bare_address(r)],
+        date=rfc3339_date(_header_str(msg, "Date", headers)) or "",
+        recipients=recipients_of(recipients),
         body_text=text,
-        queue_id=queue_id,
+        queue_id=queue_id[:QUEUE_ID_MAX_CHARS],
     )

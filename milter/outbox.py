@@ -69,7 +69,7 @@ class Pending:
     queue_id: str
     created: float
     attempts: int
-    record: dict[str, object]
+    record: str                 # the JSON body, as stored
 
 
 class Outbox:
@@ -106,7 +106,7 @@ class Outbox:
             rows = self._db.execute(
                 "SELECT id, mail_id, queue_id, created, attempts, record FROM outbox "
                 "WHERE next_try <= ? ORDER BY next_try, id LIMIT ?", (now, limit)).fetchall()
-        return [Pending(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        return [Pending(*r) for r in rows]
 
     def next_due(self) -> float | None:
         with self._lock:
@@ -154,7 +154,8 @@ class Handover:
                  max_age: float, clock: Callable[[], float] = time.time) -> None:
         self._outbox = outbox
         self._url = base_url.rstrip("/") + API_MAILS
-        self._headers = {"Authorization": f"Bearer {token}"}
+        self._headers = {"Authorization": f"Bearer {token}",
+                         "Content-Type": "application/json; charset=utf-8"}
         self._retry_max = retry_max
         self._max_age = max_age             # a record older than its Mail-ID is useless
         self._clock = clock
@@ -240,7 +241,7 @@ class Handover:
         """One record. False when the service could not take it now (retry later)."""
         assert self._session is not None
         try:
-            async with self._session.post(self._url, json=p.record,
+            async with self._session.post(self._url, data=p.record.encode("utf-8"),
                                           headers=self._headers) as resp:
                 status = resp.status
                 body = "" if status < 300 else (await resp.text(errors="replace"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import json
 import email.policy
 from email.message import Message
 from pathlib import Path
@@ -105,7 +106,7 @@ def test_authenticated_gets_both_headers_and_a_verifiable_mail_id() -> None:
 
 
 def test_record_content_plain_text() -> None:
-    _, _, sink = run(PLAIN, login="alice@a.test", rcpts=("bob@b.test", "carol@c.test"))
+    _, _, sink = run(PLAIN, login="alice@a.test", rcpts=("bob@b.test", "carol@C.Test", "\"odd one\"@c.test", "bob@b.test"))
     (rec,) = sink.records
     assert rec.subject == "Grüße aus Köln"
     assert rec.message_id == "<m1@a.test>"
@@ -124,7 +125,7 @@ def test_record_body_from_html_only_mail_in_base64() -> None:
     _, _, sink = run(raw, login="alice")
     (rec,) = sink.records
     assert rec.body_text == "Hello & welcome\n\nsecond line"
-    assert rec.message_id == "" and rec.date is None
+    assert rec.message_id == "" and rec.date == ""
 
 
 def test_record_prefers_text_plain_in_multipart_and_cuts_at_limit() -> None:
@@ -207,7 +208,7 @@ def test_outbox_file_roundtrip(tmp_path: Path) -> None:
     box.on_added = lambda: woken.append(1)
     _, msg, _ = run(PLAIN, login="alice", sink=box)
     (p,) = box.due(now=1e12)
-    assert p.mail_id == msg["X-Mail-ID"] and p.record["subject"] == "Grüße aus Köln"
+    assert p.mail_id == msg["X-Mail-ID"] and json.loads(p.record)["subject"] == "Grüße aus Köln"
     assert woken == [1]
     assert (tmp_path / "o" / "outbox.sqlite3").stat().st_mode & 0o777 == 0o600
     box.delete(p.id)
