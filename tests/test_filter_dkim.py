@@ -1,0 +1,79 @@
+"""Bytes pass unchanged: a DKIM signature (dkimpy, simple/simple: byte-exact) over an
+8-bit UTF-8 message with long lines and an SMTPUTF8 address still verifies after the
+filter, and the header we add is not among the signed ones."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import subprocess
+from pathlib import Path
+
+import dkim
+
+from mailtalk_milter import receiving
+from support.filter_extra import send
+from test_filter_receiving import CLAIM, FakeLookup
+from test_filter_smtp import _harness
+
+DOMAIN, SELECTOR = b"a.example", b"sel"
+
+
+def make_key(tmp: Path) -> tuple[bytes, bytes]:
+    """An RSA key pair from the real openssl (dkimpy has no key generator of its own)."""
+    key = tmp / "dkim.pem"
+    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True,
+                   capture_output=True)
+    der = subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
+                         check=True, capture_output=True).stdout
+    return key.read_bytes(), b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+
+
+def signed_message(private: bytes) -> bytes:
+    long_line = ("Lorem ipsum dolor sit amet, ü " * 33).encode()[:990]   # near RFC's 998
+    body = ("Grüße aus Köln. 日本語のテキスト。\r\n" * 3).encode() + long_line + b"\r\n" \
+        + b".leading dot\r\n" + b"trailing space   \r\n" + b"\r\n\r\n"
+    head = ("From: Ålice <ålice@a.example>\r\n"
+            "To: bob@b.example\r\n"
+            "Subject: Grüße\r\n"
+            "Date: Sun, 29 Nov 2026 07:00:00 +0000\r\n"
+            "Message-ID: <dkim-test@a.example>\r\n"
+            "MIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n").encode() \
+        + "".join(c + "\r\n" for c in CLAIM).encode() \
+        + b"X-Sender-Online: yes; account=forged@e.example; status=online;\r\n" \
+          b" checked=2026-01-01T00:00:00Z; chat=<https://evil.example/c/x>\r\n"
+    raw = head + b"\r\n" + body
+    sig = dkim.sign(raw, SELECTOR, DOMAIN, private, canonicalize=(b"simple", b"simple"),
+                    include_headers=[b"from", b"to", b"subject", b"date", b"message-id",
+                                     b"mime-version", b"content-type",
+                                     b"content-transfer-encoding"])
+    return sig + raw
+
+
+async def test_dkim_signature_still_verifies_after_the_filter(tmp_path: Path) -> None:
+    private, txt = await asyncio.to_thread(make_key, tmp_path)
+    raw = signed_message(private)
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        return txt if name == b"sel._domainkey.a.example." else b""
+
+    assert dkim.verify(raw, dnsfunc=dns)
+    harness, things = await _harness(FakeLookup("online"))
+    try:
+        r = await asyncio.to_thread(
+            send, "127.0.13.2", harness.running.port, "ålice@a.example", ["bob@b.example"], raw,
+            mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+        assert r.data[0] == 250
+    finally:
+        await things[0].close()
+        things[1].close()
+    out = harness.sink.got[0].content
+    assert out != raw and b"forged" not in out and b"chat=<https://chat.a.example/c/bob>" in out
+    assert dkim.verify(out, dnsfunc=dns)
+    sig_fields = [f for f in receiving.split_message(out)[0]
+                  if receiving.field_name(f) == b"dkim-signature"]
+    h_tag = re.search(rb"h=([^;]+)", re.sub(rb"\s", b"", sig_fields[0])).group(1).lower()
+    assert b"x-sender-online" not in h_tag.split(b":")
