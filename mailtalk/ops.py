@@ -1,0 +1,248 @@
+"""`mailtalk dns` and `mailtalk check`: the postmaster's tools.
+
+`dns` prints the `_mailtalk` TXT record of every `[domains] names` entry.
+`check` prints one line per finding, `ok`, `FAIL` (with what to do) or `skip`, and
+exits 0 when nothing failed, 1 otherwise. It asks the DNS through `[dns]
+nameservers` as the receiving filters of other sites will, fetches
+`<public_url>/openapi.json`, probes the milter socket with a milter option
+negotiation, reads the SMTP greeting of the filter and of the re-injection service,
+and, where `postconf` exists, looks for our lines in Postfix's config
+(`MAIL_CONFIG=/etc/postfix-x mailtalk check` for another Postfix instance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import sys
+from dataclasses import dataclass
+
+import aiohttp
+
+from mailtalk import ops_postfix
+from mailtalk.config import Config, HostPort
+from mailtalk.constants import DNS_LABEL, DNS_VERSION
+from presence_api.discovery import BadRecord, Discoverer, parse_endpoint
+
+RECORD_TTL = 3600
+PROBE_TIMEOUT = 5.0          # seconds for each network probe of `check`
+TXT_STRING_MAX = 255         # one character-string of a TXT record (RFC 1035)
+
+
+@dataclass(frozen=True)
+class Finding:
+    state: str               # "ok" | "FAIL" | "skip"
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.state:<4} {self.text}"
+
+
+def ok(text: str) -> Finding:
+    return Finding("ok", text)
+
+
+def fail(text: str) -> Finding:
+    return Finding("FAIL", text)
+
+
+def skip(text: str) -> Finding:
+    return Finding("skip", text)
+
+
+# --- mailtalk dns
+
+def record_text(public_url: str) -> str:
+    return f"{DNS_VERSION}; api={public_url.rstrip('/')}"
+
+
+def zone_line(domain: str, public_url: str) -> str:
+    """The zone-file line of `domain`'s record; long values split into 255-byte strings."""
+    text = record_text(public_url)
+    strings = " ".join(f'"{text[i:i + TXT_STRING_MAX]}"'
+                       for i in range(0, len(text), TXT_STRING_MAX))
+    return f"{DNS_LABEL}.{domain}. {RECORD_TTL} IN TXT {strings}"
+
+
+def dns_records(cfg: Config) -> int:
+    if not cfg.domains.names:
+        print(f"mailtalk: {cfg.source}: [domains] names is empty: no record to publish",
+              file=sys.stderr)
+        return 1
+    try:
+        parse_endpoint(cfg.presence.public_url)
+    except BadRecord as e:
+        print(f"mailtalk: warning: other sites will refuse this record: {e}", file=sys.stderr)
+    for domain in cfg.domains.names:
+        print(zone_line(domain, cfg.presence.public_url))
+    return 0
+
+
+# --- mailtalk check
+
+async def _check_config(cfg: Config) -> list[Finding]:
+    sections = sorted(s for s in ("milter", "filter", "presence") if cfg.has(s))
+    out = [ok(f"config {cfg.source}: services {', '.join(sections) or 'none'}")]
+    if not sections:
+        out.append(fail("config: no [milter], [filter] or [presence] section: "
+                        "add the sections this host runs"))
+    if _publishes(cfg):
+        try:
+            parse_endpoint(cfg.presence.public_url)
+        except BadRecord as e:
+            out.append(fail(f"[presence] public_url {cfg.presence.public_url}: {e}; other "
+                            "sites refuse it: use https:// (a TLS proxy in front)"))
+    return out
+
+
+def _publishes(cfg: Config) -> bool:
+    """A site that sends (milter) or serves presence must publish its records."""
+    return bool(cfg.domains.names) and (cfg.has("presence") or cfg.has("milter"))
+
+
+async def _check_dns(cfg: Config) -> list[Finding]:
+    if not _publishes(cfg):
+        return [skip("DNS: no [milter] or [presence] here: this host publishes no record")]
+    want = cfg.presence.public_url.rstrip("/")
+    servers = ", ".join(map(str, cfg.dns.nameservers)) or "the system resolver"
+    disc = Discoverer(cfg.dns)
+    answers = await asyncio.gather(*(disc.discover(d, timeout=PROBE_TIMEOUT)
+                                     for d in cfg.domains.names))
+    out = []
+    for domain, found in zip(cfg.domains.names, answers):
+        name = f"{DNS_LABEL}.{domain}"
+        publish = f"publish: {zone_line(domain, want)}"
+        if found.endpoint is not None and found.endpoint.api == want:
+            out.append(ok(f"DNS {name}: api={want}"))
+        elif found.endpoint is not None:
+            out.append(fail(f"DNS {name}: api={found.endpoint.api} is not [presence] "
+                            f"public_url {want}; {publish}"))
+        elif found.error in ("timeout",) or found.error.startswith("dns error"):
+            out.append(fail(f"DNS {name}: {found.error} asking {servers}: "
+                            f"check [dns] nameservers and that the DNS server answers"))
+        else:
+            out.append(fail(f"DNS {name}: {found.error}; {publish}"))
+    return out
+
+
+async def _get_openapi(session: aiohttp.ClientSession, base: str) -> str | None:
+    """None if `base` serves our OpenAPI document, else what went wrong."""
+    url = base.rstrip("/") + "/openapi.json"
+    try:
+        async with session.get(url, allow_redirects=False) as resp:
+            if resp.status != 200:
+                return f"{url}: HTTP {resp.status}"
+            doc = json.loads(await resp.content.read(4 * 1024 * 1024))
+            if not isinstance(doc, dict) or "openapi" not in doc:
+                return f"{url}: not an OpenAPI document"
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError) as e:
+        return f"{url}: {type(e).__name__}: {e}"
+    return None
+
+
+async def _check_presence(cfg: Config) -> list[Finding]:
+    targets: dict[str, str] = {}
+    if cfg.has("presence"):
+        targets[f"http://{cfg.presence.listen}"] = "[presence] listen"
+    if _publishes(cfg):
+        targets.setdefault(cfg.presence.public_url, "[presence] public_url")
+    if cfg.has("milter"):
+        targets.setdefault(cfg.milter.presence_api, "[milter] presence_api")
+    if not targets:
+        return [skip("presence service: no [presence] or [milter] here")]
+    out = []
+    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
+        for base, key in targets.items():
+            err = await _get_openapi(session, base)
+            if err is None:
+                out.append(ok(f"presence service answers at {base} ({key})"))
+            else:
+                out.append(fail(f"presence service ({key}) does not answer: {err}; start "
+                                f"`mailtalk presence` (or `mailtalk run`), check the proxy"))
+    return out
+
+
+def _milter_address(sock: str) -> tuple[int, object]:
+    kind, _, rest = sock.partition(":")
+    if kind in ("unix", "local"):
+        return socket.AF_UNIX, rest
+    port, _, host = rest.partition("@")
+    family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
+    default = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    return family, (host or default, int(port))
+
+
+def _probe_milter(sock: str) -> str | None:
+    """Open the milter socket and negotiate options as an MTA does; None if a milter answers."""
+    family, addr = _milter_address(sock)
+    optneg = b"O" + struct.pack(">III", 6, 0x1FF, 0x1FFFFF)
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(PROBE_TIMEOUT)
+            s.connect(addr)
+            s.sendall(struct.pack(">I", len(optneg)) + optneg)
+            head = s.recv(5)
+            s.sendall(struct.pack(">I", 1) + b"Q")       # quit, politely
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror or e}"
+    if len(head) < 5 or head[4:5] != b"O":
+        return "something answers, but not a milter"
+    return None
+
+
+def _probe_smtp(hp: HostPort) -> str | None:
+    """Read the 220 greeting; None if an SMTP server answers."""
+    try:
+        with socket.create_connection((hp.host, hp.port), timeout=PROBE_TIMEOUT) as s:
+            greeting = s.recv(512)
+            s.sendall(b"QUIT\r\n")
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror or e}"
+    if not greeting.startswith(b"220"):
+        return f"greeting is not 220: {greeting[:60]!r}"
+    return None
+
+
+async def _check_sockets(cfg: Config) -> list[Finding]:
+    out = []
+    if cfg.has("milter"):
+        err = await asyncio.to_thread(_probe_milter, cfg.milter.socket)
+        out.append(ok(f"milter answers on {cfg.milter.socket}") if err is None else
+                   fail(f"milter on {cfg.milter.socket}: {err}; start `mailtalk milter` "
+                        f"(or `mailtalk run`)"))
+    else:
+        out.append(skip("milter: no [milter] section"))
+    if cfg.has("filter"):
+        err = await asyncio.to_thread(_probe_smtp, cfg.filter.listen)
+        out.append(ok(f"filter answers on {cfg.filter.listen}") if err is None else
+                   fail(f"filter on {cfg.filter.listen}: {err}; start `mailtalk filter` "
+                        f"(or `mailtalk run`); until then Postfix defers mail"))
+        err = await asyncio.to_thread(_probe_smtp, cfg.filter.reinject)
+        out.append(ok(f"re-injection answers on {cfg.filter.reinject}") if err is None else
+                   fail(f"re-injection on {cfg.filter.reinject}: {err}; add Postfix's "
+                        f"re-injection service to master.cf (deploy/postfix/) and reload"))
+    else:
+        out.append(skip("filter: no [filter] section"))
+    return out
+
+
+async def run_checks(cfg: Config) -> list[Finding]:
+    findings = await _check_config(cfg)
+    findings += await _check_dns(cfg)
+    findings += await _check_presence(cfg)
+    findings += await _check_sockets(cfg)
+    findings += [Finding(s, t) for s, t in await asyncio.to_thread(ops_postfix.check, cfg)]
+    return findings
+
+
+def check(cfg: Config) -> int:
+    findings = asyncio.run(run_checks(cfg))
+    for f in findings:
+        print(f)
+    failed = sum(f.state == "FAIL" for f in findings)
+    print(f"mailtalk check: {failed} problem{'s' if failed != 1 else ''}" if failed
+          else "mailtalk check: all well")
+    return 1 if failed else 0

@@ -1,0 +1,166 @@
+"""`mailtalk check`'s look at Postfix: are our milter and content-filter lines there?
+
+Reads the configuration with `postconf` (main.cf values, `-P` for master.cf `-o`
+overrides, `-M` for the services), so it sees what Postfix sees. `MAIL_CONFIG`
+in the environment points postconf at another instance's config directory.
+Returns (state, text) pairs: "ok", "FAIL" (text says what to do) or "skip".
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+from mailtalk.config import Config, HostPort
+
+Finding = tuple[str, str]
+_MILTER_TOKEN = re.compile(r"(?:inet6?|unix|local):[^\s,{}]+")
+
+
+def _postconf(*args: str) -> str:
+    r = subprocess.run(["postconf", *args], capture_output=True, text=True, timeout=20)
+    if r.returncode != 0:
+        raise RuntimeError((r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"])
+    return r.stdout
+
+
+def _main_values(*names: str) -> dict[str, str]:
+    out = {}
+    for line in _postconf(*names).splitlines():
+        name, _, value = line.partition("=")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _overrides() -> list[tuple[str, str, str, str]]:
+    """master.cf `-o` settings: (service, type, parameter, value)."""
+    out = []
+    for line in _postconf("-P").splitlines():
+        key, _, value = line.partition("=")
+        parts = key.strip().split("/")
+        if len(parts) == 3:
+            out.append((parts[0], parts[1], parts[2], value.strip()))
+    return out
+
+
+def _services() -> list[tuple[str, str]]:
+    """master.cf services: (name, type)."""
+    return [(f[0], f[1]) for f in (line.split() for line in _postconf("-M").splitlines())
+            if len(f) >= 2]
+
+
+def _milter_forms(sock: str, queue_dir: str) -> set[str]:
+    """How Postfix may name our milter socket (pymilter's form differs from Postfix's)."""
+    kind, _, rest = sock.partition(":")
+    if kind in ("unix", "local"):
+        paths = {rest}
+        if queue_dir and rest.startswith(queue_dir.rstrip("/") + "/"):
+            paths.add(rest[len(queue_dir.rstrip("/")):])     # relative to smtpd's chroot
+        return {f"{k}:{p}" for p in paths for k in ("unix", "local")}
+    port, _, host = rest.partition("@")
+    hosts = {host} if host else {"127.0.0.1", "localhost", "[::1]"}
+    if host == "127.0.0.1":
+        hosts.add("localhost")
+    return {f"{k}:{h}:{port}" for h in hosts for k in ("inet", "inet6")}
+
+
+def _postfix_form(sock: str, queue_dir: str) -> str:
+    """The smtpd_milters entry to suggest for our socket."""
+    kind, _, rest = sock.partition(":")
+    if kind in ("unix", "local"):
+        q = queue_dir.rstrip("/")
+        return "unix:" + (rest[len(q):] if q and rest.startswith(q + "/") else rest)
+    port, _, host = rest.partition("@")
+    return f"{kind}:{host or '127.0.0.1'}:{port}"
+
+
+def _hostport_matches(dest: str, hp: HostPort) -> bool:
+    m = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d+)", dest.strip())
+    return bool(m) and m.group(1) == hp.host and int(m.group(2)) == hp.port
+
+
+def _check_milter(cfg: Config, main: dict[str, str],
+                  overrides: list[tuple[str, str, str, str]]) -> list[Finding]:
+    forms = _milter_forms(cfg.milter.socket, main.get("queue_directory", ""))
+    places = [("main.cf", main.get("smtpd_milters", ""))]
+    places += [(f"master.cf {s}/{t}", v) for s, t, p, v in overrides if p == "smtpd_milters"]
+    where = [w for w, v in places if forms & set(_MILTER_TOKEN.findall(v))]
+    postfix_form = _postfix_form(cfg.milter.socket, main.get("queue_directory", ""))
+    if not where:
+        return [("FAIL", f"Postfix: no smtpd_milters entry for {cfg.milter.socket}: add "
+                 f"`smtpd_milters = {postfix_form}` to main.cf (or `-o smtpd_milters=...` "
+                 f"on the submission service in master.cf), then `postfix reload`")]
+    out = [("ok", f"Postfix: smtpd_milters has the milter ({', '.join(where)})")]
+    actions = [main.get("milter_default_action", "")]
+    actions += [v for s, t, p, v in overrides if p == "milter_default_action"
+                and f"master.cf {s}/{t}" in where]
+    if "accept" in actions:
+        out.append(("ok", "Postfix: milter_default_action = accept"))
+    else:
+        out.append(("FAIL", "Postfix: milter_default_action is not accept: set "
+                    "`milter_default_action = accept`, or a stopped milter defers or "
+                    "rejects mail"))
+    return out
+
+
+def _check_filter(cfg: Config, main: dict[str, str],
+                  overrides: list[tuple[str, str, str, str]],
+                  services: list[tuple[str, str]]) -> list[Finding]:
+    out: list[Finding] = []
+    places = [("main.cf", "", main.get("content_filter", ""))]
+    places += [(f"master.cf {s}/{t}", s, v) for s, t, p, v in overrides
+               if p == "content_filter" and v]
+    hits = [(w, v) for w, _, v in places if v and _hostport_matches(v.partition(":")[2], cfg.filter.listen)]
+    if not hits:
+        out.append(("FAIL", f"Postfix: no content_filter to {cfg.filter.listen}: add "
+                    f"`content_filter = mailtalk:[{cfg.filter.listen.host}]:"
+                    f"{cfg.filter.listen.port}` to main.cf (or -o on the smtpd that "
+                    f"receives mail) and the `mailtalk` transport to master.cf"))
+    else:
+        where, value = hits[0]
+        transport = value.partition(":")[0]
+        out.append(("ok", f"Postfix: content_filter = {value} ({where})"))
+        if not any(n == transport and t == "unix" for n, t in services):
+            out.append(("FAIL", f"Postfix: master.cf has no `{transport} unix ... smtp` "
+                        f"service for the content_filter: add it (deploy/postfix/)"))
+    re_name = f"{cfg.filter.reinject.host}:{cfg.filter.reinject.port}"
+    names = {re_name, str(cfg.filter.reinject.port)}
+    reinject = [n for n, t in services if n in names and t == "inet"]
+    if not reinject:
+        out.append(("FAIL", f"Postfix: master.cf has no re-injection service on {re_name}: "
+                    f"add `{re_name} inet n - n - 10 smtpd -o content_filter= "
+                    f"-o receive_override_options=no_unknown_recipient_checks,"
+                    f"no_header_body_checks,no_milters` (deploy/postfix/)"))
+        return out
+    own = {p: v for s, t, p, v in overrides if s == reinject[0] and t == "inet"}
+    if main.get("content_filter") and own.get("content_filter", None) != "":
+        out.append(("FAIL", f"Postfix: the re-injection service {re_name} lacks "
+                    f"`-o content_filter=`: mail would loop through the filter"))
+    elif "no_milters" not in own.get("receive_override_options", "") and main.get("smtpd_milters"):
+        out.append(("FAIL", f"Postfix: the re-injection service {re_name} lacks "
+                    f"`-o receive_override_options=...,no_milters`: mail would pass the "
+                    f"milters twice"))
+    else:
+        out.append(("ok", f"Postfix: re-injection service {re_name}"))
+    return out
+
+
+def check(cfg: Config) -> list[Finding]:
+    if not (cfg.has("milter") or cfg.has("filter")):
+        return [("skip", "Postfix: no [milter] or [filter] section here")]
+    if shutil.which("postconf") is None:
+        return [("skip", "Postfix: no postconf on this host (Sendmail? see deploy/sendmail/)")]
+    try:
+        main = _main_values("content_filter", "smtpd_milters", "milter_default_action",
+                            "queue_directory")
+        overrides, services = _overrides(), _services()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        return [("FAIL", f"Postfix: postconf failed: {e}; for another instance set "
+                 f"MAIL_CONFIG=<its config directory>")]
+    out: list[Finding] = []
+    if cfg.has("milter"):
+        out += _check_milter(cfg, main, overrides)
+    if cfg.has("filter"):
+        out += _check_filter(cfg, main, overrides, services)
+    return out

@@ -1,0 +1,186 @@
+"""`mailtalk dns` and `mailtalk check`.
+
+`check` is run against a real dnsmasq, real postconf reading a throw-away Postfix
+config directory (MAIL_CONFIG), and stand-ins for the three services: an aiohttp
+server serving /openapi.json, two aiosmtpd servers (filter and re-injection) and a
+minimal milter-protocol responder. `check` only probes them; the end-to-end test runs
+`mailtalk check` against the real services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from mailtalk import ops
+from mailtalk.config import load_file
+from support.discovery_extra import Dnsmasq, FakeRemote
+from support.wait import free_port
+
+HOST = "127.0.14.20"
+pytestmark = pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="needs dnsmasq")
+
+
+def mailtalk(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mailtalk", *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def write_config(path: Path, *, presence_port: int, milter_port: int, filter_port: int,
+                 reinject_port: int, nameserver: str, public_url: str | None = None) -> Path:
+    public_url = public_url or f"http://{HOST}:{presence_port}"
+    path.write_text(f"""
+[domains]
+names = ["a.test", "b.test"]
+[milter]
+socket = "inet:{milter_port}@{HOST}"
+[filter]
+listen = "{HOST}:{filter_port}"
+reinject = "{HOST}:{reinject_port}"
+[presence]
+listen = "{HOST}:{presence_port}"
+public_url = "{public_url}"
+[dns]
+nameservers = ["{nameserver}"]
+""")
+    return path
+
+
+def postfix_dir(tmp_path: Path, milter_port: int, filter_port: int, reinject_port: int,
+                *, complete: bool = True) -> Path:
+    d = tmp_path / "postfix"
+    d.mkdir()
+    main = [f"content_filter = mailtalk:[{HOST}]:{filter_port}", "milter_default_action = accept"]
+    master = ["smtp inet n - n - - smtpd",
+              f"{HOST}:587 inet n - n - - smtpd",
+              f"  -o smtpd_milters=inet:{HOST}:{milter_port}",
+              "mailtalk unix - - n - 10 smtp"]
+    if complete:
+        master += [f"{HOST}:{reinject_port} inet n - n - 10 smtpd", "  -o content_filter=",
+                   "  -o receive_override_options=no_unknown_recipient_checks,no_milters"]
+    else:
+        main = main[:1]
+        master = master[:1] + [f"{HOST}:{reinject_port} inet n - n - 10 smtpd"]
+    (d / "main.cf").write_text("\n".join(main) + "\n")
+    (d / "master.cf").write_text("\n".join(master) + "\n")
+    return d
+
+
+class _Accept:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+
+
+async def _fake_milter(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # Stand-in milter: answers an option negotiation the way libmilter does.
+    try:
+        length = struct.unpack(">I", await reader.readexactly(4))[0]
+        await reader.readexactly(length)
+        reply = b"O" + struct.pack(">III", 6, 0, 0)
+        writer.write(struct.pack(">I", len(reply)) + reply)
+        await writer.drain()
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def site(tmp_path):
+    """Stand-ins for every service of one site, and a config naming them."""
+    ports = {k: free_port(HOST) for k in ("presence", "milter", "filter", "reinject")}
+    remote = await FakeRemote(HOST, ports["presence"]).start()
+    milter = await asyncio.start_server(_fake_milter, HOST, ports["milter"])
+    smtps = [Controller(_Accept(), hostname=HOST, port=ports[k]) for k in ("filter", "reinject")]
+    for c in smtps:
+        c.start()
+    dns = Dnsmasq({f"_mailtalk.{d}": [f"v=mailtalk1; api=http://{HOST}:{ports['presence']}"]
+                   for d in ("a.test", "b.test")})
+    yield ports, dns
+    dns.stop()
+    for c in smtps:
+        c.stop()
+    milter.close()
+    await remote.stop()
+
+
+def _config(tmp_path, ports, dns, **kw):
+    return load_file(write_config(tmp_path / "mailtalk.toml", presence_port=ports["presence"],
+                                  milter_port=ports["milter"], filter_port=ports["filter"],
+                                  reinject_port=ports["reinject"], nameserver=dns.nameserver,
+                                  **kw))
+
+
+async def test_check_all_well(tmp_path, site, monkeypatch):
+    ports, dns = site
+    monkeypatch.setenv("MAIL_CONFIG", str(postfix_dir(tmp_path, ports["milter"],
+                                                      ports["filter"], ports["reinject"])))
+    findings = await ops.run_checks(_config(tmp_path, ports, dns))
+    text = "\n".join(map(str, findings))
+    assert [f for f in findings if f.state == "FAIL"] == [], text
+    for expect in ("DNS _mailtalk.a.test", "DNS _mailtalk.b.test", "presence service answers",
+                   "milter answers", "filter answers", "re-injection answers",
+                   "smtpd_milters has the milter", "milter_default_action = accept",
+                   "content_filter = mailtalk:", "re-injection service"):
+        assert expect in text
+
+
+async def test_check_names_each_problem_and_what_to_do(tmp_path, site, monkeypatch):
+    ports, dns = site
+    monkeypatch.setenv("MAIL_CONFIG", str(postfix_dir(tmp_path, ports["milter"], ports["filter"],
+                                                      ports["reinject"], complete=False)))
+    cfg = _config(tmp_path, ports, dns, public_url=f"http://{HOST}:{ports['presence']}/x")
+    text = "\n".join(str(f) for f in await ops.run_checks(cfg) if f.state == "FAIL")
+    want = f"http://{HOST}:{ports['presence']}/x"
+    assert (f"FAIL DNS _mailtalk.a.test: api=http://{HOST}:{ports['presence']} is not "
+            f"[presence] public_url {want}; publish: _mailtalk.a.test. 3600 IN TXT "
+            f"\"v=mailtalk1; api={want}\"") in text
+    assert "presence service ([presence] public_url) does not answer" in text  # /x/openapi.json
+    assert "no smtpd_milters entry" in text and f"smtpd_milters = inet:{HOST}:{ports['milter']}" in text
+    assert "lacks `-o content_filter=`" in text
+
+
+def test_check_with_nothing_running_exits_1(tmp_path):
+    ports = {k: free_port(HOST) for k in ("presence", "milter", "filter", "reinject")}
+    dns = Dnsmasq({})
+    try:
+        cfg = write_config(tmp_path / "m.toml", presence_port=ports["presence"],
+                           milter_port=ports["milter"], filter_port=ports["filter"],
+                           reinject_port=ports["reinject"], nameserver=dns.nameserver)
+        r = mailtalk("-c", str(cfg), "check", env={"MAIL_CONFIG": str(tmp_path / "none")})
+    finally:
+        dns.stop()
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert any(l.startswith("FAIL DNS _mailtalk.a.test: no record; publish: ") for l in lines)
+    assert any(l.startswith(f"FAIL milter on inet:{ports['milter']}@{HOST}: ") for l in lines)
+    assert any(l.startswith(f"FAIL filter on {HOST}:{ports['filter']}: ") for l in lines)
+    assert any(l.startswith("FAIL Postfix: postconf failed") for l in lines)
+    assert lines[-1].startswith("mailtalk check: ") and "problems" in lines[-1]
+
+
+def test_dns_prints_one_record_per_domain(tmp_path):
+    cfg = tmp_path / "m.toml"
+    cfg.write_text('[domains]\nnames = ["a.example", "B.example"]\n'
+                   '[presence]\npublic_url = "https://chat.a.example/"\n')
+    r = mailtalk("-c", str(cfg), "dns")
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.splitlines() == [
+        '_mailtalk.a.example. 3600 IN TXT "v=mailtalk1; api=https://chat.a.example"',
+        '_mailtalk.b.example. 3600 IN TXT "v=mailtalk1; api=https://chat.a.example"']
+
+
+def test_dns_warns_about_http_off_loopback_and_splits_long_records(tmp_path):
+    cfg = tmp_path / "m.toml"
+    long_url = "http://chat.a.example/" + "p" * 300
+    cfg.write_text(f'[domains]\nnames = ["a.example"]\n[presence]\npublic_url = "{long_url}"\n')
+    r = mailtalk("-c", str(cfg), "dns")
+    assert r.returncode == 0 and "https" in r.stderr
+    strings = r.stdout.split(" IN TXT ")[1].strip()
+    assert strings.count('" "') == 1 and len(strings.split('" "')[0]) <= 256
