@@ -106,6 +106,38 @@ class MailtalkSite:
             await store.close()
         return tokens
 
+    async def populate_rooms(self, rooms: list[tuple[str, list[str]]]
+                             ) -> list[tuple[str, dict[str, str]]]:
+        """Record one sent mail per (sender, recipients) and each recipient's link.
+
+        Returns (mail_id, {recipient: link token}) per room: what the milter's record
+        and the receiving hook's lookup would have left in the store.
+        """
+        from presence_api.links import Links
+        from presence_api.store import Mail
+        from presence_api.store_sqlite import SqliteStore
+        store = SqliteStore(self.database)
+        await store.open()
+        out = []
+        try:
+            links = Links(store, self.site_key, self.base_url, 30)
+            now = time.time()
+            for i, (sender, recipients) in enumerate(rooms):
+                mail_id = self.mail_ids.issue(sender)
+                await store.put_mail(Mail(
+                    mail_id=mail_id, account=sender, recorded=True,
+                    message_id=f"<bench{i}@{self.domain}>", subject=f"bench room {i}",
+                    date="Sun, 29 Nov 2026 08:00:00 +0000", recipients=tuple(recipients),
+                    body_text="benchmark", queue_id=f"BENCH{i}", created_at=now))
+                tokens = {}
+                for r in recipients:
+                    url = await links.issue(mail_id, r, now)
+                    tokens[r] = url.rsplit("/", 1)[1]
+                out.append((mail_id, tokens))
+        finally:
+            await store.close()
+        return out
+
     async def start(self) -> None:
         self.write_config()
         self.proc = await asyncio.create_subprocess_exec(

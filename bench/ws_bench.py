@@ -1,0 +1,342 @@
+#!/usr/bin/env python3
+"""WebSocket benchmarks of mailtalk's presence service: idle users and chat fan-out.
+
+    .venv/bin/python bench/ws_bench.py idle   [--users 10000] [--hold 20]
+    .venv/bin/python bench/ws_bench.py fanout [--rate 500] [--duration 10] [--rooms 50]
+
+idle    N users, each logged in (a web session made directly in the store) with one
+        page's WebSocket (`/ws`) open, held for `--hold` seconds (longer than the
+        heartbeat, so pings and pongs are part of it). Reports the service process's
+        RSS before and with N connected, the delta per connection, and the RSS against
+        the 300 MB target. The clients run in several processes (`--per-process`).
+fanout  `--rooms` rooms (one sent mail each): the sender's page (`/ws`) and
+        `--members` recipients' link pages (`/ws/c/<token>`). Recipients post at
+        `--rate` messages/s in all, round robin over rooms; each message carries its
+        send time, and every other page of the room records when it arrived. Reports
+        the delivery latency (p50, p99, max), the achieved rate and any deliveries lost.
+
+Servers and clients are on 127.0.15.x only; every step has a deadline; it stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import aiohttp  # noqa: E402
+
+from mailtalk_site import MailtalkSite  # noqa: E402
+from pbench_util import cpu_seconds, percentile, raise_nofile, rss_bytes  # noqa: E402
+
+log = logging.getLogger("bench.ws")
+
+SERVICE_IP = "127.0.15.3"
+CLIENT_IPS = [f"127.0.15.{i}" for i in range(10, 30)]
+DOMAIN = "a.bench.test"
+RSS_TARGET_MB = 300
+SESSION_COOKIE = "mt_session"
+MB = 1024 * 1024
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--timeout", type=float, default=600.0, help="the whole run, at most")
+    sub = p.add_subparsers(dest="mode", required=True)
+    i = sub.add_parser("idle", help="memory per idle connected user")
+    i.add_argument("--users", type=int, default=10_000)
+    i.add_argument("--per-process", type=int, default=2500, help="connections per client process")
+    i.add_argument("--hold", type=float, default=20.0, help="seconds to stay connected")
+    i.add_argument("--connect-timeout", type=float, default=180.0)
+    f = sub.add_parser("fanout", help="chat delivery latency at a fixed message rate")
+    f.add_argument("--rate", type=float, default=500.0, help="messages per second, in all")
+    f.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
+    f.add_argument("--rooms", type=int, default=50)
+    f.add_argument("--members", type=int, default=4, help="recipients' pages per room")
+    sub.add_parser("client", help=argparse.SUPPRESS)      # a child of `idle`
+    return p.parse_args()
+
+
+def _ws_headers(origin: str, session: str | None = None) -> dict[str, str]:
+    h = {"Origin": origin}
+    if session:
+        h["Cookie"] = f"{SESSION_COOKIE}={session}"
+    return h
+
+
+async def _first_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> dict[str, object]:
+    msg = await ws.receive(timeout=timeout)
+    if msg.type != aiohttp.WSMsgType.TEXT:
+        raise ConnectionError(f"expected a hello frame, got {msg.type!r}")
+    return dict(json.loads(msg.data))
+
+
+# --- idle: the client processes
+
+async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Read (and so answer the server's pings) until the socket closes."""
+    async for _ in ws:
+        pass
+
+
+async def client_main() -> int:
+    """Child of `idle`: job as one JSON line on stdin; 'ready' on stdout; any line stops it."""
+    job = json.loads(sys.stdin.readline())
+    raise_nofile(len(job["tokens"]) + 1000)
+    deadline = time.monotonic() + job["timeout"]
+    sem = asyncio.Semaphore(64)            # handshakes in flight from this process
+    conn = aiohttp.TCPConnector(limit=0, local_addr=(job["local_ip"], 0))
+    opened: list[aiohttp.ClientWebSocketResponse] = []
+    readers: list[asyncio.Task[None]] = []
+    failed = 0
+    async with aiohttp.ClientSession(connector=conn) as http:
+        async def one(token: str) -> None:
+            nonlocal failed
+            async with sem:
+                left = deadline - time.monotonic()
+                try:
+                    ws = await http.ws_connect(job["url"], headers=_ws_headers(job["origin"], token),
+                                               timeout=aiohttp.ClientWSTimeout(ws_receive=None),
+                                               autoping=True, max_msg_size=0)
+                    hello = await _first_frame(ws, max(left, 1))
+                    if hello.get("type") != "hello":
+                        raise ConnectionError(f"first frame {hello!r}")
+                except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, ValueError):
+                    failed += 1
+                    return
+                opened.append(ws)
+                readers.append(asyncio.create_task(_drain(ws)))
+        await asyncio.wait_for(asyncio.gather(*(one(t) for t in job["tokens"])),
+                               max(1.0, deadline - time.monotonic()))
+        print(f"ready {len(opened)} {failed}", flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.readline)     # the parent says stop
+        still_open = sum(1 for ws in opened if not ws.closed)
+        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+        for t in readers:
+            t.cancel()
+        print(f"closed {still_open}", flush=True)
+    return 0
+
+
+# --- idle: the parent
+
+async def _lookup_status(http: aiohttp.ClientSession, site: MailtalkSite, account: str) -> str:
+    body = {"account": account, "mail_id": site.mail_ids.issue(account),
+            "recipients": ["bob@b.bench.test"]}
+    async with http.post(f"{site.base_url}/api/v1/lookup", json=body) as r:
+        return str((await r.json()).get("status"))
+
+
+async def _read_line(proc: asyncio.subprocess.Process, timeout: float) -> str:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+    if not line:
+        raise ConnectionError(f"client process {proc.pid} exited (code {proc.returncode})")
+    return line.decode().strip()
+
+
+async def idle(args: argparse.Namespace) -> int:
+    n = args.users
+    raise_nofile(n + 4096)          # the service (a child) inherits it
+    accounts = [f"user{i}@{DOMAIN}" for i in range(n)]
+    site = MailtalkSite(SERVICE_IP, DOMAIN)
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        t = time.monotonic()
+        tokens = await site.populate(accounts, sessions_per_account=1)
+        log.info("%d accounts and sessions in %.1f s", n, time.monotonic() - t)
+        await site.start()
+        assert site.pid is not None
+        url = f"ws://{SERVICE_IP}:{site.port}/ws"
+        async with aiohttp.ClientSession() as http:
+            # one page opened and closed first: imports and first-use caches are not
+            # counted as the cost of a connection
+            async with http.ws_connect(url, headers=_ws_headers(site.base_url,
+                                                                tokens[accounts[0]][0])) as ws:
+                await _first_frame(ws, 10)
+            await asyncio.sleep(0.5)
+            rss0 = rss_bytes(site.pid)
+            print(f"service RSS before: {rss0 / MB:.1f} MB (pid {site.pid})", flush=True)
+
+            per = max(1, args.per_process)
+            t0 = time.monotonic()
+            for k in range(math.ceil(n / per)):
+                chunk = accounts[k * per:(k + 1) * per]
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, __file__, "client", stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE)
+                procs.append(proc)
+                job = {"url": url, "origin": site.base_url, "local_ip": CLIENT_IPS[k % len(CLIENT_IPS)],
+                       "tokens": [tokens[a][0] for a in chunk], "timeout": args.connect_timeout}
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps(job).encode() + b"\n")
+                await proc.stdin.drain()
+            ok = failed = 0
+            for proc in procs:
+                _, a, b = (await _read_line(proc, args.connect_timeout + 10)).split()
+                ok, failed = ok + int(a), failed + int(b)
+            connect_s = time.monotonic() - t0
+            print(f"connected {ok} of {n} pages in {connect_s:.1f} s "
+                  f"({ok / connect_s:.0f}/s), {failed} failed", flush=True)
+            rss1 = rss_bytes(site.pid)
+            await asyncio.sleep(args.hold)        # through at least one heartbeat
+            rss2 = rss_bytes(site.pid)
+            sample = accounts[:: max(1, n // 50)]
+            statuses = await asyncio.gather(*(_lookup_status(http, site, a) for a in sample))
+            online = sum(1 for s in statuses if s == "online")
+        still = 0
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"stop\n")
+            await proc.stdin.drain()
+        for proc in procs:
+            still += int((await _read_line(proc, 60)).split()[1])
+        per_conn = (rss2 - rss0) / max(ok, 1)
+        print(f"service RSS with {ok} connected: {rss1 / MB:.1f} MB at once, "
+              f"{rss2 / MB:.1f} MB after {args.hold:.0f} s held")
+        print(f"still open after the hold: {still} of {ok}; lookups of {len(sample)} "
+              f"sampled users: {online} online")
+        print(f"RSS per connection: {per_conn / 1024:.1f} KiB "
+              f"(delta {(rss2 - rss0) / MB:.1f} MB / {ok})")
+        print(f"RSS {rss2 / MB:.1f} MB vs target {RSS_TARGET_MB} MB for {n} users: "
+              f"ratio {rss2 / MB / RSS_TARGET_MB:.2f} ({'met' if rss2 < RSS_TARGET_MB * MB and ok == n else 'NOT met'})")
+        return 0 if ok == n and still == ok and online == len(sample) else 1
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                try:
+                    proc.kill()
+                except ProcessLookupError:
+                    pass
+                await proc.wait()
+        await site.stop()
+
+
+# --- fan-out
+
+class Page:
+    """One connected page of the fan-out run and the latencies it saw."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, who: str, room: int) -> None:
+        self.ws = ws
+        self.who = who
+        self.room = room
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+
+    async def read(self) -> None:
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            ev = json.loads(msg.data)
+            if ev.get("type") == "message":
+                text = str(ev.get("text", ""))
+                if text.startswith("bench:") and ev.get("author") != self.who:
+                    sent = float(text.split(":")[2])
+                    self.latencies.append((time.monotonic() - sent) * 1000)
+            elif ev.get("type") == "error":
+                self.errors.append(str(ev.get("error")))
+
+
+async def fanout(args: argparse.Namespace) -> int:
+    rooms_n, members = args.rooms, args.members
+    senders = [f"sender{i}@{DOMAIN}" for i in range(rooms_n)]
+    site = MailtalkSite(SERVICE_IP, DOMAIN)
+    pages: list[Page] = []
+    readers: list[asyncio.Task[None]] = []
+    try:
+        tokens = await site.populate(senders, sessions_per_account=1)
+        rooms = await site.populate_rooms(
+            [(s, [f"r{j}.{i}@b.bench.test" for j in range(members)])
+             for i, s in enumerate(senders)])
+        await site.start()
+        assert site.pid is not None
+        base = f"ws://{SERVICE_IP}:{site.port}"
+        conn = aiohttp.TCPConnector(limit=0, local_addr=(CLIENT_IPS[0], 0))
+        async with aiohttp.ClientSession(connector=conn) as http:
+            writers: list[list[Page]] = []       # per room: the recipients' pages (they post)
+            for i, (mail_id, links) in enumerate(rooms):
+                ws = await http.ws_connect(f"{base}/ws",
+                                           headers=_ws_headers(site.base_url, tokens[senders[i]][0]))
+                await _first_frame(ws, 10)
+                pages.append(Page(ws, senders[i], i))
+                room_writers = []
+                for rcpt, tok in links.items():
+                    ws = await http.ws_connect(f"{base}/ws/c/{tok}",
+                                               headers=_ws_headers(site.base_url))
+                    await _first_frame(ws, 10)
+                    page = Page(ws, rcpt, i)
+                    pages.append(page)
+                    room_writers.append(page)
+                writers.append(room_writers)
+            readers = [asyncio.create_task(p.read()) for p in pages]
+            total = int(args.rate * args.duration)
+            mail_ids = [m for m, _ in rooms]
+            cpu0 = cpu_seconds(site.pid)
+            t0 = time.monotonic()
+            for k in range(total):
+                delay = t0 + k / args.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                room = k % rooms_n
+                page = writers[room][(k // rooms_n) % members]
+                await page.ws.send_str(json.dumps(
+                    {"type": "send", "mail_id": mail_ids[room],
+                     "text": f"bench:{k}:{time.monotonic():.6f}"}))
+            send_s = time.monotonic() - t0
+            expected = total * members          # the room's other pages: sender + members-1
+            deadline = time.monotonic() + 15
+
+            def got() -> int:
+                return sum(len(p.latencies) for p in pages)
+            while got() < expected and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            cpu = cpu_seconds(site.pid) - cpu0
+            lat = sorted(x for p in pages for x in p.latencies)
+            errors = [e for p in pages for e in p.errors]
+            for p in pages:
+                await p.ws.close()
+        rate = total / send_s
+        print(f"rooms {rooms_n}, pages per room {members + 1}, {total} messages in "
+              f"{send_s:.1f} s: {rate:.0f} msg/s (target {args.rate:.0f}, ratio "
+              f"{rate / args.rate:.2f})")
+        print(f"deliveries {len(lat)} of {expected} ({expected - len(lat)} missing), "
+              f"error frames {len(errors)}{' ' + repr(errors[:3]) if errors else ''}")
+        print(f"delivery latency: p50 {percentile(lat, 50):.2f} ms  p99 {percentile(lat, 99):.2f} ms"
+              f"  max {percentile(lat, 100):.2f} ms")
+        print(f"service CPU: {cpu / send_s * 100:.0f} % of one core while sending, "
+              f"RSS {rss_bytes(site.pid) / MB:.1f} MB")
+        return 0 if len(lat) == expected and not errors else 1
+    finally:
+        for t in readers:
+            t.cancel()
+        await site.stop()
+
+
+async def main(args: argparse.Namespace) -> int:
+    if args.mode == "idle":
+        return await idle(args)
+    return await fanout(args)
+
+
+if __name__ == "__main__":
+    a = _args()
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if a.mode == "client":
+        sys.exit(asyncio.run(client_main()))
+    try:
+        sys.exit(asyncio.run(asyncio.wait_for(main(a), a.timeout)))
+    except asyncio.TimeoutError:
+        print(f"ws_bench: gave up after {a.timeout:.0f} s", file=sys.stderr)
+        sys.exit(2)
