@@ -82,9 +82,11 @@ MIGRATIONS: list[str] = [
 
 
 def sqlite_path(database: str) -> Path:
-    """`/path`, `sqlite:///path` -> Path. Other URLs are the caller's problem."""
+    """`/path`, `sqlite:///path` (or `sqlite:////path`) -> Path. Other URLs are the
+    caller's problem."""
     if database.startswith("sqlite://"):
-        return Path(database[len("sqlite://"):])
+        rest = database[len("sqlite://"):]
+        return Path("/" + rest.lstrip("/")) if rest.startswith("/") else Path(rest)
     return Path(database)
 
 

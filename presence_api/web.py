@@ -34,8 +34,8 @@ _env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
 _env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else ""
 
 
-def render(template: str, status: int = 200, **ctx: Any) -> web.Response:
-    return web.Response(text=_env.get_template(template).render(**ctx), status=status,
+def render(template: str, http_status: int = 200, **ctx: Any) -> web.Response:
+    return web.Response(text=_env.get_template(template).render(**ctx), status=http_status,
                         content_type="text/html", charset="utf-8")
 
 
@@ -87,7 +87,7 @@ async def login_page(request: web.Request, error: str = "", status: int = 200,
                      account: str = "") -> web.Response:
     svc = service(request)
     pre = request.cookies.get(PRE_COOKIE) or secrets.token_urlsafe(24)
-    resp = render("login.html", status=status, error=error, account=account,
+    resp = render("login.html", http_status=status, error=error, account=account,
                   csrf=svc.auth.csrf_token(pre), title="Log in")
     _set_cookie(svc, resp, PRE_COOKIE, pre, None)
     return resp
@@ -189,14 +189,14 @@ async def get_link(request: web.Request) -> web.StreamResponse:
     opened = await svc.links.open(token, svc.clock())
     if opened.link is None:
         if opened.reason == "expired":
-            return render("gone.html", status=410, title="Link expired",
+            return render("gone.html", http_status=410, title="Link expired",
                           text="This chat link has expired.")
-        return render("gone.html", status=404, title="No such link",
+        return render("gone.html", http_status=404, title="No such link",
                       text="This chat link is not valid.")
     link = opened.link
     mail = await svc.store.get_mail(link.mail_id)
     if mail is None:
-        return render("gone.html", status=404, title="No such link",
+        return render("gone.html", http_status=404, title="No such link",
                       text="This chat link is not valid.")
     await svc.chat.opened(mail, link.recipient)
     return render("link.html", title=mail.subject or "mailtalk", you=link.recipient,

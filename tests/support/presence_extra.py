@@ -37,12 +37,12 @@ class Clock:
 
 
 def make_config(tmp: Path, public_url: str = f"http://{HOST}:8470", **presence: Any) -> Config:
+    presence.setdefault("database", f"{tmp}/presence.sqlite3")
     extra = "".join(f"{k} = {v!r}\n" if not isinstance(v, str) else f'{k} = "{v}"\n'
                     for k, v in presence.items())
     text = (f'[site]\nstate_dir = "{tmp}"\n'
             f'[domains]\nnames = ["{DOMAIN}"]\n'
-            f'[presence]\nlisten = "{HOST}:8470"\npublic_url = "{public_url}"\n'
-            f'database = "{tmp}/presence.sqlite3"\n' + extra)
+            f'[presence]\nlisten = "{HOST}:8470"\npublic_url = "{public_url}"\n' + extra)
     return parse_text(text, str(tmp / "test.toml"))
 
 

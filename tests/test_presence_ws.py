@@ -1,0 +1,270 @@
+"""Chat over WebSockets: authorization per frame and room, fan-out, presence, heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+from aiohttp import ClientWebSocketResponse, WSServerHandshakeError
+
+from support.presence_extra import Presence, browser, start_presence
+
+ALICE, MALLORY = "alice@a.test", "mallory@a.test"
+BOB, CAROL = "bob@b.test", "carol@c.test"
+
+
+@pytest.fixture
+async def p(tmp_path: Path) -> AsyncIterator[Presence]:
+    pres = await start_presence(tmp_path, chat_message_max_chars=50, idle_away_seconds=60,
+                                heartbeat_seconds=1)
+    await pres.add_user(ALICE)
+    await pres.add_user(MALLORY)
+    yield pres
+    await pres.client.close()
+
+
+async def next_of(ws: ClientWebSocketResponse, kind: str, timeout: float = 5.0,
+                  **match: Any) -> dict[str, Any]:
+    """The next frame of this type (and fields), skipping others; fails at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {kind} frame {match} within {timeout} s")
+        try:
+            frame = await ws.receive_json(timeout=left)
+        except asyncio.TimeoutError:
+            continue
+        if frame.get("type") == kind and all(frame.get(k) == v for k, v in match.items()):
+            return frame
+
+
+async def none_of(ws: ClientWebSocketResponse, kind: str, within: float = 0.3) -> None:
+    """No frame of this type arrives (a negative check, bounded by `within`)."""
+    try:
+        frame = await next_of(ws, kind, timeout=within)
+    except AssertionError:
+        return
+    raise AssertionError(f"unexpected {frame}")
+
+
+async def links_for(p: Presence, recipients: list[str], subject: str = "Hello") -> tuple[str, dict[str, str]]:
+    mid = await p.record(ALICE, recipients, subject=subject)
+    links = (await p.lookup(ALICE, mid, recipients))["links"]
+    return mid, {r: p.link_path(u) for r, u in links.items()}
+
+
+async def sender_ws(p: Presence) -> ClientWebSocketResponse:
+    await p.login(ALICE)
+    ws = await p.client.ws_connect("/ws", headers={"Origin": p.origin})
+    assert (await ws.receive_json())["type"] == "hello"
+    return ws
+
+
+async def link_ws(p: Presence, path: str) -> ClientWebSocketResponse:
+    ws = await p.client.ws_connect("/ws" + path, headers={"Origin": p.origin})
+    assert (await next_of(ws, "hello"))["kind"] == "link"
+    return ws
+
+
+async def test_websocket_origin_is_checked(p: Presence) -> None:
+    _, links = await links_for(p, [BOB])
+    await p.login(ALICE)
+    for path in ("/ws", "/ws" + links[BOB]):
+        for origin in ("http://evil.test", None):
+            headers = {"Origin": origin} if origin else {}
+            with pytest.raises(WSServerHandshakeError) as e:
+                await p.client.ws_connect(path, headers=headers)
+            assert e.value.status == 403
+
+
+async def test_websocket_needs_a_session_or_a_valid_link(p: Presence) -> None:
+    with pytest.raises(WSServerHandshakeError) as e:
+        await p.client.ws_connect("/ws", headers={"Origin": p.origin})
+    assert e.value.status == 401
+    with pytest.raises(WSServerHandshakeError) as e:
+        await p.client.ws_connect("/ws/c/" + "A" * 32, headers={"Origin": p.origin})
+    assert e.value.status == 404
+
+
+async def test_recipient_opens_link_sender_told_at_once_and_chat_flows(p: Presence) -> None:
+    mid, links = await links_for(p, [BOB, CAROL], subject="Quarterly figures")
+    alice = await sender_ws(p)
+    r = await p.client.get(links[BOB])                    # Bob clicks his link
+    assert r.status == 200
+    opened = await next_of(alice, "opened", mail_id=mid)
+    assert opened["recipient"] == BOB and opened["first"] is True
+    assert opened["mail"]["subject"] == "Quarterly figures"
+    assert opened["mail"]["body_text"] == "The text of the mail."
+    assert opened["mail"]["recipients"] == [BOB, CAROL]
+
+    bob = await link_ws(p, links[BOB])
+    await bob.send_json({"type": "join", "mail_id": mid})
+    room = await next_of(bob, "room")
+    assert room["mail"]["subject"] == "Quarterly figures"
+    assert "recipients" not in room["mail"]                # no envelope (Bcc) for recipients
+    assert room["members"] == [BOB] and room["sender_status"] == "online"
+
+    await bob.send_json({"type": "send", "mail_id": mid, "text": "Hi Alice, a question"})
+    got = await next_of(alice, "message", mail_id=mid)
+    assert got["author"] == BOB and got["text"] == "Hi Alice, a question"
+    await alice.send_json({"type": "send", "mail_id": mid, "text": "Ask away"})
+    back = await next_of(bob, "message", author=ALICE)
+    assert back["text"] == "Ask away"
+
+    # Carol joins later and sees the earlier messages: one group per mail
+    assert (await p.client.get(links[CAROL])).status == 200
+    members = await next_of(alice, "members", mail_id=mid)
+    assert members["members"] == [BOB, CAROL]
+    carol = await link_ws(p, links[CAROL])
+    await carol.send_json({"type": "join", "mail_id": mid})
+    room = await next_of(carol, "room")
+    assert [m["text"] for m in room["messages"]] == ["Hi Alice, a question", "Ask away"]
+    await carol.send_json({"type": "send", "mail_id": mid, "text": "Me too"})
+    for ws in (alice, bob):
+        assert (await next_of(ws, "message", author=CAROL))["text"] == "Me too"
+    for ws in (alice, bob, carol):
+        await ws.close()
+
+
+async def test_frames_are_authorized_for_their_room(p: Presence) -> None:
+    mid1, links1 = await links_for(p, [BOB], subject="one")
+    mid2, _ = await links_for(p, [CAROL], subject="two")
+    assert (await p.client.get(links1[BOB])).status == 200
+    bob = await link_ws(p, links1[BOB])
+    # Bob's link page may not enter or write into another mail's room
+    await bob.send_json({"type": "join", "mail_id": mid2})
+    assert (await next_of(bob, "error"))["error"] == "forbidden"
+    await bob.send_json({"type": "send", "mail_id": mid2, "text": "sneaky"})
+    assert (await next_of(bob, "error"))["error"] == "forbidden"
+    assert await p.svc.store.messages(mid2, 10) == []
+    # nor set anybody's presence
+    await bob.send_json({"type": "status", "mode": "busy"})
+    assert (await next_of(bob, "error"))["error"] == "bad_frame"
+
+    # another logged-in user may not read or write Alice's conversations
+    mallory_http = browser(p)
+    try:
+        await p.login(MALLORY, client=mallory_http)
+        mallory = await mallory_http.ws_connect("/ws", headers={"Origin": p.origin})
+        await next_of(mallory, "hello")
+        await mallory.send_json({"type": "join", "mail_id": mid1})
+        assert (await next_of(mallory, "error"))["error"] == "forbidden"
+        await mallory.send_json({"type": "send", "mail_id": mid1, "text": "hi"})
+        assert (await next_of(mallory, "error"))["error"] == "forbidden"
+        await mallory.send_json({"type": "read", "mail_id": mid1, "up_to": 1})
+        assert (await next_of(mallory, "error"))["error"] == "forbidden"
+        r = await mallory_http.get(f"/m/{mid1}")
+        assert r.status == 404
+        await mallory.close()
+    finally:
+        await mallory_http.close()
+    assert await p.svc.store.messages(mid1, 10) == []
+    await bob.close()
+
+
+async def test_message_size_limit(p: Presence) -> None:
+    mid, links = await links_for(p, [BOB])
+    await p.client.get(links[BOB])
+    bob = await link_ws(p, links[BOB])
+    await bob.send_json({"type": "send", "mail_id": mid, "text": "x" * 51})
+    assert (await next_of(bob, "error"))["error"] == "too_long"
+    await bob.send_json({"type": "send", "mail_id": mid, "text": "x" * 50})
+    await next_of(bob, "message")
+    assert [len(m.text) for m in await p.svc.store.messages(mid, 10)] == [50]
+    await bob.close()
+
+
+async def test_logged_out_session_stops_the_socket(p: Presence) -> None:
+    mid, _ = await links_for(p, [BOB])
+    alice = await sender_ws(p)
+    r = await p.client.get("/")
+    from support.presence_extra import csrf_of
+    r = await p.client.post("/logout", data={"csrf": csrf_of(await r.text())},
+                            allow_redirects=False)
+    assert r.status == 303
+    await alice.send_json({"type": "join", "mail_id": mid})
+    assert (await next_of(alice, "error"))["error"] == "session_ended"
+
+
+async def test_unread_counts_and_history(p: Presence) -> None:
+    mid, links = await links_for(p, [BOB])
+    await p.client.get(links[BOB])
+    bob = await link_ws(p, links[BOB])
+    for text in ("one", "two"):
+        await bob.send_json({"type": "send", "mail_id": mid, "text": text})
+        await next_of(bob, "message", text=text)
+    convs = await p.svc.store.conversations(ALICE, 10)
+    assert [(c.mail.mail_id, c.unread, c.members) for c in convs] == [(mid, 2, (BOB,))]
+    alice = await sender_ws(p)
+    await alice.send_json({"type": "join", "mail_id": mid})
+    room = await next_of(alice, "room")
+    assert [m["text"] for m in room["messages"]] == ["one", "two"]
+    await alice.send_json({"type": "read", "mail_id": mid, "up_to": room["messages"][-1]["id"]})
+    await alice.send_json({"type": "join", "mail_id": mid})     # a round trip: read is done
+    await next_of(alice, "room")
+    assert (await p.svc.store.conversations(ALICE, 10))[0].unread == 0
+    await alice.close()
+    await bob.close()
+
+
+async def test_presence_modes_idle_and_live_updates(p: Presence) -> None:
+    mid, links = await links_for(p, [BOB])
+    await p.client.get(links[BOB])
+    bob = await link_ws(p, links[BOB])
+    status = lambda: p.lookup(ALICE, mid, [])  # noqa: E731
+    assert (await status())["status"] == "offline"
+    alice = await sender_ws(p)
+    assert (await next_of(bob, "presence", account=ALICE))["status"] == "online"
+    assert (await status())["status"] == "online"
+
+    await alice.send_json({"type": "status", "mode": "busy"})
+    assert (await next_of(alice, "presence", status="busy"))["self"] is True
+    assert (await next_of(bob, "presence", account=ALICE))["status"] == "busy"
+    assert (await status())["status"] == "busy"
+    assert (await p.svc.store.get_account(ALICE)).mode == "busy"   # type: ignore[union-attr]
+
+    await alice.send_json({"type": "status", "mode": "offline"})   # appear offline
+    own = await next_of(alice, "presence", status="offline")
+    assert own["mode"] == "offline"
+    assert (await status())["status"] == "offline"
+
+    await alice.send_json({"type": "status", "mode": "auto"})
+    await next_of(alice, "presence", status="online")
+    p.clock.advance(61)                                            # idle past idle_away
+    await p.svc.presence.sweep()
+    assert (await next_of(alice, "presence", status="away"))["self"] is True
+    assert (await status())["status"] == "away"
+    await alice.send_json({"type": "activity"})
+    await next_of(alice, "presence", status="online")
+    await alice.close()
+    assert (await next_of(bob, "presence", status="offline"))["account"] == ALICE
+    assert (await status())["status"] == "offline"
+    await bob.close()
+
+
+async def test_vanished_page_drops_out_by_heartbeat(p: Presence) -> None:
+    """A page that stops answering pings (a closed laptop lid) is dropped: heartbeat 1 s."""
+    mid = p.mail_ids.issue(ALICE)
+    await p.login(ALICE)
+    ws = await p.client.ws_connect("/ws", headers={"Origin": p.origin}, autoping=False)
+    assert (await p.lookup(ALICE, mid, []))["status"] == "online"
+    deadline = time.monotonic() + 10
+    while (await p.lookup(ALICE, mid, []))["status"] != "offline":
+        assert time.monotonic() < deadline, "the silent page was never dropped"
+        await asyncio.sleep(0.1)
+    await ws.close()
+
+
+async def test_bad_frames_get_an_error(p: Presence) -> None:
+    alice = await sender_ws(p)
+    await alice.send_str("not json")
+    assert (await next_of(alice, "error"))["error"] == "bad_frame"
+    await alice.send_json(["a", "list"])
+    assert (await next_of(alice, "error"))["error"] == "bad_frame"
+    await alice.send_json({"type": "status", "mode": "invisible"})
+    assert (await next_of(alice, "error"))["error"] == "bad_mode"
+    await alice.close()
