@@ -1,0 +1,73 @@
+"""The filter behind a real private Postfix, with deploy/postfix/receiver-*.cf applied as
+written (only addresses and ports overridden), run as the real `mailtalk filter` command:
+Postfix -> content_filter -> filter -> re-injection smtpd -> Maildir. When the filter is
+down Postfix defers; after a restart every mail arrives exactly once, none bounced."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from support import free_port, wait_for
+from support.postfix import header_values, split_message
+from support.smtp import make_message, smtp_send
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+MX, FILTER = "127.0.13.10", "127.0.13.11"
+FORGED = ("yes; account=mallory@evil.test; status=online; "
+          "checked=2026-01-01T00:00:00Z; chat=<https://evil.test/c/x>")
+
+
+def _receiver(postfix_factory, filter_port: int):
+    mx = postfix_factory("b", MX, "b.test")
+    mx.local_maildir(["b.test"])
+    mx.apply_snippet(ROOT / "deploy/postfix/receiver-main.cf")
+    mx.apply_snippet(ROOT / "deploy/postfix/receiver-master.cf")
+    reinject = free_port(MX)
+    mx.master_replace("127.0.0.1:10026", f"{MX}:{reinject}")
+    mx.postconf(content_filter=f"mailtalk:[{FILTER}]:{filter_port}")
+    return mx, reinject
+
+
+def test_postfix_content_filter_round_trip_and_restart(postfix_factory, mailtalk_factory) -> None:
+    filter_port = free_port(FILTER)
+    mx, reinject = _receiver(postfix_factory, filter_port)
+    config = {"filter": {"listen": f"{FILTER}:{filter_port}", "reinject": f"{MX}:{reinject}",
+                         "lookup_timeout": 0.5}}
+    flt = mailtalk_factory(config, subcommand="filter", name="filter1")
+    mx.start()
+
+    body = ("Grüße, 8-bit body\r\n" + "long line " * 90 + "\r\n").encode()
+    msg1 = make_message(to=["bob@b.test", "carol@b.test"], subject="one", body=body,
+                        message_id="<one@a.test>", headers={"X-Sender-Online": FORGED})
+    smtp_send(MX, mx.smtp_port, msg1, sender="alice@a.test", rcpts=["bob@b.test", "carol@b.test"])
+    for rcpt in ("bob@b.test", "carol@b.test"):
+        (got,) = mx.wait_delivered(rcpt, 1)
+        values = header_values(got, "X-Sender-Online")
+        assert len(values) == 1 and values[0].startswith("unknown;"), values
+        assert "evil" not in got.decode(errors="replace")
+        assert split_message(got)[1] == body.replace(b"\r\n", b"\n")
+    # The filter logged with Postfix's queue ID (from XFORWARD IDENT).
+    qid = re.search(r"smtpd\[\d+\]: ([0-9A-F]+): client=", mx.maillog()).group(1)
+    assert re.search(rf"{qid}: re-injected", flt.log()), flt.log_tail()
+
+    # Filter down: Postfix defers (4xx / connection refused), nothing bounces.
+    flt.stop()
+    msg2 = make_message(to="bob@b.test", subject="two", message_id="<two@a.test>")
+    smtp_send(MX, mx.smtp_port, msg2, sender="alice@a.test", rcpts=["bob@b.test"])
+    mx.wait_log(r"mailtalk/smtp\[\d+\]: \w+: to=<bob@b.test>.*status=deferred", timeout=20)
+    assert mx.queue(), "the mail should wait in the queue"
+    assert len(mx.delivered("bob@b.test")) == 1
+
+    mailtalk_factory(config, subcommand="filter", name="filter2")
+    got = mx.wait_delivered("bob@b.test", 2)
+    mx.wait_queue_empty()
+    got = mx.delivered("bob@b.test")
+    assert [header_values(m, "Message-ID") for m in got] == [["<one@a.test>"], ["<two@a.test>"]]
+    assert "status=bounced" not in mx.maillog()
+    wait_for(lambda: not mx.queue(), timeout=5, what="an empty queue")
+    assert len(mx.delivered("bob@b.test")) == 2 and len(mx.delivered("carol@b.test")) == 1
