@@ -9,77 +9,43 @@ tested against slow, oversize and hostile answers a real service would never giv
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import dns.asyncresolver
 import dns.nameserver
-import dns.resolver
 from aiohttp import web
 
 from mailtalk.config import Config, parse_text
-from support.wait import free_port, free_udp_port, wait_for
+from support.dns import Dnsmasq as _BaseDnsmasq, _txt_strings
+from support.wait import free_port
 
 DNS_HOST = "127.0.14.53"
 
 
-class Dnsmasq:
-    """dnsmasq on a loopback address and a free port, authoritative for `--local` zones.
+class Dnsmasq(_BaseDnsmasq):
+    """infra's dnsmasq (support/dns.py), with several TXT records per name and a TTL.
 
     `records` maps a name to a list of TXT values; each value is one string or a
     list of strings (one TXT record made of several character-strings).
     """
 
     def __init__(self, records: dict[str, list[str | list[str]]], host: str = DNS_HOST,
-                 zones: tuple[str, ...] = ("test",), ttl: int = 60) -> None:
-        self.host = host
-        self.port = free_udp_port(host)
-        argv = [shutil.which("dnsmasq") or "/usr/sbin/dnsmasq", "--keep-in-foreground",
-                "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll",
-                "--bind-interfaces", f"--listen-address={host}", f"--port={self.port}",
-                "--user=root", "--group=root", "--pid-file", f"--local-ttl={ttl}"]
-        argv += [f"--local=/{z}/" for z in zones]
-        for name, values in records.items():
-            for value in values:
-                strings = [value] if isinstance(value, str) else value
-                # argv, not a shell: no quotes; a comma separates character-strings.
-                assert not any("," in s for s in strings), "dnsmasq splits at commas"
-                argv.append(f"--txt-record={name}," + ",".join(strings))
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_for(self._answers, timeout=10, what=f"dnsmasq on {host}:{self.port}")
-        except AssertionError:
-            self.stop()
-            raise
-
-    def _answers(self) -> bool:
-        if self.proc.poll() is not None:
-            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-            raise RuntimeError(f"dnsmasq exited: {err}")
-        r = dns.resolver.Resolver(configure=False)
-        r.nameservers = [dns.nameserver.Do53Nameserver(self.host, self.port)]
-        try:
-            r.resolve("probe.test.", "A", lifetime=0.5)
-        except dns.resolver.NXDOMAIN:
-            return True
-        except dns.resolver.NoAnswer:
-            return True
-        return True
+                 ttl: int = 60) -> None:
+        super().__init__(host)
+        self.records = records
+        self.ttl = ttl
+        self.start()
 
     @property
-    def nameserver(self) -> str:
-        return f"{self.host}:{self.port}"
+    def host(self) -> str:
+        return self.address
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def argv(self) -> list[str]:
+        args = super().argv() + [f"--local-ttl={self.ttl}"]
+        for name, values in self.records.items():
+            args += [f"--txt-record={name},{_txt_strings(v)}" for v in values]
+        return args
 
 
 class CountingResolver:
