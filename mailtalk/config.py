@@ -66,6 +66,13 @@ def _str_list(v: Any) -> tuple[str, ...]:
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def _one_of(v: Any, choices: tuple[str, ...]) -> str:
+    s = _str(v)
+    if s not in choices:
+        raise ValueError(f"expected one of {', '.join(choices)}, got {v!r}")
+    return s
+
+
 def _log_level(v: Any) -> str:
     s = _str(v).lower()
     if s not in _LOG_LEVELS:
@@ -216,6 +223,8 @@ class FilterConfig:
     max_message_size: int
     lookup_concurrency_per_domain: int
     reinject_timeout: float
+    mode: str                  # "smtp" (Postfix content filter) or "milter" (Sendmail)
+    milter_socket: str         # where the receiving milter listens (mode = "milter")
 
 
 @dataclass(frozen=True)
@@ -284,6 +293,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "max_message_size": (_int_min(1024), D.MAX_MESSAGE_SIZE),
         "lookup_concurrency_per_domain": (_int_min(1), D.LOOKUP_CONCURRENCY_PER_DOMAIN),
         "reinject_timeout": (_pos_float, D.REINJECT_TIMEOUT),
+        "mode": (lambda v: _one_of(v, ("smtp", "milter")), D.FILTER_MODE),
+        "milter_socket": (parse_milter_socket, D.FILTER_MILTER_SOCKET),
     },
     "presence": {
         "listen": (_hostport, D.PRESENCE_LISTEN),

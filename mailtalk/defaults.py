@@ -29,6 +29,8 @@ LOOKUP_TIMEOUT = 2.0                          # seconds; the whole DNS + HTTP lo
 MAX_MESSAGE_SIZE = 50 * 1024 * 1024           # >= Postfix's message_size_limit (10240000)
 LOOKUP_CONCURRENCY_PER_DOMAIN = 8
 REINJECT_TIMEOUT = 60.0
+FILTER_MODE = "smtp"                          # "smtp": content filter; "milter": Sendmail
+FILTER_MILTER_SOCKET = "inet:8895@127.0.0.1"  # the receiving milter (mode = "milter")
 
 # [presence]
 PRESENCE_LISTEN = "127.0.0.1:8470"
