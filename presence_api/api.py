@@ -159,15 +159,18 @@ async def post_lookup(request: web.Request) -> web.Response:
     # proves the mail; bind links to it now. Once recorded, only its recipients get links.
     mail = ctx.mail or await svc.store.bind_mail(mail_id, account, now)
     allowed = {r.lower() for r in mail.recipients} if mail.recorded else None
+    # Keys are the recipients exactly as asked (the hook matches on them); each link is
+    # bound to the recipient with its domain lowercased, so Bob@B.example and
+    # Bob@b.example get the same link.
     links: dict[str, str] = {}
     for r in rcpts:
         rcpt = norm_recipient(r)
-        if rcpt is None or rcpt in links or (allowed is not None and rcpt.lower() not in allowed):
+        if rcpt is None or r in links or (allowed is not None and rcpt.lower() not in allowed):
             continue
         if rcpt in ctx.links:
-            links[rcpt] = svc.links.url(svc.links.token(mail_id, rcpt))
+            links[r] = svc.links.url(svc.links.token(mail_id, rcpt))
         else:
-            links[rcpt] = await svc.links.issue(mail_id, rcpt, now)
+            links[r] = await svc.links.issue(mail_id, rcpt, now)
     log.info("lookup of %s for mail %s from %s: %s, %d links", account, mail_id,
              client_ip(request), status, len(links))
     return web.json_response({"status": status, "checked": rfc3339(now), "links": links})

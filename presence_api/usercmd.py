@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import sqlite3
 import sys
 import time
 
@@ -85,7 +86,12 @@ async def _run(cfg: Config, args: argparse.Namespace, store: Store) -> int:
 
 async def _main(cfg: Config, args: argparse.Namespace) -> int:
     store = open_store(cfg)
-    await store.open()
+    try:
+        await store.open()
+    except (OSError, sqlite3.Error, RuntimeError) as e:
+        print(f"mailtalk user: {cfg.presence.database}: cannot open the database: {e}",
+              file=sys.stderr)
+        return 2
     try:
         return await _run(cfg, args, store)
     finally:

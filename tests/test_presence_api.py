@@ -124,11 +124,15 @@ async def test_lookup_refusals_are_one_answer_with_the_same_work(p: Presence) ->
 async def test_lookup_before_record_binds_links_and_repeats_them(p: Presence) -> None:
     mid = p.mail_ids.issue(ALICE)
     a = await p.lookup(ALICE, mid, ["Bob@B.Test", "carol@c.test", "junk"])
-    assert set(a["links"]) == {"Bob@b.test", "carol@c.test"}     # domain lowercased
+    assert set(a["links"]) == {"Bob@B.Test", "carol@c.test"}     # keys as asked
     assert all(u.startswith(p.svc.cfg.presence.public_url + "/c/") for u in a["links"].values())
-    assert a["links"]["Bob@b.test"] != a["links"]["carol@c.test"]
+    assert a["links"]["Bob@B.Test"] != a["links"]["carol@c.test"]
     b = await p.lookup(ALICE, mid, ["Bob@b.test", "carol@c.test"])
-    assert b["links"] == a["links"]                                # same link when asked again
+    # same link when asked again; bound to the recipient with its domain lowercased
+    assert b["links"] == {"Bob@b.test": a["links"]["Bob@B.Test"],
+                          "carol@c.test": a["links"]["carol@c.test"]}
+    r = await p.client.get(p.link_path(b["links"]["Bob@b.test"]))
+    assert "You: Bob@b.test" in await r.text()
     stub = await p.svc.store.get_mail(mid)
     assert stub is not None and not stub.recorded                  # bound to the mail
     # the record arrives late: it completes the stub
@@ -136,7 +140,7 @@ async def test_lookup_before_record_binds_links_and_repeats_them(p: Presence) ->
         "mail_id": mid, "account": ALICE, "recipients": ["Bob@b.test"], "subject": "Late"})
     assert r.status == 201
     c = await p.lookup(ALICE, mid, ["Bob@b.test", "dave@d.test"])
-    assert c["links"] == {"Bob@b.test": a["links"]["Bob@b.test"]}  # only its recipients now
+    assert c["links"] == {"Bob@b.test": a["links"]["Bob@B.Test"]}  # only its recipients now
 
 
 async def test_lookup_after_record_gives_links_only_to_its_recipients(p: Presence) -> None:
