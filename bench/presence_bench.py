@@ -17,6 +17,9 @@ Targets, all asking "is this sender there?" about `--accounts` accounts:
   mailtalk-fresh  the same with a Mail-ID never seen before in every request: what a
                   receiving MTA really sends, one lookup per delivered mail (the
                   service binds the mail and creates the recipient's link: write path).
+  aiohttp-floor   a reference, not a peer: a minimal aiohttp app with a fixed answer
+                  (bench/floor_server.py), the cost of any one-process aiohttp service
+                  here before any work of its own.
 Servers and client use loopback addresses 127.0.15.x only; everything stops by itself.
 """
 
@@ -36,6 +39,7 @@ import aiohttp  # noqa: E402
 import loadgen  # noqa: E402
 from ejabberd_peer import EjabberdPeer  # noqa: E402
 from mailtalk_site import MailtalkSite  # noqa: E402
+from pbench_util import free_port, wait_for  # noqa: E402
 from xmpp_online import XmppSession, go_online  # noqa: E402
 
 log = logging.getLogger("bench.presence")
@@ -43,6 +47,8 @@ log = logging.getLogger("bench.presence")
 EJABBERD_IP = "127.0.15.2"
 MAILTALK_IP = "127.0.15.3"
 CLIENT_IP = "127.0.15.4"
+FLOOR_IP = "127.0.15.5"
+ALL_TARGETS = "ejabberd,mailtalk,mailtalk-fresh,aiohttp-floor"
 SENDER_DOMAIN = "a.bench.test"
 RECIPIENT = "bob@b.bench.test"
 STATUSES = {"online", "away", "busy", "offline"}
@@ -53,13 +59,13 @@ def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight (32)")
     p.add_argument("--count", type=int, default=100_000, help="requests per measurement, at most")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement, at most")
-    p.add_argument("--rounds", type=int, default=2, help="measurements of each target (2)")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per measurement, at most")
+    p.add_argument("--rounds", type=int, default=3, help="measurements of each target (3)")
     p.add_argument("--accounts", type=int, default=1000, help="accounts asked about (1000)")
     p.add_argument("--online", type=int, default=100,
                    help="of those, ejabberd users kept online over XMPP (100)")
-    p.add_argument("--targets", default="ejabberd,mailtalk,mailtalk-fresh",
-                   help="comma-separated subset of ejabberd,mailtalk,mailtalk-fresh")
+    p.add_argument("--targets", default=ALL_TARGETS,
+                   help=f"comma-separated subset of {ALL_TARGETS}")
     p.add_argument("--timeout", type=float, default=600.0, help="the whole run, at most")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args()
@@ -107,19 +113,35 @@ def _mailtalk_targets(site: MailtalkSite, accounts: list[str], fresh_count: int,
     return out
 
 
+async def _start_floor() -> tuple[asyncio.subprocess.Process, loadgen.Target]:
+    port = free_port(FLOOR_IP)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).with_name("floor_server.py")), FLOOR_IP, str(port))
+    url = f"http://{FLOOR_IP}:{port}/api/v1/lookup"
+    body = {"account": "user0@a.bench.test", "mail_id": "x" * 44, "recipients": [RECIPIENT]}
+    async with aiohttp.ClientSession() as http:
+        async def ready() -> bool:
+            async with http.post(url, json=body) as r:
+                return r.status == 200
+        await wait_for(ready, 15, "floor server")
+    return proc, loadgen.Target("aiohttp-floor", url, [body],
+                                lambda s, d: s == 200 and isinstance(d, dict), proc.pid)
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:5.2f}" if a is not None and b else "  n/a"
 
 
 def _report(best: dict[str, loadgen.Result], args: argparse.Namespace) -> None:
     print(f"\n== best of {args.rounds} round(s), concurrency {args.concurrency}, "
-          f"{args.accounts} accounts, {os.cpu_count()} CPUs (client and servers share them) ==")
+          f"{args.accounts} accounts, {os.cpu_count()} CPUs (client and servers share them), "
+          f"load average now {os.getloadavg()[0]:.2f} ==")
     for r in best.values():
         print(r.line())
     ej = best.get("ejabberd")
     if ej is None:
         return
-    for name in ("mailtalk", "mailtalk-fresh"):
+    for name in ("mailtalk", "mailtalk-fresh", "aiohttp-floor"):
         r = best.get(name)
         if r is None:
             continue
@@ -136,6 +158,7 @@ async def main(args: argparse.Namespace) -> int:
         else None
     sessions: list[XmppSession] = []
     targets: list[loadgen.Target] = []
+    floor: asyncio.subprocess.Process | None = None
     try:
         if peer is not None:
             await peer.start()
@@ -147,9 +170,14 @@ async def main(args: argparse.Namespace) -> int:
             # enough fresh Mail-IDs for every round even at 20,000 lookups/s
             fresh = min(args.count, int(args.duration * 20_000)) * args.rounds
             targets += _mailtalk_targets(site, accounts, fresh, wanted)
+        if "aiohttp-floor" in wanted:
+            floor, t = await _start_floor()
+            targets.append(t)
         for t in targets:
             if t.name == "mailtalk":   # one untimed pass: every link exists before timing
                 await loadgen.run(t, args.concurrency, len(t.bodies), args.timeout, CLIENT_IP)
+        print(f"load average before: {os.getloadavg()[0]:.2f} (other work on the machine "
+              f"skews the figures: compare targets within one run)", flush=True)
         best: dict[str, loadgen.Result] = {}
         fresh_pos = 0
         for rnd in range(1, args.rounds + 1):
@@ -174,6 +202,9 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         for s in sessions:
             s.close()
+        if floor is not None and floor.returncode is None:
+            floor.terminate()
+            await floor.wait()
         if site is not None:
             await site.stop()
         if peer is not None:
