@@ -308,9 +308,14 @@ def make_lookup(cfg: Config) -> Any:
 
 
 async def start(cfg: Config, stop: asyncio.Event, *,
-                lookup: receiving.Lookup | None = None) -> Running:
-    """Listen on `[filter] listen`; `lookup` is for tests (default: the real one)."""
+                lookup: receiving.Lookup | None = None) -> Any:
+    """Listen on `[filter] listen`; `lookup` is for tests (default: the real one).
+
+    With `[filter] mode = "milter"` the receiving milter runs instead (Sendmail)."""
     fc = cfg.filter
+    if fc.mode == "milter":
+        from mailtalk_milter import receiving_milter
+        return await receiving_milter.start(cfg, stop, lookup=lookup)
     owns = lookup is None
     if owns:
         lookup = make_lookup(cfg)

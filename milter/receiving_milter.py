@@ -1,0 +1,241 @@
+"""The receiving logic as a pymilter milter: for Sendmail (which has no after-queue
+content filter), or a Postfix that prefers milters. `[filter] mode = "milter"`.
+
+Same rules as the content filter: every incoming X-Sender-Online is deleted, always;
+with exactly one well-formed X-Messenger-Account and X-Mail-ID the presence lookup is
+asked (bounded by `[filter] lookup_timeout`), and X-Sender-Online is added.
+
+One milter transaction carries one copy of the message for all its recipients, and a
+milter cannot split it: it can only change the one copy every recipient gets. A chat
+link names one recipient and must never reach another (MISSION.md), so:
+- one recipient: the full header with that recipient's link;
+- several recipients: `X-Sender-Online: unknown` without a link (and no lookup).
+The content filter (Postfix) has no such limit: it re-injects one copy per recipient.
+
+Errors of ours never hold mail up: forged copies are deleted first; any later failure
+lets the mail pass without our header (libmilter's exception policy is CONTINUE).
+libmilter serves one milter per process, so this mode cannot share a process with
+the sending milter (`[milter]`): it runs as `mailtalk -c FILE filter` of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import Milter
+
+from mailtalk.config import Config, ConfigError
+from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, HDR_ONLINE
+from mailtalk_milter import milter_socket, online_header, receiving
+
+log = logging.getLogger("mailtalk.receiving_milter")
+
+MILTER_NAME = "mailtalk-receiving"
+NOQUEUE = "NOQUEUE"
+JOIN_TIMEOUT = 10.0
+POKE_EVERY = 0.05
+_READ = {HDR_ACCOUNT.lower(), HDR_MAIL_ID.lower()}
+_ONLINE = HDR_ONLINE.lower()
+
+
+@dataclass
+class Engine:
+    loop: asyncio.AbstractEventLoop
+    lookup: receiving.Lookup | None
+    timeout: float
+
+
+@dataclass
+class _Message:
+    queue_id: str = NOQUEUE
+    recipients: list[str] = field(default_factory=list)
+    claim_fields: list[bytes] = field(default_factory=list)
+    forged: int = 0
+
+
+class ReceivingMilter(Milter.Base):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.msg = _Message()
+
+    def _qid(self) -> str:
+        qid = self.getsymval("i")
+        if qid:
+            self.msg.queue_id = qid
+        return self.msg.queue_id
+
+    @Milter.noreply
+    @Milter.symlist("i")
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self.msg = _Message()
+        self._qid()
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envrcpt(self, to: str, *params: str) -> int:
+        self.msg.recipients.append(to.strip().removeprefix("<").removesuffix(">"))
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @Milter.decode("bytes")
+    def header(self, name: str, value: bytes) -> int:
+        lower = name.lower()
+        if lower == _ONLINE:
+            self.msg.forged += 1
+        elif lower in _READ and len(self.msg.claim_fields) < 8:
+            self.msg.claim_fields.append(name.encode("ascii", "replace") + b": " + value + b"\r\n")
+        return Milter.CONTINUE
+
+    @Milter.symlist("i")
+    def eom(self) -> int:
+        m = self.msg
+        qid = self._qid()
+        try:
+            # libmilter counts copies from 1; deleting from the last keeps indexes valid.
+            for index in range(m.forged, 0, -1):
+                self.chgheader(HDR_ONLINE, index, "")
+            if m.forged:
+                log.info("%s: removed %d incoming %s", qid, m.forged, HDR_ONLINE)
+        except Exception:
+            log.exception("%s: could not delete incoming %s", qid, HDR_ONLINE)
+            return Milter.CONTINUE
+        try:
+            value = self._decide(qid)
+            self.addheader(HDR_ONLINE, value)
+        except Exception:
+            log.exception("%s: internal error; the mail passes without %s", qid, HDR_ONLINE)
+        return Milter.CONTINUE
+
+    def _decide(self, qid: str) -> str:
+        m = self.msg
+        claim = receiving.read_claim(m.claim_fields)
+        now = receiving.utcnow()
+        if len(m.recipients) != 1:
+            # One copy for all: a link would reach recipients it does not name.
+            log.info("%s: %d recipients in one milter transaction: %s unknown",
+                     qid, len(m.recipients), HDR_ONLINE)
+            return online_header.format_value(online_header.unknown(claim.account, now))
+        rcpt = m.recipients[0]
+        decided = self._run(receiving.decide(claim, [rcpt], self.engine.lookup,
+                                             self.engine.timeout, now, qid), qid, claim, now)
+        h = decided[rcpt]
+        log.info("%s: %s for %s: %s to %s", qid, HDR_ONLINE, claim.account or "-", h.state, rcpt)
+        return online_header.format_value(h)
+
+    def _run(self, coro: Any, qid: str, claim: receiving.Claim,
+             now: datetime) -> dict[str, online_header.SenderOnline]:
+        """Run the lookup on the asyncio loop from libmilter's thread, bounded."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.engine.loop)
+        try:
+            return future.result(self.engine.timeout + 1.0)
+        except Exception as e:   # the loop is stuck or stopping: unknown, and go on
+            future.cancel()
+            log.warning("%s: lookup did not finish (%s): unknown", qid, type(e).__name__)
+            return {r: online_header.unknown(claim.account, now) for r in self.msg.recipients}
+
+    def abort(self) -> int:
+        self.msg = _Message()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        return Milter.CONTINUE
+
+
+def install(engine: Engine) -> None:
+    """Make libmilter (or TestCtx) create a ReceivingMilter per connection."""
+    Milter.factory = lambda: ReceivingMilter(engine)
+
+
+def _register(socket: str, timeout: int) -> None:
+    import milter  # pymilter's C module (never our folder: see MISSION.md, Layout)
+
+    milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+    milter.set_exception_policy(Milter.CONTINUE)
+    milter.set_connect_callback(Milter.connect_callback)
+    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_close_callback(Milter.close_callback)
+    milter.setconn(socket)
+    milter.settimeout(timeout)
+    milter.register(MILTER_NAME, data=lambda ctx: ctx.getpriv().data(),
+                    unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+                    negotiate=Milter.negotiate_callback)
+
+
+class Running:
+    def __init__(self, spec: str, thread: threading.Thread, lookup: Any,
+                 closing: threading.Event) -> None:
+        self._spec, self._thread, self._lookup, self._closing = spec, thread, lookup, closing
+        self.owns_lookup = False
+
+    async def close(self) -> None:
+        import milter
+        self._closing.set()
+        # As in sending.py: smfi_stop() waits out libmilter's poll() unless woken.
+        stopper = asyncio.ensure_future(asyncio.to_thread(milter.stop))
+        while not stopper.done():
+            await asyncio.to_thread(milter_socket.poke, self._spec)
+            await asyncio.wait({stopper}, timeout=POKE_EVERY)
+        await asyncio.to_thread(self._thread.join, JOIN_TIMEOUT)
+        if self.owns_lookup and self._lookup is not None:
+            await self._lookup.close()
+        log.info("receiving milter stopped")
+
+
+async def start(cfg: Config, stop: asyncio.Event, *,
+                lookup: receiving.Lookup | None = None) -> Running:
+    """Serve the receiving milter on `[filter] milter_socket` (called by filter.start)."""
+    import milter
+    from mailtalk_milter.filter import make_lookup
+
+    if cfg.has("milter"):
+        raise ConfigError(f"{cfg.source}: [filter] mode = \"milter\" cannot run in one "
+                          f"process with [milter] (libmilter serves one milter per "
+                          f"process): give the receiving milter a config file of its own")
+    fc = cfg.filter
+    loop = asyncio.get_running_loop()
+    owns = lookup is None
+    if lookup is None:
+        lookup = make_lookup(cfg)
+    install(Engine(loop, lookup, fc.lookup_timeout))
+    milter_socket.prepare(fc.milter_socket)
+    before = milter_socket.listening_fds()
+    _register(fc.milter_socket, cfg.milter.timeout)
+    try:
+        milter.opensocket(True)
+    except milter.error as e:
+        raise ConfigError(f"{cfg.source}: [filter] milter_socket: cannot listen on "
+                          f"{fc.milter_socket} ({e}; in use by another process?)") from None
+    milter_socket.tune(fc.milter_socket, before, cfg.milter.socket_group)
+    closing = threading.Event()
+
+    def serve() -> None:
+        try:
+            milter.main()
+        except Exception:
+            log.exception("libmilter stopped with an error")
+        finally:
+            if not closing.is_set():
+                log.info("libmilter's loop ended: stopping")
+                try:
+                    loop.call_soon_threadsafe(stop.set)
+                except RuntimeError:
+                    pass
+
+    thread = threading.Thread(target=serve, name="libmilter", daemon=True)
+    thread.start()
+    log.info("receiving milter listening on %s", fc.milter_socket)
+    running = Running(fc.milter_socket, thread, lookup, closing)
+    running.owns_lookup = owns
+    return running
