@@ -11,7 +11,8 @@ from typing import Iterator
 
 import pytest
 
-from support.postfix import PostfixInstance, chmod_chain, header_values, split_message, wait_stopped
+from support.message import header_values, split_message
+from support.postfix import PostfixInstance, chmod_chain, start_all, wait_stopped
 from support.requires import require_postfix, require_swaks
 from support.smtp import make_message, smtp_send, swaks
 
@@ -36,8 +37,7 @@ def mta() -> Iterator[tuple[PostfixInstance, PostfixInstance]]:
         a.local_maildir(["a.test"])
         a.relay_to("b.test", B_ADDR, b.smtp_port)
         b.local_maildir(["b.test"])
-        a.start()
-        b.start()
+        start_all(a, b)
         yield a, b
     finally:
         wait_stopped([a, b])

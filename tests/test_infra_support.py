@@ -10,7 +10,8 @@ import pytest
 
 from mailtalk.config import parse_text
 from support.mailtalk import MailtalkService, endpoints, to_toml
-from support.postfix import _logical_lines, split_message
+from support.message import split_message
+from support.postfix_conf import logical_lines
 from support.smtp import make_message
 from support.wait import free_port, port_open, wait_for, wait_port
 
@@ -58,7 +59,7 @@ def test_make_message_has_crlf_line_ends_only():
 
 def test_main_cf_snippet_lines_are_joined():
     text = "# comment\na = 1\n\nb = x,\n    y\n  # indented comment\nc=\n"
-    assert _logical_lines(text) == ["a = 1", "b = x, y", "c="]
+    assert logical_lines(text) == ["a = 1", "b = x, y", "c="]
 
 
 def test_to_toml_is_read_by_the_config_loader():

@@ -16,6 +16,7 @@ Typical use (tests get instances from the `postfix_factory` fixture):
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -24,9 +25,12 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Iterable
 
+from .message import header_values, split_message  # noqa: F401 (re-exported)
+from .postfix_conf import MASTER_CF, base_settings, logical_lines
 from .wait import free_port, port_open, wait_for
 
 log = logging.getLogger("tests.postfix")
@@ -40,36 +44,7 @@ SASLPASSWD2 = "/usr/sbin/saslpasswd2"
 # Unix user that owns delivered Maildirs (virtual(8) refuses uids below 100).
 MAILDIR_USER = "nobody"
 
-# The daemons a Postfix instance needs, every one with chroot = n (a private instance
-# has no chroot jail set up). The public smtpd line (with its address) is added by
-# the class; `postlog` makes logging work without syslog.
-_MASTER_CF = """\
-# service type  private unpriv  chroot  wakeup  maxproc command
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
+_STARTED: set["PostfixInstance"] = set()     # running instances, for the atexit net
 
 
 class PostfixError(RuntimeError):
@@ -129,53 +104,10 @@ class PostfixInstance:
         self.maillog_path.touch()
         (self.config_dir / "main.cf").write_text("")
         (self.config_dir / "master.cf").write_text(
-            _MASTER_CF + f"{self.address}:{self.smtp_port} inet n - n - - smtpd\n")
-        self.postconf(
-            compatibility_level="3.6",
-            config_directory=str(self.config_dir),
-            queue_directory=str(self.queue_dir),
-            data_directory=str(self.data_dir),
-            maillog_file=str(self.maillog_path),
-            maillog_file_prefixes=str(self.dir),
-            syslog_name=f"postfix-{self.name}",
-            myhostname=f"mx.{self.domain}",
-            mydomain=self.domain,
-            myorigin="$mydomain",
-            mydestination="",
-            # Nobody may relay without logging in: the tests' clients come from
-            # 127.0.0.1, which the default mynetworks would trust.
-            mynetworks="",
-            smtpd_relay_restrictions="permit_mynetworks, permit_sasl_authenticated, "
-                                     "reject_unauth_destination",
-            inet_interfaces="loopback-only",
-            inet_protocols="ipv4",
-            smtp_bind_address=self.address,
-            smtpd_peername_lookup="no",
-            smtp_dns_support_level="disabled",
-            smtp_host_lookup="native",
-            biff="no",
-            append_dot_mydomain="no",
-            smtpd_banner=f"$myhostname ESMTP {self.name}",
-            local_transport="error:no local delivery in tests",
-            alias_maps="",
-            alias_database="",
-            transport_maps="",
-            # Retry deferred mail within seconds, not minutes.
-            queue_run_delay="1s",
-            minimal_backoff_time="1s",
-            maximal_backoff_time="2s",
-            maximal_queue_lifetime="1h",
-            bounce_queue_lifetime="1h",
-            smtp_connect_timeout="5s",
-            # A test fails loudly instead of being rejected at random for load.
-            smtpd_client_connection_rate_limit="0",
-            smtpd_client_connection_count_limit="0",
-            smtpd_error_sleep_time="0",
-            smtpd_soft_error_limit="100",
-            smtpd_hard_error_limit="200",
-            in_flow_delay="0",
-            default_process_limit="50",
-        )
+            MASTER_CF + f"{self.address}:{self.smtp_port} inet n - n - - smtpd\n")
+        self.postconf(**base_settings(self.name, self.domain, self.address, self.dir,
+                                      self.config_dir, self.queue_dir, self.data_dir,
+                                      self.maillog_path))
 
     def postconf(self, **settings: str | int) -> None:
         """Set main.cf parameters (`postconf -c DIR -e key=value ...`)."""
@@ -212,7 +144,7 @@ class PostfixInstance:
             self.master_add(text)
             return
         settings: dict[str, str] = {}
-        for line in _logical_lines(text):
+        for line in logical_lines(text):
             key, sep, value = line.partition("=")
             if not sep:
                 raise ValueError(f"{path}: not a `key = value` line: {line!r}")
@@ -331,6 +263,7 @@ class PostfixInstance:
         """Start the instance and wait until every inet service answers."""
         self._run([POSTFIX, "-c", str(self.config_dir), "start"])
         self._running = True
+        _STARTED.add(self)
         for host, port in self.inet_services():
             wait_for(lambda: port_open(host, port), timeout=timeout,
                      what=f"Postfix {self.name} on {host}:{port}\n{self.maillog_tail()}")
@@ -344,6 +277,7 @@ class PostfixInstance:
         pid = self.master_pid()
         if pid is None:
             self._running = False
+            _STARTED.discard(self)
             return
         subprocess.run([POSTFIX, "-c", str(self.config_dir), "stop"],
                        capture_output=True, text=True, timeout=timeout)
@@ -360,6 +294,7 @@ class PostfixInstance:
             wait_for(lambda: not port_open(host, port), timeout=timeout,
                      what=f"{host}:{port} of Postfix {self.name} to close")
         self._running = False
+        _STARTED.discard(self)
         log.info("postfix %s stopped", self.name)
 
     def inet_services(self) -> list[tuple[str, int]]:
@@ -477,47 +412,42 @@ class PostfixInstance:
         return f"<PostfixInstance {self.name} {self.address}:{self.smtp_port}>"
 
 
-def split_message(raw: bytes) -> tuple[bytes, bytes]:
-    """(header block, body) of a message, split at the first empty line; works for
-    LF (Maildir) and CRLF (SMTP) line ends. The header block keeps its last line
-    end; the body is returned byte for byte."""
-    m = re.search(rb"\r?\n\r?\n", raw)
-    if m is None:
-        return raw, b""
-    first_eol = raw[m.start():m.end()].split(b"\n")[0] + b"\n"
-    return raw[:m.start()] + first_eol, raw[m.end():]
+def _each(instances: Iterable[PostfixInstance], action: str) -> None:
+    """Run `action` on every instance at once (Postfix takes about a second to
+    start or stop; several instances need not wait for each other). Every one is
+    tried; the errors are raised together afterwards."""
+    insts = list(instances)
+    errors: list[str] = []
+
+    def run(inst: PostfixInstance) -> None:
+        try:
+            getattr(inst, action)()
+        except Exception as e:  # keep going with the others
+            errors.append(f"{inst}: {e}")
+    threads = [threading.Thread(target=run, args=(i,)) for i in insts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise PostfixError("\n".join(errors))
 
 
-def header_values(raw: bytes, name: str) -> list[str]:
-    """Every value of header `name` in a raw message (unfolded, as text)."""
-    import email.parser
-    import email.policy
-    msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
-        split_message(raw)[0] + b"\n\n", headersonly=True)
-    return [str(v) for v in msg.get_all(name, [])]
-
-
-def _logical_lines(text: str) -> list[str]:
-    """main.cf lines with comments dropped and indented continuations joined."""
-    lines: list[str] = []
-    for raw in text.splitlines():
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        if raw[0] in " \t" and lines:
-            lines[-1] += " " + raw.strip()
-        else:
-            lines.append(raw.strip())
-    return lines
+def start_all(*instances: PostfixInstance) -> None:
+    """Start several instances in parallel."""
+    _each(instances, "start")
 
 
 def wait_stopped(instances: Iterable[PostfixInstance]) -> None:
-    """Stop every instance, whatever happens to one of them."""
-    errors = []
-    for inst in instances:
+    """Stop every instance (in parallel), whatever happens to one of them."""
+    _each(instances, "stop")
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    # Safety net for benchmarks and crashed runs: never leave a Postfix running.
+    for inst in list(_STARTED):
         try:
             inst.stop()
-        except Exception as e:  # keep stopping the others
-            errors.append(f"{inst}: {e}")
-    if errors:
-        raise RuntimeError("; ".join(errors))
-
+        except Exception:
+            log.exception("could not stop %s", inst)
