@@ -73,20 +73,34 @@ class ChatHub:
         if client.kind == "link" and mail_id != client.mail_id:
             raise ChatError("forbidden")
         mail = await self.store.get_mail(mail_id)
-        if mail is None or (client.kind == "user" and mail.account != client.identity):
+        if mail is None or (client.kind == "user" and not await self.may_use(client.identity,
+                                                                            mail)):
             raise ChatError("forbidden")
         return mail
+
+    async def may_use(self, account: str, mail: Mail) -> bool:
+        """A logged-in account may use the rooms of its own mails, and a room it joined
+        through its link (a recipient with an account here may log in instead)."""
+        if mail.account == account:
+            return True
+        return account in {m.lower() for m in await self.store.members(mail.mail_id)}
 
     async def deliver(self, mail: Mail, event: dict[str, Any]) -> None:
         targets = set(self.presence.clients.get(mail.account, ())) | \
             self._rooms.get(mail.mail_id, set())
+        clients = self.presence.clients
+        # Members with an account here may be logged in: only then ask the store.
+        if len(clients) > (1 if mail.account in clients else 0):
+            for m in await self.store.members(mail.mail_id):
+                targets |= clients.get(m.lower(), set())
         await send_all(targets, event)
 
     # --- actions
 
     async def snapshot(self, client: Client, mail: Mail) -> dict[str, Any]:
         msgs = await self.store.messages(mail.mail_id, HISTORY_LIMIT)
-        return {"type": "room", "mail": mail_view(mail, client.kind == "user"),
+        sender = client.kind == "user" and client.identity == mail.account
+        return {"type": "room", "mail": mail_view(mail, sender),
                 "members": await self.store.members(mail.mail_id),
                 "messages": [message_view(m) for m in msgs],
                 "sender_status": self.presence.status(mail.account),

@@ -342,13 +342,16 @@ class SqliteStore:
                   max(coalesce((SELECT max(ts) FROM messages WHERE mail_id=m.mail_id), 0),
                       coalesce((SELECT max(joined_at) FROM members WHERE mail_id=m.mail_id), 0))
                     AS last_activity,
-                  (SELECT count(*) FROM messages WHERE mail_id=m.mail_id AND author != :a
+                  (SELECT count(*) FROM messages WHERE mail_id=m.mail_id
+                     AND lower(author) != :a
                      AND id > coalesce((SELECT last_read FROM reads
                                         WHERE mail_id=m.mail_id AND address=:a), 0)) AS unread,
                   (SELECT text FROM messages WHERE mail_id=m.mail_id ORDER BY id DESC LIMIT 1)
                     AS last_text
                 FROM mails m
-                WHERE m.account=:a AND (EXISTS (SELECT 1 FROM members WHERE mail_id=m.mail_id)
+                WHERE (m.account=:a OR EXISTS (SELECT 1 FROM members
+                                               WHERE mail_id=m.mail_id AND lower(address)=:a))
+                  AND (EXISTS (SELECT 1 FROM members WHERE mail_id=m.mail_id)
                                         OR EXISTS (SELECT 1 FROM messages WHERE mail_id=m.mail_id))
                 ORDER BY last_activity DESC LIMIT :n
                 """, {"a": account, "n": limit}).fetchall()

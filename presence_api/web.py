@@ -161,12 +161,13 @@ async def _home(request: web.Request, mail_id: str | None) -> web.StreamResponse
     mail = None
     if mail_id is not None:
         mail = await svc.store.get_mail(mail_id) if is_well_formed(mail_id) else None
-        if mail is None or mail.account != account:
+        if mail is None or not await svc.chat.may_use(account, mail):
             raise web.HTTPNotFound(text="no such conversation")
     acct = await svc.store.get_account(account)
     convs = await svc.store.conversations(account, CONVERSATIONS_SHOWN)
     return render("home.html", title="mailtalk", you=account, csrf=svc.auth.csrf_token(token),
-                  conversations=convs, mail=mail_view(mail, True) if mail else None,
+                  conversations=convs,
+                  mail=mail_view(mail, mail.account == account) if mail else None,
                   mode=acct.mode if acct else "auto", modes=MODES,
                   status=svc.presence.status(account),
                   members=await svc.store.members(mail.mail_id) if mail else [],

@@ -268,3 +268,34 @@ async def test_bad_frames_get_an_error(p: Presence) -> None:
     await alice.send_json({"type": "status", "mode": "invisible"})
     assert (await next_of(alice, "error"))["error"] == "bad_mode"
     await alice.close()
+
+
+async def test_a_recipient_with_an_account_may_log_in_instead(p: Presence) -> None:
+    local = "bob@a.test"                     # a recipient who has an account here
+    await p.add_user(local)
+    mid, links = await links_for(p, [local])
+    other_mid, _ = await links_for(p, [CAROL])
+    http = browser(p)
+    try:
+        await p.login(local, client=http)
+        ws = await http.ws_connect("/ws", headers={"Origin": p.origin})
+        await next_of(ws, "hello")
+        await ws.send_json({"type": "join", "mail_id": mid})     # not a member yet
+        assert (await next_of(ws, "error"))["error"] == "forbidden"
+        assert (await p.client.get(links[local])).status == 200  # opened the link once
+        await ws.send_json({"type": "join", "mail_id": mid})
+        room = await next_of(ws, "room")
+        assert "recipients" not in room["mail"]                  # not the sender's view
+        await ws.send_json({"type": "join", "mail_id": other_mid})
+        assert (await next_of(ws, "error"))["error"] == "forbidden"
+        alice = await sender_ws(p)
+        await alice.send_json({"type": "send", "mail_id": mid, "text": "hello Bob"})
+        assert (await next_of(ws, "message", mail_id=mid))["text"] == "hello Bob"
+        convs = await p.svc.store.conversations(local, 10)
+        assert [(c.mail.mail_id, c.unread) for c in convs] == [(mid, 1)]
+        assert (await http.get(f"/m/{mid}")).status == 200
+        assert (await http.get(f"/m/{other_mid}")).status == 404
+        await ws.close()
+        await alice.close()
+    finally:
+        await http.close()
