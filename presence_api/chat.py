@@ -66,6 +66,9 @@ class ChatHub:
                 if not room:
                     del self._rooms[client.mail_id]
 
+    def link_clients(self) -> list[Client]:
+        return [c for room in self._rooms.values() for c in room]
+
     async def authorize(self, client: Client, mail_id: Any) -> Mail:
         """The room's mail if this page may use it; else ChatError("forbidden")."""
         if not isinstance(mail_id, str) or not mail_id or len(mail_id) > 64:

@@ -76,9 +76,10 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
         sweeper.append(asyncio.create_task(presence.run_sweeper(interval)))
 
     async def on_shutdown(app: web.Application) -> None:
-        for conns in list(presence.clients.values()):
-            for c in list(conns):
-                await c.ws.close(code=1001, message=b"server shutting down")
+        # Open pages would hold the shutdown for shutdown_timeout: close them now.
+        pages = [c for conns in presence.clients.values() for c in conns]
+        for c in pages + svc.chat.link_clients():
+            await c.ws.close(code=1001, message=b"server shutting down")
 
     async def on_cleanup(app: web.Application) -> None:
         for t in sweeper:
