@@ -219,3 +219,42 @@ def wait_drained(inst: PostfixInstance, sink: SmtpSink, n: int, timeout: float =
     inst.wait_queue_empty(timeout=max(5.0, timeout - (time.perf_counter() - start)),
                           flush=False)
     return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Self-check and baseline figures of the harness itself (no mailtalk):
+    `python bench/support.py [-n 500] [-c 8]` as root."""
+    import argparse
+    import shutil
+    import tempfile
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("-n", type=int, default=500, help="messages per run")
+    p.add_argument("-c", type=int, default=8, help="concurrent SMTP sessions")
+    args = p.parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="mailtalk-bench-support-"))
+    sink = SmtpSink("127.0.10.30").start()
+    relay = relay_instance(base, "relay", "127.0.10.31", "a.test", sink,
+                           users={"alice@a.test": "bench-pw"})
+    try:
+        relay.start()
+        t_sink = smtp_source(sink.address, sink.port, args.n, args.c)
+        sink.wait_count(args.n)
+        t_src = smtp_source(relay.address, relay.smtp_port, args.n, args.c)
+        t_src += wait_drained(relay, sink, 2 * args.n)
+        t_sasl = submit_load(relay.address, relay.submission_port, args.n, args.c,
+                             auth=("alice@a.test", "bench-pw"))
+        t_sasl += wait_drained(relay, sink, 3 * args.n)
+    finally:
+        relay.stop()
+        sink.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"{args.n} messages, {args.c} sessions")
+    for name, t in (("smtp-source -> smtp-sink", t_sink),
+                    ("smtp-source -> Postfix relay -> sink", t_src),
+                    ("SASL submit_load -> Postfix relay -> sink", t_sasl)):
+        print(f"{name:44s} {t:7.2f} s {args.n / t:8.0f} msg/s  x{t / t_sink:6.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
