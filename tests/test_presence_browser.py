@@ -124,6 +124,7 @@ async def test_three_browsers_chat_about_one_mail(p: Presence, browser: Browser)
         await no_script_ran(page)
 
     await bob.screenshot(path=str(SHOT), full_page=True)
+    await alice.screenshot(path=str(SHOT.with_name("presence-sender.png")))
     for ctx in (actx, bctx, cctx):
         await ctx.close()
 

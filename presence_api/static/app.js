@@ -179,7 +179,11 @@
         break;
       case "opened":
         if (kind !== "user") return;
-        ensureListItem(m.mail_id, m.mail);
+        {
+          const who = ensureListItem(m.mail_id, m.mail).querySelector(".who");
+          const names = who.textContent ? who.textContent.split(", ") : [];
+          if (!names.includes(m.recipient)) { names.push(m.recipient); who.textContent = names.join(", "); }
+        }
         notify(m.recipient + " opened your mail", (m.mail && m.mail.subject) || m.mail_id);
         // Show the mail at once (Fig. 5), unless the user is writing in another chat.
         if (m.mail_id !== current && !$("text").value) switchTo(m.mail_id, m.mail);
