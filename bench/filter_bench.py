@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Throughput of a real Postfix with mailtalk's receiving filter (issue 4 §6).
+
+One private Postfix (127.0.14.60) relays everything to `smtp-sink`. It has three
+smtpd input ports, one per configuration, so that one run compares them on the same
+Postfix, machine and moment:
+
+    none      no content filter: smtpd -> queue -> smtp -> sink
+    floor     the "sandwich floor": content_filter straight to the re-injection
+              service (deploy/postfix/receiver-master.cf), no filter in between
+    mailtalk  content_filter to `mailtalk filter`, which asks a real `mailtalk
+              presence` (found through dnsmasq) for every mail, then re-injects
+
+Every mail carries `X-Messenger-Account: u<N>@a.test` and a valid `X-Mail-ID` of
+that account, a different sender for every mail of every run (the presence
+service has them all as accounts): no lookup is answered from a cache, and every
+one makes the presence service verify the Mail-ID and issue a link. The filter's
+log is read back to prove every mail got `no` from a live lookup (not `unknown`).
+
+The load generator is bench/support.py's `submit_load` (smtplib threads), not
+smtp-source: smtp-source sends one fixed message, and this benchmark needs a
+different sender and Mail-ID in every mail. A run's figure is N / (time from the
+first connection until smtp-sink counted the N-th mail). Runs are interleaved
+(each round runs every configuration, in rotated order) after a warm-up; the result
+is each configuration's median rate and its ratio to the floor.
+
+    .venv/bin/python bench/filter_bench.py [--messages 400] [--sessions 10] [--rounds 3]
+
+Needs root and Debian's postfix and dnsmasq, like the e2e tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from support import SmtpSink, relay_instance, submit_load, wait_drained  # noqa: E402
+from mailtalk_site import MailtalkSite  # noqa: E402
+from tests.support.dns import Dnsmasq, mailtalk_txt  # noqa: E402
+from tests.support.mailtalk import MailtalkService  # noqa: E402
+from tests.support.postfix import chmod_chain  # noqa: E402
+from tests.support.wait import free_port  # noqa: E402
+
+MX, SINK, FILTER, PRESENCE, DNS = ("127.0.14.60", "127.0.14.61", "127.0.14.62",
+                                   "127.0.14.63", "127.0.14.64")
+CONFIGS = ("none", "floor", "mailtalk")
+DEPLOY = HERE.parent / "deploy" / "postfix"
+BODY = ("Hello Bob,\r\n\r\n" + "This is a benchmark mail with some ordinary text in it. " * 40
+        + "\r\n\r\nAlice\r\n")
+
+
+class Bench:
+    def __init__(self, base: Path, args: argparse.Namespace) -> None:
+        self.base = base
+        self.args = args
+        self.site = MailtalkSite(PRESENCE, "a.test")
+        self.sink = SmtpSink(SINK)
+        self.dns: Dnsmasq | None = None
+        self.flt: MailtalkService | None = None
+        self.mx = relay_instance(base, "mx", MX, "b.test", self.sink)
+        self.ports: dict[str, int] = {}
+        self.next_sender = 0
+        self.received = 0
+
+    async def setup(self, accounts: int) -> None:
+        self.sink.start()
+        await self.site.populate([f"u{i}@a.test" for i in range(accounts)])
+        await self.site.start()
+        self.dns = Dnsmasq(DNS, txt_records={"_mailtalk.a.test": mailtalk_txt(self.site.base_url)},
+                           log_dir=self.base)
+        self.dns.start()
+        reinject = free_port(MX)
+        filter_port = free_port(FILTER)
+        self.flt = MailtalkService(self.base, {
+            "site": {"log_level": os.environ.get("FILTER_LOG", "info")},
+            "filter": {"listen": f"{FILTER}:{filter_port}", "reinject": f"{MX}:{reinject}"},
+            "dns": {"nameservers": [self.dns.nameserver]}}, subcommand="filter", name="filter")
+        self.flt.start()
+        # receiver-master.cf as shipped (the `mailtalk` transport and the re-injection
+        # smtpd), its address adapted; no global content_filter: each input port
+        # chooses its own with -o.
+        self.mx.apply_snippet(DEPLOY / "receiver-master.cf")
+        self.mx.master_replace("127.0.0.1:10026", f"{MX}:{reinject}")
+        self.ports = {"none": self.mx.smtp_port, "floor": free_port(MX), "mailtalk": free_port(MX)}
+        self.mx.master_add(
+            f"{MX}:{self.ports['floor']} inet n - n - - smtpd\n"
+            f"  -o content_filter=mailtalk:[{MX}]:{reinject}\n"
+            f"{MX}:{self.ports['mailtalk']} inet n - n - - smtpd\n"
+            f"  -o content_filter=mailtalk:[{FILTER}]:{filter_port}\n")
+        self.mx.start()
+
+    def messages(self, n: int) -> list[bytes]:
+        out = []
+        for _ in range(n):
+            account = f"u{self.next_sender}@a.test"
+            mail_id = self.site.mail_ids.issue(account)
+            self.next_sender += 1
+            out.append((f"From: {account}\r\nTo: bob@b.test\r\nSubject: bench {mail_id[:8]}\r\n"
+                        f"Message-ID: <{mail_id}@bench.test>\r\n"
+                        "Date: Sun, 29 Nov 2026 08:00:00 +0000\r\n"
+                        f"X-Messenger-Account: {account}\r\nX-Mail-ID: {mail_id}\r\n\r\n"
+                        + BODY).encode())
+        return out
+
+    def run(self, config: str, n: int) -> float:
+        """n mails into one configuration's port; mails per second until all reached the sink."""
+        msgs = self.messages(n)
+        start = time.perf_counter()
+        submit_load(MX, self.ports[config], n, self.args.sessions, auth=None,
+                    sender="bench@a.test", rcpts=["bob@b.test"], make_message=msgs.__getitem__)
+        self.received += n
+        self.sink.wait_count(self.received, timeout=300)
+        elapsed = time.perf_counter() - start
+        wait_drained(self.mx, self.sink, self.received)
+        return n / elapsed
+
+    async def teardown(self) -> None:
+        for stop in (self.mx.stop, self.flt.stop if self.flt else None,
+                     self.dns.stop if self.dns else None, self.sink.stop):
+            if stop is not None:
+                try:
+                    stop()
+                except Exception as e:         # keep stopping the rest
+                    print(f"teardown: {e}", file=sys.stderr)
+        await self.site.stop(keep=bool(os.environ.get("KEEP")))
+
+
+def states_in_log(text: str) -> dict[str, int]:
+    counts = {"yes": 0, "no": 0, "unknown": 0}
+    for m in re.finditer(r"X-Sender-Online for \S+: (yes|no|unknown)", text):
+        counts[m.group(1)] += 1
+    return counts
+
+
+async def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=400, help="mails per run (default 400)")
+    p.add_argument("--sessions", type=int, default=10, help="concurrent SMTP sessions")
+    p.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        print("filter_bench: needs root (private Postfix instances)", file=sys.stderr)
+        return 2
+    base = Path(tempfile.mkdtemp(prefix="mailtalk-filter-bench-"))
+    chmod_chain(base)
+    bench = Bench(base, args)
+    warm = max(50, args.messages // 4)
+    try:
+        # Every mail of every run has a sender of its own, whatever the configuration.
+        await bench.setup(accounts=len(CONFIGS) * (warm + args.rounds * args.messages))
+        for config in CONFIGS:
+            bench.run(config, warm)
+        assert bench.flt is not None
+        before = states_in_log(bench.flt.log())
+        rates: dict[str, list[float]] = {c: [] for c in CONFIGS}
+        for r in range(args.rounds):
+            order = CONFIGS[r % 3:] + CONFIGS[:r % 3]
+            for config in order:
+                rates[config].append(bench.run(config, args.messages))
+                print(f"round {r + 1} {config:<8} {rates[config][-1]:7.1f} mails/s", flush=True)
+        after = states_in_log(bench.flt.log())
+        answered = {k: after[k] - before[k] for k in after}
+        load = os.getloadavg()
+    finally:
+        await bench.teardown()
+        if os.environ.get("KEEP"):
+            print(f"kept {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    floor = statistics.median(rates["floor"])
+    print(f"\n{args.messages} mails per run, {args.sessions} sessions, {args.rounds} rounds "
+          f"(median), load average {load[0]:.2f}")
+    print(f"{'config':<10}{'mails/s':>10}{'vs floor':>10}")
+    for config in CONFIGS:
+        rate = statistics.median(rates[config])
+        print(f"{config:<10}{rate:10.1f}{rate / floor:9.2f}x")
+    print(f"mailtalk lookups in the measured runs: {answered['no']} no, {answered['yes']} yes, "
+          f"{answered['unknown']} unknown (of {args.rounds * args.messages} mails)")
+    if answered["unknown"] or answered["no"] + answered["yes"] != args.rounds * args.messages:
+        print("filter_bench: not every mail got a live answer: the figure is not valid",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
