@@ -28,7 +28,7 @@ ALICE, BOB, CAROL = "alice@a.test", "bob@b.test", "carol@c.test"
 XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 SUBJECT = "Budget 2027 " + XSS
 BODY = "Hello Bob and Carol,\nthe figures are attached.\n" + XSS
-WAIT = 10_000   # ms: the deadline of every wait below
+WAIT = 20_000   # ms: the deadline of every wait below (generous: CI machines are shared)
 SHOT = Path(os.environ.get("MAILTALK_SHOT_DIR", "/tmp")) / "presence-recipient-phone.png"
 
 

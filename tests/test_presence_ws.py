@@ -26,7 +26,7 @@ async def p(tmp_path: Path) -> AsyncIterator[Presence]:
     await pres.client.close()
 
 
-async def next_of(ws: ClientWebSocketResponse, kind: str, timeout: float = 5.0,
+async def next_of(ws: ClientWebSocketResponse, kind: str, timeout: float = 10.0,
                   **match: Any) -> dict[str, Any]:
     """The next frame of this type (and fields), skipping others; fails at the deadline."""
     deadline = time.monotonic() + timeout

@@ -9,6 +9,7 @@
   let sender = body.dataset.sender || "";  // whose presence a link page shows
   let ws = null, retry = 0, lastActivity = 0;
   let seen = new Set();                    // message ids shown in the current room
+  const pending = [];                      // messages written while not connected
   const $ = (id) => document.getElementById(id);
   body.classList.add("js");
 
@@ -24,7 +25,9 @@
     ws = new WebSocket(proto + "//" + location.host + body.dataset.ws);
     ws.onopen = function () {
       retry = 0; setConn("");
+      body.dataset.connected = "yes";
       if (current) send({type: "join", mail_id: current});
+      while (pending.length) send(pending.shift());
     };
     ws.onmessage = function (ev) {
       let m;
@@ -32,6 +35,7 @@
       if (m && typeof m === "object") handle(m);
     };
     ws.onclose = function (ev) {
+      body.dataset.connected = "no";
       if (ev.code === 4001) { location.href = "/login"; return; }
       setConn("Connection lost; reconnecting\u2026");
       setTimeout(connect, Math.min(30000, 1000 * Math.pow(2, retry++)));
@@ -225,8 +229,10 @@
     ev.preventDefault();
     const text = textBox.value;
     if (!text.trim() || !current) return;
-    if (send({type: "send", mail_id: current, text: text})) { textBox.value = ""; setConn(""); }
-    else setConn("Not connected; the message was not sent.");
+    const frame = {type: "send", mail_id: current, text: text};
+    textBox.value = "";
+    if (send(frame)) setConn("");
+    else { pending.push(frame); setConn("Not connected yet: the message goes out on connecting."); }
   });
   textBox.addEventListener("keydown", function (ev) {
     if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); compose.requestSubmit(); }
