@@ -15,6 +15,7 @@ from support.message import header_values, split_message
 from support.postfix import PostfixInstance, chmod_chain, start_all, wait_stopped
 from support.requires import require_postfix, require_swaks
 from support.smtp import make_message, smtp_send, swaks
+from support.wait import port_open
 
 A_ADDR, B_ADDR = "127.0.10.2", "127.0.10.3"
 USERS = {"alice@a.test": "alice-pw", "dave": "dave-pw"}
@@ -132,3 +133,27 @@ def test_dnsmasq_answers_dnspython(dns_factory):
     server.set_records({"_mailtalk.b.test": "v=mailtalk1; api=http://127.0.10.3:8470"})
     answer = server.resolver().resolve("_mailtalk.b.test", "TXT")
     assert answer[0].strings == (b"v=mailtalk1; api=http://127.0.10.3:8470",)
+
+
+def test_restart_keeps_the_queue_and_stop_leaves_nothing(postfix_factory):
+    # A mail deferred while the next hop is down waits in the queue across a
+    # restart of the sending instance and is delivered once the hop is up.
+    a = postfix_factory("qa", "127.0.10.4", "qa.test")
+    b = postfix_factory("qb", "127.0.10.5", "qb.test")
+    a.relay_to("qb.test", b.address, b.smtp_port)
+    a.postconf(mynetworks="127.0.0.0/8")           # let the test client relay
+    b.local_maildir(["qb.test"])
+    a.start()
+    smtp_send(a.address, a.smtp_port, make_message(to="zoe@qb.test", body="queued\r\n"),
+              sender="x@qa.test", rcpts=["zoe@qb.test"])
+    a.wait_log(r"to=<zoe@qb.test>.*status=deferred")
+    a.stop()
+    assert a.master_pid() is None
+    assert a.queue(), "the deferred mail must still be queued"
+    start_all(a, b)
+    (got,) = b.wait_delivered("zoe@qb.test", 1, flush_also=[a])
+    assert got.endswith(b"\n\nqueued\n")
+    a.wait_queue_empty()
+    b.stop()
+    assert b.master_pid() is None
+    assert not any(port_open(h, p) for h, p in b.inet_services())

@@ -97,3 +97,16 @@ def test_wait_for_gives_up_at_once_on_assertion_error():
     with pytest.raises(AssertionError, match="server exited"):
         wait_for(dead, timeout=30, interval=0.001)
     assert len(calls) == 1
+
+
+def test_a_real_service_starts_and_stops_on_sigterm(mailtalk_factory):
+    # The content filter needs no root and no other server to start: the harness's
+    # start (wait for the listen port) and stop (SIGTERM, exit 0) on the real thing.
+    port = free_port("127.0.10.6")
+    service = mailtalk_factory({"filter": {"listen": f"127.0.10.6:{port}",
+                                           "reinject": "127.0.10.6:9"}},
+                               subcommand="filter")
+    assert port_open("127.0.10.6", port)
+    assert service.stop() == 0
+    assert not service.running()
+    assert not port_open("127.0.10.6", port)
