@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import tomllib
@@ -110,3 +111,15 @@ def test_a_real_service_starts_and_stops_on_sigterm(mailtalk_factory):
     assert service.stop() == 0
     assert not service.running()
     assert not port_open("127.0.10.6", port)
+
+
+def test_without_root_the_e2e_fixtures_skip_with_a_reason(monkeypatch):
+    # Simulated (this suite runs as root): a developer's account is not root.
+    from support import dns, postfix, requires
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "root" in postfix.available()
+    assert "root" in dns.available()
+    with pytest.raises(pytest.skip.Exception, match="Postfix e2e: needs root"):
+        requires.require_postfix()
+    with pytest.raises(pytest.skip.Exception, match="DNS e2e"):
+        requires.require_dnsmasq()
