@@ -176,5 +176,5 @@ async def post_lookup(request: web.Request) -> web.Response:
     return web.json_response({"status": status, "checked": rfc3339(now), "links": links})
 
 
-def routes() -> list[web.RouteDef]:
+def routes() -> list[web.AbstractRouteDef]:
     return [web.post(API_MAILS, post_mails), web.post(API_LOOKUP, post_lookup)]

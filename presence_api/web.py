@@ -207,7 +207,7 @@ async def get_link(request: web.Request) -> web.StreamResponse:
                   max_chars=svc.cfg.presence.chat_message_max_chars)
 
 
-def routes() -> list[web.RouteDef]:
+def routes() -> list[web.AbstractRouteDef]:
     return [
         web.get("/", get_home),
         web.get("/m/{mail_id}", get_conversation),

@@ -42,16 +42,8 @@ async def next_of(ws: ClientWebSocketResponse, kind: str, timeout: float = 10.0,
             return frame
 
 
-async def none_of(ws: ClientWebSocketResponse, kind: str, within: float = 0.3) -> None:
-    """No frame of this type arrives (a negative check, bounded by `within`)."""
-    try:
-        frame = await next_of(ws, kind, timeout=within)
-    except AssertionError:
-        return
-    raise AssertionError(f"unexpected {frame}")
-
-
-async def links_for(p: Presence, recipients: list[str], subject: str = "Hello") -> tuple[str, dict[str, str]]:
+async def links_for(p: Presence, recipients: list[str],
+                    subject: str = "Hello") -> tuple[str, dict[str, str]]:
     mid = await p.record(ALICE, recipients, subject=subject)
     links = (await p.lookup(ALICE, mid, recipients))["links"]
     return mid, {r: p.link_path(u) for r, u in links.items()}
