@@ -290,7 +290,8 @@ def test_filter_stopped_postfix_defers_then_delivers_exactly_once(world: World) 
     b_filter.stop()
     try:
         w.send([BOB], "While the filter is down", "<e2e-deferred@a.test>")
-        w.b.wait_log(r"mailtalk/smtp\[\d+\]: \w+: to=<bob@b\.test>.*status=deferred",
+        qid = w.b.wait_log(r"(\w+): message-id=<e2e-deferred@a\.test>", timeout=30).group(1)
+        w.b.wait_log(rf"mailtalk/smtp\[\d+\]: {qid}: to=<bob@b\.test>.*status=deferred",
                      timeout=30)
         assert w.b.queue(), "the mail should wait in b.test's queue"
         assert not [m for m in w.b.delivered(BOB)
@@ -317,7 +318,7 @@ def test_presence_hung_or_stopped_mail_arrives_unknown(world: World) -> None:
     os.kill(pid, signal.SIGSTOP)      # accepts TCP (kernel backlog), never answers
     try:
         w.send([BOB], "Presence hung", "<e2e-hung@a.test>")
-        got = w.mail(BOB, "<e2e-hung@a.test>", timeout=LOOKUP_TIMEOUT + 10)
+        got = w.mail(BOB, "<e2e-hung@a.test>", timeout=LOOKUP_TIMEOUT + 20)
     finally:
         os.kill(pid, signal.SIGCONT)
     ((state, params),) = online(got)
@@ -326,7 +327,7 @@ def test_presence_hung_or_stopped_mail_arrives_unknown(world: World) -> None:
 
     w.a_presence.stop()
     w.send([BOB], "Presence stopped", "<e2e-down@a.test>")
-    got = w.mail(BOB, "<e2e-down@a.test>", timeout=LOOKUP_TIMEOUT + 10)
+    got = w.mail(BOB, "<e2e-down@a.test>", timeout=LOOKUP_TIMEOUT + 20)
     ((state, params),) = online(got)
     assert (state, params["account"]) == ("unknown", ALICE) and "chat" not in params
     assert header_values(got, "X-Mail-ID"), "the milter still marked the mail"
