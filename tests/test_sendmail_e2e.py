@@ -1,0 +1,112 @@
+"""Two sites on real Sendmail (Debian's sendmail-bin, unpacked beside Postfix and run
+with configs of their own built by m4 from deploy/sendmail/*.mc as written):
+
+  swaks --auth -> Sendmail a.test (MSA + sending milter, `mailtalk run` with presence)
+               -> Sendmail b.test (receiving milter, `mailtalk filter` mode = milter)
+               -> an SMTP sink (in place of b.test's mailbox: we read the bytes there)
+
+b.test's milter finds a.test's presence service through dnsmasq's _mailtalk TXT record
+and asks it: alice has no page open, so bob's copy says `no` with his chat link."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from mailtalk_milter import online_header, receiving
+from support import free_port, wait_for
+from support.filter_extra import SinkHandler, start_sink
+from support.sendmail_extra import SendmailInstance, unavailable
+from support.smtp import swaks
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+A_MTA, B_MTA, SINK = "127.0.13.20", "127.0.13.21", "127.0.13.23"
+A_WEB, A_MILTER, B_MILTER, DNS = "127.0.13.30", "127.0.13.31", "127.0.13.32", "127.0.13.33"
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[SinkHandler, int]]:
+    """The last hop: an aiosmtpd sink on a loop of its own (the test itself is sync)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server, handler, port = asyncio.run_coroutine_threadsafe(start_sink(SINK), loop).result(10)
+    yield handler, port
+    loop.call_soon_threadsafe(server.close)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+@pytest.fixture
+def sendmails(e2e_dir: Path) -> Iterator[list[SendmailInstance]]:
+    why = unavailable()
+    if why:
+        pytest.skip(f"Sendmail: {why}")
+    made: list[SendmailInstance] = []
+    yield made
+    for s in made:
+        s.stop()
+
+
+def values(content: bytes, name: str) -> list[str]:
+    fields, _ = receiving.split_message(content)
+    return receiving.values_of(fields, name)
+
+
+def test_two_sites_on_sendmail(e2e_dir, sendmails, sink, dns_factory, mailtalk_factory) -> None:
+    sink_handler, sink_port = sink
+    web_port, a_milter, b_milter = free_port(A_WEB), free_port(A_MILTER), free_port(B_MILTER)
+    dns = dns_factory(DNS, {"_mailtalk.a.test": f"v=mailtalk1; api=http://{A_WEB}:{web_port}"})
+
+    site_a = mailtalk_factory({
+        "domains": {"names": ["a.test"]},
+        "milter": {"socket": f"inet:{a_milter}@{A_MILTER}"},
+        "presence": {"listen": f"{A_WEB}:{web_port}", "public_url": f"http://{A_WEB}:{web_port}"},
+    }, name="site-a")
+    r = site_a.command("user", "add", "alice@a.test", "--password-stdin", input="pw-alice\n")
+    assert r.returncode == 0, r.stderr
+    site_b = mailtalk_factory({
+        "filter": {"mode": "milter", "milter_socket": f"inet:{b_milter}@{B_MILTER}",
+                   "lookup_timeout": 2.0},
+        "dns": {"nameservers": [dns.nameserver]},
+    }, subcommand="filter", name="site-b", wait_endpoints=[f"{B_MILTER}:{b_milter}"])
+
+    mta_b = SendmailInstance(e2e_dir, "b", B_MTA, "b.test", (SINK, sink_port))
+    mta_b.add_snippet(ROOT / "deploy/sendmail/receiver.mc",
+                      {"inet:8895@127.0.0.1": f"inet:{b_milter}@{B_MILTER}"})
+    sendmails.append(mta_b)
+    mta_b.start()
+    mta_a = SendmailInstance(e2e_dir, "a", A_MTA, "a.test", (B_MTA, mta_b.port))
+    msa_port = mta_a.enable_msa({"alice@a.test": "sasl-pw"})
+    mta_a.add_snippet(ROOT / "deploy/sendmail/sender.mc",
+                      {"inet:8894@127.0.0.1": f"inet:{a_milter}@{A_MILTER}"})
+    sendmails.append(mta_a)
+    mta_a.start()
+
+    status, transcript = swaks(A_MTA, msa_port, to="bob@b.test", from_="alice@a.test",
+                               auth=("alice@a.test", "sasl-pw"), subject="Sendmail both ways",
+                               headers={"X-Sender-Online": "yes; account=mallory@a.test; "
+                                        "status=online; checked=2026-01-01T00:00:00Z; "
+                                        "chat=<https://evil.test/c/x>",
+                                        "X-Mail-ID": "forgedforgedforgedforged"},
+                               body="Hello Bob, via Sendmail.")
+    assert status == 0, transcript
+    wait_for(lambda: sink_handler.got, timeout=30,
+             what=f"the mail at the sink\n{site_a.log_tail()}\n{site_b.log_tail()}")
+    (got,) = sink_handler.got
+    assert got.rcpts == ["bob@b.test"]
+    assert values(got.content, "X-Messenger-Account") == ["alice@a.test"]
+    (mail_id,) = values(got.content, "X-Mail-ID")
+    assert mail_id != "forgedforgedforgedforged"
+    (online,) = values(got.content, "X-Sender-Online")
+    h = online_header.parse_value(online)
+    assert (h.state, h.status, h.account) == ("no", "offline", "alice@a.test"), online
+    assert h.chat.startswith(f"http://{A_WEB}:{web_port}/"), online
+    assert b"evil.test" not in got.content and b"Hello Bob, via Sendmail." in got.content
+    site_b.wait_log(r"X-Sender-Online for alice@a.test: no to bob@b.test")
