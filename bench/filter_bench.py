@@ -88,8 +88,8 @@ class Bench:
         self.sink.start()
         await self.site.populate([f"u{i}@a.test" for i in range(accounts)])
         await self.site.start()
-        self.dns = TtlDnsmasq(DNS, txt_records={"_mailtalk.a.test": mailtalk_txt(self.site.base_url)},
-                              log_dir=self.base, ttl=self.args.dns_ttl)
+        records = {"_mailtalk.a.test": mailtalk_txt(self.site.base_url)}
+        self.dns = TtlDnsmasq(DNS, txt_records=records, log_dir=self.base, ttl=self.args.dns_ttl)
         self.dns.start()
         reinject = free_port(MX)
         filter_port = free_port(FILTER)

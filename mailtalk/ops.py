@@ -111,7 +111,7 @@ async def _check_dns(cfg: Config) -> list[Finding]:
     answers = await asyncio.gather(*(disc.discover(d, timeout=PROBE_TIMEOUT)
                                      for d in cfg.domains.names))
     out = []
-    for domain, found in zip(cfg.domains.names, answers):
+    for domain, found in zip(cfg.domains.names, answers, strict=True):
         name = f"{DNS_LABEL}.{domain}"
         publish = f"publish: {zone_line(domain, want)}"
         if found.endpoint is not None and found.endpoint.api == want:
@@ -137,7 +137,7 @@ async def _get_openapi(session: aiohttp.ClientSession, base: str) -> str | None:
             doc = json.loads(await resp.content.read(4 * 1024 * 1024))
             if not isinstance(doc, dict) or "openapi" not in doc:
                 return f"{url}: not an OpenAPI document"
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError) as e:
+    except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as e:
         return f"{url}: {type(e).__name__}: {e}"
     return None
 
@@ -165,7 +165,7 @@ async def _check_presence(cfg: Config) -> list[Finding]:
     return out
 
 
-def _milter_address(sock: str) -> tuple[int, object]:
+def _milter_address(sock: str) -> tuple[int, str | tuple[str, int]]:
     kind, _, rest = sock.partition(":")
     if kind in ("unix", "local"):
         return socket.AF_UNIX, rest

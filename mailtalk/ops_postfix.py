@@ -77,7 +77,7 @@ def _postfix_form(sock: str, queue_dir: str) -> str:
 
 def _hostport_matches(dest: str, hp: HostPort) -> bool:
     m = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d+)", dest.strip())
-    return bool(m) and m.group(1) == hp.host and int(m.group(2)) == hp.port
+    return m is not None and m.group(1) == hp.host and int(m.group(2)) == hp.port
 
 
 def _check_milter(cfg: Config, main: dict[str, str],
@@ -111,7 +111,8 @@ def _check_filter(cfg: Config, main: dict[str, str],
     places = [("main.cf", "", main.get("content_filter", ""))]
     places += [(f"master.cf {s}/{t}", s, v) for s, t, p, v in overrides
                if p == "content_filter" and v]
-    hits = [(w, v) for w, _, v in places if v and _hostport_matches(v.partition(":")[2], cfg.filter.listen)]
+    hits = [(w, v) for w, _, v in places
+            if v and _hostport_matches(v.partition(":")[2], cfg.filter.listen)]
     if not hits:
         out.append(("FAIL", f"Postfix: no content_filter to {cfg.filter.listen}: add "
                     f"`content_filter = mailtalk:[{cfg.filter.listen.host}]:"

@@ -13,12 +13,14 @@ cached. Lookups return a `DiscoveryResult`, never raise (CancelledError excepted
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import dns.asyncresolver
@@ -136,7 +138,8 @@ def parse_record(text: str) -> Endpoint:
 def _is_ours(text: str) -> bool:
     """Does this TXT string claim to be a mailtalk record (so that it must parse)?"""
     head = text.lstrip()
-    return head.startswith(DNS_VERSION) and head[len(DNS_VERSION):len(DNS_VERSION) + 1] in ("", ";", " ")
+    rest = head[len(DNS_VERSION):len(DNS_VERSION) + 1]
+    return head.startswith(DNS_VERSION) and rest in ("", ";", " ")
 
 
 def choose_record(texts: list[str]) -> Endpoint | None:
@@ -200,11 +203,14 @@ class Discoverer:
         if task is None:
             task = asyncio.ensure_future(self._query(domain, timeout))
             self._inflight[domain] = task
-            task.add_done_callback(lambda _t, d=domain: self._inflight.pop(d, None))
+            task.add_done_callback(functools.partial(self._forget_task, domain))
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return DiscoveryResult(None, "timeout")
+
+    def _forget_task(self, domain: str, _task: asyncio.Task[DiscoveryResult]) -> None:
+        self._inflight.pop(domain, None)
 
     async def _query(self, domain: str, timeout: float) -> DiscoveryResult:
         qname = f"{DNS_LABEL}.{domain}."
@@ -220,11 +226,14 @@ class Discoverer:
         except Exception as e:       # SERVFAIL, refused, network: transient, not cached
             log.info("DNS %s: %s", qname, e)
             return DiscoveryResult(None, f"dns error: {type(e).__name__}")
+        rrset = answer.rrset
+        if rrset is None:
+            return self._store(domain, DiscoveryResult(None, "no record"), self._cfg.negative_ttl)
         texts: list[str] = []
-        for rdata in answer.rrset:
+        for rdata in rrset:
             raw = b"".join(rdata.strings)
             texts.append(raw.decode("ascii", "replace"))   # non-ASCII fails the parse
-        ttl = min(answer.rrset.ttl, self._cfg.max_ttl)
+        ttl = min(rrset.ttl, self._cfg.max_ttl)
         try:
             endpoint = choose_record(texts)
         except BadRecord as e:

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable
+from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 
@@ -42,7 +44,8 @@ log = logging.getLogger("mailtalk.lookup")
 
 STATUSES = ("online", "away", "busy", "offline", "unknown")
 # MISSION.md: yes for online, away and busy (the sender is there), no for offline.
-STATE_OF_STATUS = {"online": "yes", "away": "yes", "busy": "yes", "offline": "no", "unknown": "unknown"}
+STATE_OF_STATUS = {"online": "yes", "away": "yes", "busy": "yes", "offline": "no",
+                   "unknown": "unknown"}
 LINK_MAX_CHARS = 2048
 
 
@@ -53,6 +56,9 @@ class LookupResult:
     account: str
     checked: datetime           # UTC
     links: dict[str, str] = field(default_factory=dict)  # recipient (as given) -> chat URL
+
+
+_Answer = tuple[str, datetime, dict[str, str]]     # status, checked, links of one request
 
 
 class LookupFailed(Exception):
@@ -81,7 +87,7 @@ def _parse_checked(value: Any, fallback: datetime) -> datetime:
         except ValueError:
             return fallback
         if t.tzinfo is not None:
-            return t.astimezone(timezone.utc)
+            return t.astimezone(UTC)
     return fallback
 
 
@@ -105,7 +111,7 @@ class PresenceLookup:
         self._session = session
         self._own_session = session is None
         self._gates: dict[str, _Gate] = {}
-        self._inflight: dict[tuple[Any, ...], asyncio.Task[tuple[str, datetime, dict[str, str]]]] = {}
+        self._inflight: dict[tuple[Any, ...], asyncio.Task[_Answer]] = {}
 
     # --- public
 
@@ -143,7 +149,7 @@ class PresenceLookup:
     # --- internals
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self._clock(), timezone.utc).replace(microsecond=0)
+        return datetime.fromtimestamp(self._clock(), UTC).replace(microsecond=0)
 
     def _unknown(self, account: str) -> LookupResult:
         return LookupResult("unknown", "unknown", account, self._now(), {})
@@ -174,7 +180,7 @@ class PresenceLookup:
         return LookupResult(STATE_OF_STATUS[status], status, account, checked, links)
 
     async def _coalesced(self, endpoint: Endpoint, domain: str, account: str, mail_id: str,
-                         chunk: list[str]) -> tuple[str, datetime, dict[str, str]]:
+                         chunk: list[str]) -> _Answer:
         # Identical lookups in flight share one request. The shield keeps one
         # caller's timeout from cancelling the request the others wait for; the
         # request itself is bounded by the session timeout.
@@ -183,7 +189,7 @@ class PresenceLookup:
         if task is None:
             task = asyncio.ensure_future(self._post(endpoint, domain, account, mail_id, chunk))
             self._inflight[key] = task
-            task.add_done_callback(lambda t, k=key: self._done(k, t))
+            task.add_done_callback(functools.partial(self._done, key))
         return await asyncio.shield(task)
 
     def _done(self, key: tuple[Any, ...], task: asyncio.Task[Any]) -> None:
@@ -217,7 +223,7 @@ class PresenceLookup:
         return self._session
 
     async def _post(self, endpoint: Endpoint, domain: str, account: str, mail_id: str,
-                    chunk: list[str]) -> tuple[str, datetime, dict[str, str]]:
+                    chunk: list[str]) -> _Answer:
         body = {"account": account, "mail_id": mail_id, "recipients": chunk}
         url = endpoint.api + API_LOOKUP
         async with self._gate(domain):
@@ -226,13 +232,14 @@ class PresenceLookup:
                                     timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
                 if resp.status != 200:
                     raise LookupFailed(f"{url}: HTTP {resp.status}")
+                too_big = f"{url}: answer larger than {LOOKUP_RESPONSE_MAX_BYTES} bytes"
                 if (resp.content_length or 0) > LOOKUP_RESPONSE_MAX_BYTES:
-                    raise LookupFailed(f"{url}: answer larger than {LOOKUP_RESPONSE_MAX_BYTES} bytes")
+                    raise LookupFailed(too_big)
                 data = bytearray()
                 async for part in resp.content.iter_chunked(16384):
                     data += part
                     if len(data) > LOOKUP_RESPONSE_MAX_BYTES:
-                        raise LookupFailed(f"{url}: answer larger than {LOOKUP_RESPONSE_MAX_BYTES} bytes")
+                        raise LookupFailed(too_big)
         try:
             payload = json.loads(bytes(data))
         except ValueError:
@@ -240,7 +247,7 @@ class PresenceLookup:
         return self._parse(payload, endpoint, chunk, url)
 
     def _parse(self, payload: Any, endpoint: Endpoint, chunk: list[str],
-               url: str) -> tuple[str, datetime, dict[str, str]]:
+               url: str) -> _Answer:
         if not isinstance(payload, dict) or payload.get("status") not in STATUSES:
             raise LookupFailed(f"{url}: answer has no valid status")
         checked = _parse_checked(payload.get("checked"), self._now())

@@ -98,7 +98,8 @@ class Clock:
 
 def discoverer(d: Dnsmasq, clock: Clock, **cfg):
     counting = CountingResolver(d.host, d.port)
-    return Discoverer(make_config(d.nameserver, **cfg).dns, resolver=counting, clock=clock), counting
+    disc = Discoverer(make_config(d.nameserver, **cfg).dns, resolver=counting, clock=clock)
+    return disc, counting
 
 
 async def test_configured_nameserver_is_used(dnsmasq):

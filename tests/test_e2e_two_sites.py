@@ -36,7 +36,9 @@ from playwright.async_api import Browser, Page, async_playwright, expect  # noqa
 
 pytestmark = pytest.mark.e2e
 
-A_MX, B_MX, A_SVC, B_SVC, DNS = "127.0.14.2", "127.0.14.3", "127.0.14.4", "127.0.14.5", "127.0.14.53"
+A_MX, B_MX = "127.0.14.2", "127.0.14.3"          # the two Postfix instances
+A_SVC, B_SVC = "127.0.14.4", "127.0.14.5"        # mailtalk at a.test, at b.test
+DNS = "127.0.14.53"
 ALICE, BOB, CAROL = "alice@a.test", "bob@b.test", "carol@b.test"
 PASSWORD = "alice-e2e-Secret-42"
 LOOKUP_TIMEOUT = 1.5          # b.test's [filter] lookup_timeout

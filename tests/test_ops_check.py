@@ -142,7 +142,8 @@ async def test_check_names_each_problem_and_what_to_do(tmp_path, site, monkeypat
             f"[presence] public_url {want}; publish: _mailtalk.a.test. 3600 IN TXT "
             f"\"v=mailtalk1; api={want}\"") in text
     assert "presence service ([presence] public_url) does not answer" in text  # /x/openapi.json
-    assert "no smtpd_milters entry" in text and f"smtpd_milters = inet:{HOST}:{ports['milter']}" in text
+    assert "no smtpd_milters entry" in text
+    assert f"smtpd_milters = inet:{HOST}:{ports['milter']}" in text
     assert "lacks `-o content_filter=`" in text
 
 
@@ -158,10 +159,10 @@ def test_check_with_nothing_running_exits_1(tmp_path):
         dns.stop()
     assert r.returncode == 1, r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    assert any(l.startswith("FAIL DNS _mailtalk.a.test: no record; publish: ") for l in lines)
-    assert any(l.startswith(f"FAIL milter on inet:{ports['milter']}@{HOST}: ") for l in lines)
-    assert any(l.startswith(f"FAIL filter on {HOST}:{ports['filter']}: ") for l in lines)
-    assert any(l.startswith("FAIL Postfix: postconf failed") for l in lines)
+    assert any(line.startswith("FAIL DNS _mailtalk.a.test: no record; publish: ") for line in lines)
+    assert any(line.startswith(f"FAIL milter on inet:{ports['milter']}@{HOST}: ") for line in lines)
+    assert any(line.startswith(f"FAIL filter on {HOST}:{ports['filter']}: ") for line in lines)
+    assert any(line.startswith("FAIL Postfix: postconf failed") for line in lines)
     assert lines[-1].startswith("mailtalk check: ") and "problems" in lines[-1]
 
 
