@@ -136,7 +136,10 @@ class FilterHandler:
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
         server.drop_upstream()                      # EHLO resets: a fresh transaction
-        return responses[:-1] + ["250-XFORWARD " + " ".join(XFORWARD_ATTRS), responses[-1]]
+        # PIPELINING: Postfix then sends MAIL, RCPT... and DATA without waiting for each
+        # reply; aiosmtpd answers them in order, one at a time, as RFC 2920 wants.
+        return responses[:-1] + ["250-PIPELINING", "250-XFORWARD " + " ".join(XFORWARD_ATTRS),
+                                 responses[-1]]
 
     async def handle_RSET(self, server: FilterSMTP, session: Session,
                           envelope: Envelope) -> str:

@@ -20,6 +20,7 @@ log = logging.getLogger("mailtalk.filter.reinject")
 
 REPLY_MAX_LINES = 100          # a reply longer than this is a broken peer
 REPLY_LINE_MAX = 4096
+XFORWARD_LINE_MAX = 500        # below RFC 5321's 512 octets with CRLF
 _STUFF = re.compile(rb"(?m)^\.")   # a dot after every LF, as the receiver splits lines there
 _XTEXT_SAFE = re.compile(r"[!-~]+")
 
@@ -128,10 +129,16 @@ class ReinjectClient:
         offered = set(self.extensions.get("XFORWARD", "").split())
         items = [f"{k}={v}" for k, v in attrs.items()
                  if k in offered and _XTEXT_SAFE.fullmatch(v)]
+        # As few commands as fit RFC 5321's 512-octet command line (one, usually).
+        lines: list[str] = []
+        for item in items:
+            if lines and len(lines[-1]) + 1 + len(item) <= XFORWARD_LINE_MAX:
+                lines[-1] += " " + item
+            else:
+                lines.append("XFORWARD " + item)
         reply = None
-        # Postfix's server takes a few attributes per command line; send them in chunks.
-        for i in range(0, len(items), 4):
-            reply = await self.command(("XFORWARD " + " ".join(items[i:i + 4])).encode("ascii"))
+        for line in lines:
+            reply = await self.command(line.encode("ascii"))
             if not reply.ok:
                 return reply
         return reply
