@@ -7,7 +7,10 @@ This runs an instance of its own as a foreground process, from the templates in
     ejabberdctl --config-dir D --config D/ejabberd.yml --ctl-config D/ejabberdctl.cfg \
                 --logs D/logs --spool D/spool foreground
 
-ejabberdctl runs the node as the `ejabberd` user (via su), so the directory is
+ejabberdctl wants to run as the `ejabberd` user; run as root it would switch with
+su, whose PAM session resets the open-file limit to 1024 and caps ejabberd at about
+a thousand connections. So ejabberdctl itself is started as `ejabberd` (HOME its
+home, for the Erlang cookie) and inherits our raised limit; the directory is
 chowned to it. `ERL_DIST_PORT` in the ctl config keeps epmd out of the picture.
 Stopping: `ejabberdctl ... stop`, then SIGKILL to the process group we started if it
 has not gone within the deadline.
@@ -23,6 +26,7 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -62,6 +66,13 @@ class EjabberdPeer:
                 "--ctl-config", f"{d}/ejabberdctl.cfg", "--logs", f"{d}/logs",
                 "--spool", f"{d}/spool", *args]
 
+    def _as_ejabberd(self) -> dict[str, Any]:
+        """subprocess arguments that run a child as the ejabberd user (we are root)."""
+        ej = pwd.getpwnam("ejabberd")
+        env = dict(os.environ, HOME=ej.pw_dir, USER="ejabberd", LOGNAME="ejabberd")
+        return {"user": ej.pw_uid, "group": ej.pw_gid, "extra_groups": [], "env": env,
+                "cwd": str(self.dir)}
+
     def _write_config(self) -> None:
         fields = {"@HOST@": self.host, "@IP@": self.ip, "@HTTP_PORT@": str(self.http_port),
                   "@C2S_PORT@": str(self.c2s_port), "@NODE@": self.node,
@@ -84,7 +95,7 @@ class EjabberdPeer:
         self.proc = await asyncio.create_subprocess_exec(
             *self._ctl("foreground"), stdin=asyncio.subprocess.DEVNULL,
             stdout=open(self.dir / "logs" / "foreground.out", "wb"),
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True, **self._as_ejabberd())
         async with aiohttp.ClientSession() as http:
             async def ready() -> bool:
                 if self.proc is not None and self.proc.returncode is not None:
@@ -127,7 +138,7 @@ class EjabberdPeer:
         if self.proc.returncode is None:
             stopper = await asyncio.create_subprocess_exec(
                 *self._ctl("stop"), stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL)
+                stderr=asyncio.subprocess.DEVNULL, **self._as_ejabberd())
             try:
                 await asyncio.wait_for(stopper.wait(), STOP_TIMEOUT)
                 await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Presence lookups: mailtalk's POST /api/v1/lookup beside ejabberd's get_presence.
 
-    .venv/bin/python bench/presence_bench.py [--concurrency 32] [--duration 10] ...
+    .venv/bin/python bench/presence_bench.py [--concurrency 32] [--duration 8] [--rounds 3] ...
 
 One run, one client process, the same load generator (bench/loadgen.py) for every
 target, `--concurrency` requests in flight, each measurement bounded by `--count`

@@ -40,6 +40,8 @@ from pbench_util import cpu_seconds, percentile, raise_nofile, rss_bytes  # noqa
 log = logging.getLogger("bench.ws")
 
 SERVICE_IP = "127.0.15.3"
+EJABBERD_IP = "127.0.15.2"
+XMPP_PASSWORD = "bench-password"
 CLIENT_IPS = [f"127.0.15.{i}" for i in range(10, 30)]
 DOMAIN = "a.bench.test"
 RSS_TARGET_MB = 300
@@ -57,6 +59,8 @@ def _args() -> argparse.Namespace:
     i.add_argument("--per-process", type=int, default=2500, help="connections per client process")
     i.add_argument("--hold", type=float, default=20.0, help="seconds to stay connected")
     i.add_argument("--connect-timeout", type=float, default=180.0)
+    i.add_argument("--peer", choices=("none", "ejabberd"), default="ejabberd",
+                   help="also measure ejabberd with as many idle XMPP sessions (ejabberd)")
     f = sub.add_parser("fanout", help="chat delivery latency at a fixed message rate")
     f.add_argument("--rate", type=float, default=500.0, help="messages per second, in all")
     f.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
@@ -210,7 +214,7 @@ async def idle(args: argparse.Namespace) -> int:
               f"(delta {(rss2 - rss0) / MB:.1f} MB / {ok})")
         print(f"RSS {rss2 / MB:.1f} MB vs target {RSS_TARGET_MB} MB for {n} users: "
               f"ratio {rss2 / MB / RSS_TARGET_MB:.2f} ({'met' if rss2 < RSS_TARGET_MB * MB and ok == n else 'NOT met'})")
-        return 0 if ok == n and still == ok and online == len(sample) else 1
+        good = ok == n and still == ok and online == len(sample)
     finally:
         for proc in procs:
             if proc.returncode is None:
@@ -220,6 +224,59 @@ async def idle(args: argparse.Namespace) -> int:
                     pass
                 await proc.wait()
         await site.stop()
+    if args.peer == "ejabberd":
+        ej = await idle_ejabberd(n, args.hold, args.connect_timeout)
+        if ej is not None and per_conn > 0:
+            print(f"ratio mailtalk/ejabberd RSS per connected user: {per_conn / ej:.2f}")
+        good = good and ej is not None
+    return 0 if good else 1
+
+
+async def idle_ejabberd(n: int, hold: float, timeout: float) -> float | None:
+    """The same N users idle on ejabberd over XMPP (c2s); its RSS per session, in bytes."""
+    from ejabberd_peer import EjabberdPeer
+    from xmpp_online import open_many
+    peer = EjabberdPeer(EJABBERD_IP, "b.bench.test")
+    sessions = []
+    try:
+        await peer.start()
+        assert peer.pid is not None
+        users = [f"user{i}" for i in range(n)]
+        async with aiohttp.ClientSession() as http:
+            await peer.register(http, users, XMPP_PASSWORD)
+            # one session opened and closed first, as on the mailtalk side
+            first, _ = await open_many(peer.ip, peer.c2s_port, peer.host, users[:1], XMPP_PASSWORD)
+            for x in first:
+                x.close()
+            await asyncio.sleep(0.5)
+            rss0 = rss_bytes(peer.pid)
+            print(f"ejabberd RSS before: {rss0 / MB:.1f} MB (beam pid {peer.pid})", flush=True)
+            t0 = time.monotonic()
+            try:
+                sessions, failed = await asyncio.wait_for(
+                    open_many(peer.ip, peer.c2s_port, peer.host, users, XMPP_PASSWORD), timeout)
+            except asyncio.TimeoutError:
+                print(f"ejabberd: {n} XMPP log-ins not done within {timeout:.0f} s")
+                return None
+            print(f"ejabberd: {len(sessions)} of {n} users online over XMPP in "
+                  f"{time.monotonic() - t0:.1f} s, {failed} failed", flush=True)
+            await asyncio.sleep(hold)
+            rss2 = rss_bytes(peer.pid)
+            sample = users[:: max(1, n // 50)]
+            online = 0
+            for u in sample:
+                async with http.post(f"{peer.api_url}/get_presence",
+                                     json={"user": u, "server": peer.host}) as r:
+                    online += (await r.json()).get("show") == "available"
+        per = (rss2 - rss0) / max(len(sessions), 1)
+        print(f"ejabberd RSS with {len(sessions)} online: {rss2 / MB:.1f} MB after "
+              f"{hold:.0f} s held; {online} of {len(sample)} sampled users available; "
+              f"RSS per session {per / 1024:.1f} KiB")
+        return per if failed == 0 and online == len(sample) else None
+    finally:
+        for x in sessions:
+            x.close()
+        await peer.stop()
 
 
 # --- fan-out

@@ -64,3 +64,21 @@ async def go_online(ip: str, port: int, host: str, user: str, password: str,
     s.send(f"<presence>{show_el}</presence>")
     await s.writer.drain()
     return s
+
+
+async def open_many(ip: str, port: int, host: str, users: list[str], password: str,
+                    concurrency: int = 64) -> tuple[list[XmppSession], int]:
+    """Log every user in (at most `concurrency` log-ins at once); (sessions, failures)."""
+    sem = asyncio.Semaphore(concurrency)
+    sessions: list[XmppSession] = []
+    failed = 0
+
+    async def one(user: str) -> None:
+        nonlocal failed
+        async with sem:
+            try:
+                sessions.append(await go_online(ip, port, host, user, password))
+            except (OSError, ConnectionError, PermissionError, asyncio.TimeoutError):
+                failed += 1
+    await asyncio.gather(*(one(u) for u in users))
+    return sessions, failed
