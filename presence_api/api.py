@@ -20,7 +20,7 @@ from mailtalk.accounts import account_domain, normalize_account
 from mailtalk.constants import API_LOOKUP, API_MAILS, LOOKUP_MAX_RECIPIENTS
 from mailtalk.mailid import is_well_formed
 from presence_api.service import client_ip, service
-from presence_api.store import Mail
+from presence_api.store import Link, Mail
 
 log = logging.getLogger("mailtalk.presence.api")
 
@@ -157,21 +157,25 @@ async def post_lookup(request: web.Request) -> web.Response:
     status = svc.presence.status(account, ctx.account.mode)
     # The record may not be here yet (the outbox is asynchronous): the verified Mail-ID
     # proves the mail; bind links to it now. Once recorded, only its recipients get links.
-    mail = ctx.mail or await svc.store.bind_mail(mail_id, account, now)
-    allowed = {r.lower() for r in mail.recipients} if mail.recorded else None
     # Keys are the recipients exactly as asked (the hook matches on them); each link is
     # bound to the recipient with its domain lowercased, so Bob@B.example and
-    # Bob@b.example get the same link.
+    # Bob@b.example get the same link. Tokens are deterministic: new rows and the mail
+    # stub go to the store in one call, whatever the number of recipients.
+    mail = ctx.mail
+    allowed = {r.lower() for r in mail.recipients} if mail and mail.recorded else None
     links: dict[str, str] = {}
+    new: dict[str, Link] = {}
     for r in rcpts:
         rcpt = norm_recipient(r)
         if rcpt is None or r in links or (allowed is not None and rcpt.lower() not in allowed):
             continue
-        if rcpt in ctx.links:
-            links[r] = svc.links.url(svc.links.token(mail_id, rcpt))
-        else:
-            links[r] = await svc.links.issue(mail_id, rcpt, now)
-    log.info("lookup of %s for mail %s from %s: %s, %d links", account, mail_id,
+        token = svc.links.token(mail_id, rcpt)
+        links[r] = svc.links.url(token)
+        if rcpt not in ctx.links and rcpt not in new:
+            new[rcpt] = svc.links.record(token, mail_id, rcpt, now)
+    if mail is None or new:
+        await svc.store.bind_links(mail_id, account, now, list(new.values()))
+    log.debug("lookup of %s for mail %s from %s: %s, %d links", account, mail_id,
              client_ip(request), status, len(links))
     return web.json_response({"status": status, "checked": rfc3339(now), "links": links})
 

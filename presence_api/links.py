@@ -48,11 +48,14 @@ class Links:
     def url(self, token: str) -> str:
         return f"{self.public_url}{LINK_PATH}{token}"
 
+    def record(self, token: str, mail_id: str, recipient: str, now: float) -> Link:
+        """The row to store for a new link (the store keeps the hash, not the token)."""
+        return Link(token_hash(token), mail_id, recipient, now, now + self.lifetime)
+
     async def issue(self, mail_id: str, recipient: str, now: float) -> str:
         """The link URL for this recipient of this mail (the same one when asked again)."""
         token = self.token(mail_id, recipient)
-        await self.store.get_or_create_link(
-            Link(token_hash(token), mail_id, recipient, now, now + self.lifetime))
+        await self.store.get_or_create_link(self.record(token, mail_id, recipient, now))
         return self.url(token)
 
     async def open(self, token: str, now: float) -> Opened:

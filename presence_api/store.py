@@ -106,6 +106,11 @@ class Store(Protocol):
     async def get_or_create_link(self, link: Link) -> Link:
         """Insert unless (mail_id, recipient) already has one; return the stored link."""
 
+    async def bind_links(self, mail_id: str, account: str, now: float,
+                         links: list[Link]) -> None:
+        """In one transaction: the mail row (a stub unless the record is there) and
+        these links, each unless (mail_id, recipient) has one already."""
+
     async def get_link(self, token_hash: str) -> Link | None: ...
 
     # rooms (one per Mail-ID)

@@ -293,6 +293,23 @@ class SqliteStore:
             return _link(row)
         return await self._run(do)
 
+    async def bind_links(self, mail_id: str, account: str, now: float,
+                         links: list[Link]) -> None:
+        def do() -> None:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("INSERT OR IGNORE INTO mails (mail_id, account, recorded, "
+                           "created_at) VALUES (?, ?, 0, ?)", (mail_id, account, now))
+                db.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)",
+                               [(lk.token_hash, lk.mail_id, lk.recipient, lk.created_at,
+                                 lk.expires_at) for lk in links])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        await self._run(do)
+
     async def get_link(self, token_hash: str) -> Link | None:
         def do() -> Link | None:
             row = self.db.execute("SELECT * FROM links WHERE token_hash=?",
