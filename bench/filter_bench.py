@@ -25,6 +25,7 @@ first connection until smtp-sink counted the N-th mail). Runs are interleaved
 is each configuration's median rate and its ratio to the floor.
 
     .venv/bin/python bench/filter_bench.py [--messages 400] [--sessions 10] [--rounds 3]
+    .venv/bin/python bench/filter_bench.py --client-only   # the lookup client alone
 
 Needs root and Debian's postfix and dnsmasq, like the e2e tests.
 """
@@ -159,6 +160,61 @@ class Bench:
         await self.site.stop(keep=bool(os.environ.get("KEEP")))
 
 
+async def client_only(args: argparse.Namespace) -> int:
+    """The lookup client alone against the same presence service: PresenceLookup vs
+    a bare aiohttp POST loop, `--sessions` lookups in flight, distinct senders."""
+    import aiohttp
+
+    from mailtalk.config import parse_text
+    from presence_api.lookup_client import PresenceLookup
+
+    n = args.messages
+    site = MailtalkSite(PRESENCE, "a.test")
+    accounts = [f"u{i}@a.test" for i in range(4 * n + 1)]
+    await site.populate(accounts)
+    await site.start()
+    dns = TtlDnsmasq(DNS, txt_records={"_mailtalk.a.test": mailtalk_txt(site.base_url)},
+                     ttl=args.dns_ttl)
+    dns.start()
+    client = PresenceLookup(parse_text(f'[dns]\nnameservers = ["{dns.nameserver}"]\n', "bench"))
+    try:
+        await client.lookup(accounts[-1], site.mail_ids.issue(accounts[-1]), ["bob@b.test"])
+
+        async def rate(first: int, ask) -> tuple[float, set]:  # type: ignore[no-untyped-def]
+            jobs = [(a, site.mail_ids.issue(a)) for a in accounts[first:first + n]]
+            gate = asyncio.Semaphore(args.sessions)
+
+            async def one(a: str, m: str):  # type: ignore[no-untyped-def]
+                async with gate:
+                    return await ask(a, m)
+            start = time.perf_counter()
+            got = await asyncio.gather(*(one(a, m) for a, m in jobs))
+            return n / (time.perf_counter() - start), set(got)
+
+        async def via_client(a: str, m: str) -> str:
+            return (await client.lookup(a, m, ["bob@b.test"])).state
+
+        async with aiohttp.ClientSession() as http:
+            async def raw(a: str, m: str) -> str:
+                async with http.post(site.base_url + "/api/v1/lookup", json={
+                        "account": a, "mail_id": m, "recipients": ["bob@b.test"]}) as r:
+                    return str((await r.json())["status"])
+            # Interleaved, twice each: the service's SQLite grows as links are issued.
+            r1, states = await rate(0, via_client)
+            r2, statuses = await rate(n, raw)
+            r3, _ = await rate(2 * n, via_client)
+            r4, _ = await rate(3 * n, raw)
+            r_client, r_raw = (r1 + r3) / 2, (r2 + r4) / 2
+    finally:
+        await client.close()
+        dns.stop()
+        await site.stop()
+    print(f"{n} lookups x2, {args.sessions} in flight: PresenceLookup {r_client:.0f}/s "
+          f"(answers {sorted(states)}), bare aiohttp POST {r_raw:.0f}/s "
+          f"(answers {sorted(statuses)}), load average {os.getloadavg()[0]:.2f}")
+    return 0
+
+
 def states_in_log(text: str) -> dict[str, int]:
     counts = {"yes": 0, "no": 0, "unknown": 0}
     for m in re.finditer(r"X-Sender-Online for \S+: (yes|no|unknown)", text):
@@ -174,7 +230,11 @@ async def main() -> int:
     p.add_argument("--dns-ttl", type=int, default=3600,
                    help="TTL of the _mailtalk record (default 3600, as `mailtalk dns` "
                         "publishes it; 0: a DNS query for every mail)")
+    p.add_argument("--client-only", action="store_true",
+                   help="measure the lookup client alone against the presence service")
     args = p.parse_args()
+    if args.client_only:
+        return await client_only(args)
     if os.geteuid() != 0:
         print("filter_bench: needs root (private Postfix instances)", file=sys.stderr)
         return 2
