@@ -55,8 +55,11 @@ def _milter_forms(sock: str, queue_dir: str) -> set[str]:
     kind, _, rest = sock.partition(":")
     if kind in ("unix", "local"):
         paths = {rest}
-        if queue_dir and rest.startswith(queue_dir.rstrip("/") + "/"):
-            paths.add(rest[len(queue_dir.rstrip("/")):])     # relative to smtpd's chroot
+        q = queue_dir.rstrip("/")
+        if q and rest.startswith(q + "/"):
+            inside = rest[len(q) + 1:]
+            paths.add(inside)               # relative to the queue directory (documented)
+            paths.add("/" + inside)         # absolute inside a chrooted smtpd's jail
         return {f"{k}:{p}" for p in paths for k in ("unix", "local")}
     port, _, host = rest.partition("@")
     hosts = {host} if host else {"127.0.0.1", "localhost", "[::1]"}
@@ -70,7 +73,7 @@ def _postfix_form(sock: str, queue_dir: str) -> str:
     kind, _, rest = sock.partition(":")
     if kind in ("unix", "local"):
         q = queue_dir.rstrip("/")
-        return "unix:" + (rest[len(q):] if q and rest.startswith(q + "/") else rest)
+        return "unix:" + (rest[len(q) + 1:] if q and rest.startswith(q + "/") else rest)
     port, _, host = rest.partition("@")
     return f"{kind}:{host or '127.0.0.1'}:{port}"
 
