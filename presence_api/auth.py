@@ -31,8 +31,16 @@ MAX_PASSWORD_CHARS = 1024
 
 _hasher = PasswordHasher()
 # Verified against when the account does not exist, so that an unknown account
-# costs the same time as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+# costs the same time as a wrong password. Made at first use, not at import (the
+# `mailtalk user` command never needs it).
+_dummy_hash: str | None = None
+
+
+def _dummy() -> str:
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash(secrets.token_urlsafe(16))
+    return _dummy_hash
 
 
 def hash_password(password: str) -> str:
@@ -50,7 +58,7 @@ def check_password_strength(password: str) -> str | None:
 
 def _verify(stored: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(stored or _DUMMY_HASH, password) and stored is not None
+        return _hasher.verify(stored or _dummy(), password) and stored is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
