@@ -381,9 +381,14 @@ async def fanout(args: argparse.Namespace) -> int:
 
 
 async def main(args: argparse.Namespace) -> int:
-    if args.mode == "idle":
-        return await idle(args)
-    return await fanout(args)
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs "
+          f"(other work on the machine skews latency figures)", flush=True)
+    try:
+        if args.mode == "idle":
+            return await idle(args)
+        return await fanout(args)
+    finally:
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
