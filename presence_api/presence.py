@@ -38,6 +38,7 @@ class Client:
         self.link_expires = link_expires
         self.last_input = now
         self.watching: str | None = None  # the sender whose presence a link page shows
+        self.opened = False               # a link page said "open" (once per socket)
 
     async def send_raw(self, data: str) -> None:
         if self.ws.closed:

@@ -199,7 +199,8 @@ async def get_link(request: web.Request) -> web.StreamResponse:
     if mail is None:
         return render("gone.html", http_status=404, title="No such link",
                       text="This chat link is not valid.")
-    await svc.chat.opened(mail, link.recipient)
+    # Joining and telling the sender happen when the page's script says "open" over
+    # its WebSocket: a mail scanner that fetches the URL does not count as opening it.
     return render("link.html", title=mail.subject or "mailtalk", you=link.recipient,
                   token=token, mail=mail_view(mail, False),
                   sender_status=svc.presence.status(mail.account),

@@ -4,8 +4,9 @@ The Origin must be public_url's (no other site can drive a user's socket with th
 cookie). Every frame is checked again: the session (or the link's expiry) is still
 valid, and the room it names is this page's. Frames are JSON objects:
 
-  page -> server: join {mail_id} | send {mail_id, text} | read {mail_id, up_to}
-                  | activity | status {mode}          (status: users only)
+  page -> server: open (link pages: once per page load) | join {mail_id}
+                  | send {mail_id, text} | read {mail_id, up_to} | activity
+                  | status {mode}                      (status: users only)
   server -> page: hello | room | message | opened | members | presence | error {error}
 """
 
@@ -91,7 +92,12 @@ async def _still_valid(svc: Service, client: Client) -> bool:
 
 async def _frame(svc: Service, client: Client, frame: dict[str, Any]) -> None:
     kind = frame.get("type")
-    if kind == "join":
+    if kind == "open" and client.kind == "link" and not client.opened:
+        # The recipient's page is up in a browser: join the room, tell the sender.
+        client.opened = True
+        mail = await svc.chat.authorize(client, client.mail_id)
+        await svc.chat.opened(mail, client.identity)
+    elif kind == "join":
         mail = await svc.chat.authorize(client, frame.get("mail_id"))
         await client.send(await svc.chat.snapshot(client, mail))
     elif kind == "send":

@@ -62,6 +62,14 @@ async def link_ws(p: Presence, path: str) -> ClientWebSocketResponse:
     return ws
 
 
+async def open_link(p: Presence, path: str) -> ClientWebSocketResponse:
+    """What a browser does with a link: load the page, connect its socket, say "open"."""
+    assert (await p.client.get(path)).status == 200
+    ws = await link_ws(p, path)
+    await ws.send_json({"type": "open"})
+    return ws
+
+
 async def test_websocket_origin_is_checked(p: Presence) -> None:
     _, links = await links_for(p, [BOB])
     await p.login(ALICE)
@@ -85,15 +93,16 @@ async def test_websocket_needs_a_session_or_a_valid_link(p: Presence) -> None:
 async def test_recipient_opens_link_sender_told_at_once_and_chat_flows(p: Presence) -> None:
     mid, links = await links_for(p, [BOB, CAROL], subject="Quarterly figures")
     alice = await sender_ws(p)
-    r = await p.client.get(links[BOB])                    # Bob clicks his link
-    assert r.status == 200
+    # A mail scanner fetching the URL is not an opening: no member, no notice.
+    assert (await p.client.get(links[BOB])).status == 200
+    assert await p.svc.store.members(mid) == []
+    bob = await open_link(p, links[BOB])                   # Bob's browser opens it
     opened = await next_of(alice, "opened", mail_id=mid)
     assert opened["recipient"] == BOB and opened["first"] is True
     assert opened["mail"]["subject"] == "Quarterly figures"
     assert opened["mail"]["body_text"] == "The text of the mail."
     assert opened["mail"]["recipients"] == [BOB, CAROL]
 
-    bob = await link_ws(p, links[BOB])
     await bob.send_json({"type": "join", "mail_id": mid})
     room = await next_of(bob, "room")
     assert room["mail"]["subject"] == "Quarterly figures"
@@ -108,10 +117,9 @@ async def test_recipient_opens_link_sender_told_at_once_and_chat_flows(p: Presen
     assert back["text"] == "Ask away"
 
     # Carol joins later and sees the earlier messages: one group per mail
-    assert (await p.client.get(links[CAROL])).status == 200
+    carol = await open_link(p, links[CAROL])
     members = await next_of(alice, "members", mail_id=mid)
     assert members["members"] == [BOB, CAROL]
-    carol = await link_ws(p, links[CAROL])
     await carol.send_json({"type": "join", "mail_id": mid})
     room = await next_of(carol, "room")
     assert [m["text"] for m in room["messages"]] == ["Hi Alice, a question", "Ask away"]
@@ -184,8 +192,7 @@ async def test_logged_out_session_stops_the_socket(p: Presence) -> None:
 
 async def test_unread_counts_and_history(p: Presence) -> None:
     mid, links = await links_for(p, [BOB])
-    await p.client.get(links[BOB])
-    bob = await link_ws(p, links[BOB])
+    bob = await open_link(p, links[BOB])
     for text in ("one", "two"):
         await bob.send_json({"type": "send", "mail_id": mid, "text": text})
         await next_of(bob, "message", text=text)
@@ -274,7 +281,8 @@ async def test_a_recipient_with_an_account_may_log_in_instead(p: Presence) -> No
         await next_of(ws, "hello")
         await ws.send_json({"type": "join", "mail_id": mid})     # not a member yet
         assert (await next_of(ws, "error"))["error"] == "forbidden"
-        assert (await p.client.get(links[local])).status == 200  # opened the link once
+        link_page = await open_link(p, links[local])            # opened the link once
+        await next_of(link_page, "members")
         await ws.send_json({"type": "join", "mail_id": mid})
         room = await next_of(ws, "room")
         assert "recipients" not in room["mail"]                  # not the sender's view
@@ -289,5 +297,6 @@ async def test_a_recipient_with_an_account_may_log_in_instead(p: Presence) -> No
         assert (await http.get(f"/m/{other_mid}")).status == 404
         await ws.close()
         await alice.close()
+        await link_page.close()
     finally:
         await http.close()

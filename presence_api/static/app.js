@@ -7,7 +7,7 @@
   const you = body.dataset.you || "";
   let current = body.dataset.mailId || ""; // the room shown
   let sender = body.dataset.sender || "";  // whose presence a link page shows
-  let ws = null, retry = 0, lastActivity = 0;
+  let ws = null, retry = 0, lastActivity = 0, opened = false;
   let seen = new Set();                    // message ids shown in the current room
   const pending = [];                      // messages written while not connected
   const $ = (id) => document.getElementById(id);
@@ -26,6 +26,9 @@
     ws.onopen = function () {
       retry = 0; setConn("");
       body.dataset.connected = "yes";
+      // A link page tells the server once per page load (not on reconnects) that the
+      // recipient opened it: the sender is notified.
+      if (kind === "link" && !opened) { opened = true; send({type: "open"}); }
       if (current) send({type: "join", mail_id: current});
       while (pending.length) send(pending.shift());
     };
