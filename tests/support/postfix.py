@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Iterable
 
 from .message import header_values, split_message  # noqa: F401 (re-exported)
-from .postfix_conf import MASTER_CF, base_settings, logical_lines
+from .postfix_conf import (MASTER_CF, POSTCONF, POSTFIX, POSTQUEUE, _alive, available,  # noqa: F401
+                           base_settings, chmod_chain, logical_lines, sasl_smtpd_conf,
+                           submission_service)
 from .wait import free_port, port_open, wait_for
 
 log = logging.getLogger("tests.postfix")
 
-POSTFIX = "/usr/sbin/postfix"
-POSTCONF = "/usr/sbin/postconf"
-POSTQUEUE = "/usr/sbin/postqueue"
 SENDMAIL = "/usr/sbin/sendmail"
 SASLPASSWD2 = "/usr/sbin/saslpasswd2"
 
@@ -49,28 +48,6 @@ _STARTED: set["PostfixInstance"] = set()     # running instances, for the atexit
 
 class PostfixError(RuntimeError):
     """A Postfix command failed; the message holds its output and the maillog's tail."""
-
-
-def available() -> str | None:
-    """None when private Postfix instances can run here, else the reason they cannot."""
-    if os.geteuid() != 0:
-        return "needs root (private Postfix instances are started as root)"
-    for tool in (POSTFIX, POSTCONF, POSTQUEUE):
-        if not os.access(tool, os.X_OK):
-            return f"{tool} is missing (apt-get install postfix)"
-    return None
-
-
-def chmod_chain(path: Path) -> None:
-    """chmod 755 `path` and its parents up to /tmp-like roots, so that Postfix's
-    processes (user `postfix`, `nobody`) can enter it: mktemp dirs are 0700."""
-    path = path.resolve()
-    for p in [path, *path.parents]:
-        if p == Path("/"):
-            break
-        st = p.stat()
-        if st.st_mode & 0o005 != 0o005:
-            p.chmod(st.st_mode | 0o755)
 
 
 class PostfixInstance:
@@ -174,11 +151,7 @@ class PostfixInstance:
         sasl_dir = self.config_dir / "sasl"
         sasl_dir.mkdir(exist_ok=True)
         db = self.config_dir / "sasldb2"
-        (sasl_dir / "smtpd.conf").write_text(
-            "pwcheck_method: auxprop\n"
-            "auxprop_plugin: sasldb\n"
-            f"sasldb_path: {db}\n"
-            "mech_list: PLAIN LOGIN\n")
+        (sasl_dir / "smtpd.conf").write_text(sasl_smtpd_conf(db))
         self.add_sasl_users(users or {})
         self.postconf(
             smtpd_sasl_type="cyrus",
@@ -188,14 +161,7 @@ class PostfixInstance:
             smtpd_sasl_security_options="noanonymous",
             broken_sasl_auth_clients="no",
         )
-        self.master_add(
-            f"{self.address}:{port} inet n - n - - smtpd\n"
-            "  -o syslog_name=postfix/submission\n"
-            "  -o smtpd_sasl_auth_enable=yes\n"
-            "  -o smtpd_tls_security_level=none\n"
-            "  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n"
-            "  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject\n"
-            "  -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject\n")
+        self.master_add(submission_service(self.address, port))
         return port
 
     def add_sasl_users(self, users: dict[str, str]) -> None:
@@ -425,16 +391,6 @@ class PostfixInstance:
 
     def __repr__(self) -> str:
         return f"<PostfixInstance {self.name} {self.address}:{self.smtp_port}>"
-
-
-def _alive(pid: int) -> bool:
-    """True while process `pid` exists and is not a zombie (the master is a
-    child of `postfix start`'s shell, so it is reaped by init, not by us)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _each(instances: Iterable[PostfixInstance], action: str) -> None:

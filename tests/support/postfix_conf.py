@@ -1,9 +1,14 @@
-"""What every private Postfix instance starts with: its master.cf services and
-main.cf settings (per /work/shared/TESTING-NOTES.md), and main.cf snippet parsing."""
+"""What every private Postfix instance starts with: its master.cf services, main.cf
+settings and SASL files (per /work/shared/TESTING-NOTES.md); whether one can run here."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+POSTFIX = "/usr/sbin/postfix"
+POSTCONF = "/usr/sbin/postconf"
+POSTQUEUE = "/usr/sbin/postqueue"
 
 # The daemons a Postfix instance needs, every one with chroot = n (a private instance
 # has no chroot jail set up). The public smtpd line (with its address) is added by
@@ -100,3 +105,54 @@ def logical_lines(text: str) -> list[str]:
         else:
             lines.append(raw.strip())
     return lines
+
+
+def sasl_smtpd_conf(sasldb: Path) -> str:
+    """Cyrus SASL's smtpd.conf: passwords from our own sasldb, plain mechanisms."""
+    return ("pwcheck_method: auxprop\n"
+            "auxprop_plugin: sasldb\n"
+            f"sasldb_path: {sasldb}\n"
+            "mech_list: PLAIN LOGIN\n")
+
+
+def submission_service(address: str, port: int) -> str:
+    """master.cf lines of a submission service that takes mail only after log-in."""
+    return (f"{address}:{port} inet n - n - - smtpd\n"
+            "  -o syslog_name=postfix/submission\n"
+            "  -o smtpd_sasl_auth_enable=yes\n"
+            "  -o smtpd_tls_security_level=none\n"
+            "  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n"
+            "  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject\n"
+            "  -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject\n")
+
+
+def available() -> str | None:
+    """None when private Postfix instances can run here, else the reason they cannot."""
+    if os.geteuid() != 0:
+        return "needs root (private Postfix instances are started as root)"
+    for tool in (POSTFIX, POSTCONF, POSTQUEUE):
+        if not os.access(tool, os.X_OK):
+            return f"{tool} is missing (apt-get install postfix)"
+    return None
+
+
+def chmod_chain(path: Path) -> None:
+    """chmod 755 `path` and its parents up to /tmp-like roots, so that Postfix's
+    processes (user `postfix`, `nobody`) can enter it: mktemp dirs are 0700."""
+    path = path.resolve()
+    for p in [path, *path.parents]:
+        if p == Path("/"):
+            break
+        st = p.stat()
+        if st.st_mode & 0o005 != 0o005:
+            p.chmod(st.st_mode | 0o755)
+
+
+def _alive(pid: int) -> bool:
+    """True while process `pid` exists and is not a zombie (the master is a
+    child of `postfix start`'s shell, so it is reaped by init, not by us)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
