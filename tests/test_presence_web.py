@@ -120,6 +120,7 @@ async def test_every_value_is_escaped(p: Presence) -> None:
         html = await (await p.client.get(path)).text()
         assert "<script>window" not in html and "<img src=x" not in html
         assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in html
+    await p.svc.store.join(mid, "bob@b.test", p.clock())     # Bob opened it: listed on "/"
     await p.login(ALICE)
     for path in ("/", f"/m/{mid}"):
         html = await (await p.client.get(path)).text()
