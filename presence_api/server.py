@@ -31,6 +31,7 @@ log = logging.getLogger("mailtalk.presence")
 
 # Requests are small JSON or forms; the largest is a mail record (body text).
 CLIENT_MAX_SIZE = 1024 * 1024
+SESSION_PURGE_INTERVAL = 3600.0
 
 
 def open_store(cfg: Config) -> Store:
@@ -74,6 +75,7 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
         # Away is a matter of time passing: look a few times per idle period.
         interval = max(0.5, min(10.0, p.idle_away_seconds / 4))
         sweeper.append(asyncio.create_task(presence.run_sweeper(interval)))
+        sweeper.append(asyncio.create_task(purge_sessions(store, clock)))
 
     async def on_shutdown(app: web.Application) -> None:
         # Open pages would hold the shutdown for shutdown_timeout: close them now.
@@ -92,6 +94,18 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+async def purge_sessions(store: Store, clock: Callable[[], float]) -> None:
+    """Expired sessions are refused on use; this keeps the table from growing."""
+    while True:
+        try:
+            n = await store.purge_sessions(clock())
+            if n:
+                log.info("purged %d expired sessions", n)
+        except Exception:
+            log.exception("purging expired sessions failed")
+        await asyncio.sleep(SESSION_PURGE_INTERVAL)
 
 
 class Running:

@@ -235,6 +235,10 @@ class SqliteStore:
         await self._run(lambda: self.db.execute("DELETE FROM sessions WHERE token_hash=?",
                                                 (token_hash,)))
 
+    async def purge_sessions(self, now: float) -> int:
+        return await self._run(lambda: self.db.execute(
+            "DELETE FROM sessions WHERE expires_at <= ?", (now,)).rowcount)
+
     # --- mails
 
     async def put_mail(self, mail: Mail) -> bool:

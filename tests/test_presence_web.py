@@ -152,3 +152,13 @@ def test_database_urls(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, database="postgresql://db.a.test/mailtalk")
     with pytest.raises(ConfigError, match="not supported yet"):
         make_app(cfg, site_key=bytes(32))
+
+
+async def test_expired_sessions_are_refused_and_purged(p: Presence) -> None:
+    await p.login(ALICE)
+    assert (await p.client.get("/", allow_redirects=False)).status == 200
+    p.clock.advance(p.svc.cfg.presence.session_lifetime_hours * 3600 + 1)
+    assert (await p.client.get("/", allow_redirects=False)).status == 303
+    await p.login(ALICE)
+    p.clock.advance(p.svc.cfg.presence.session_lifetime_hours * 3600 + 1)
+    assert await p.svc.store.purge_sessions(p.clock()) == 1
