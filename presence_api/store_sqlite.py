@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -129,6 +130,9 @@ class SqliteStore:
     def _open(self) -> None:
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Password and session hashes: owner only. SQLite gives its -wal and -shm
+            # files the database file's mode.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")

@@ -135,6 +135,7 @@ async def test_schema_is_created_versioned_and_not_rerun(tmp_path: Path) -> None
     assert await s.schema_version() == len(MIGRATIONS)
     await s.create_account(ALICE, "h", 0.0)
     await s.close()
+    assert db.stat().st_mode & 0o777 == 0o600            # password hashes: owner only
     s = SqliteStore(db)
     await s.open()                       # a second start migrates nothing, keeps data
     assert await s.schema_version() == len(MIGRATIONS)
