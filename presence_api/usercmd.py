@@ -2,6 +2,10 @@
 
 Exit codes: 0 done, 1 refused (no such account, already exists, weak password,
 account outside [domains] names), 2 usage or configuration problem.
+
+Run by root, it works as the owner of the database's directory, so that a
+postmaster's `mailtalk user add` never leaves root-owned files the service (user
+`mailtalk` under systemd) cannot write.
 """
 
 from __future__ import annotations
@@ -9,9 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sqlite3
 import sys
 import time
+from pathlib import Path
 
 from mailtalk.accounts import account_domain
 from mailtalk.config import Config
@@ -19,6 +25,7 @@ from presence_api.api import norm_account
 from presence_api.auth import check_password_strength, hash_password
 from presence_api.server import open_store
 from presence_api.store import Store
+from presence_api.store_sqlite import SqliteStore
 
 
 def _err(msg: str) -> int:
@@ -84,8 +91,26 @@ async def _run(cfg: Config, args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+def become_db_owner(path: Path) -> None:
+    """Run by root, act as the owner of the database's directory (the service's user,
+    e.g. `mailtalk` under systemd): files SQLite creates (the database, its -wal and
+    -shm) must stay writable by the service."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = path.parent.stat()
+    except OSError:
+        return
+    if st.st_uid != 0:
+        os.setgroups([])
+        os.setgid(st.st_gid)
+        os.setuid(st.st_uid)
+
+
 async def _main(cfg: Config, args: argparse.Namespace) -> int:
     store = open_store(cfg)
+    if isinstance(store, SqliteStore):
+        become_db_owner(store.path)
     try:
         await store.open()
     except (OSError, sqlite3.Error, RuntimeError) as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,28 @@ def test_the_password_works_for_web_login(conf: Path, tmp_path: Path) -> None:
     h = asyncio.run(stored())
     assert h.startswith("$argon2")
     assert _verify(h, "carol's password") and not _verify(h, "carol's passwort")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as another user")
+def test_root_acts_as_the_owner_of_the_database_directory() -> None:
+    """systemd runs the service as `mailtalk`; a postmaster runs `mailtalk user` as root.
+    The database and SQLite's side files must end up owned by the directory's owner."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:   # pytest's tmp is root-only
+        _root_acts_as_owner(Path(top))
+
+
+def _root_acts_as_owner(tmp_path: Path) -> None:
+    nobody = 65534
+    tmp_path.chmod(0o755)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, nobody, nobody)
+    conf = tmp_path / "mailtalk.toml"
+    conf.write_text(f'[site]\nstate_dir = "{state}"\n[domains]\nnames = ["a.test"]\n'
+                    f'[presence]\nlisten = "127.0.12.1:8470"\n')
+    conf.chmod(0o644)
+    r = user(conf, "add", "alice@a.test", "--password-stdin", stdin="a good password\n")
+    assert r.returncode == 0, r.stderr
+    files = list(state.iterdir())
+    assert any(f.name == "presence.sqlite3" for f in files)
+    assert all(f.stat().st_uid == nobody for f in files), [(f, f.stat().st_uid) for f in files]
