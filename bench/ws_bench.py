@@ -34,14 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp  # noqa: E402
 
+import xmpp_bench  # noqa: E402
 from mailtalk_site import MailtalkSite  # noqa: E402
 from pbench_util import cpu_seconds, percentile, raise_nofile, rss_bytes  # noqa: E402
 
 log = logging.getLogger("bench.ws")
 
 SERVICE_IP = "127.0.15.3"
-EJABBERD_IP = "127.0.15.2"
-XMPP_PASSWORD = "bench-password"
 CLIENT_IPS = [f"127.0.15.{i}" for i in range(10, 30)]
 DOMAIN = "a.bench.test"
 RSS_TARGET_MB = 300
@@ -66,6 +65,8 @@ def _args() -> argparse.Namespace:
     f.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
     f.add_argument("--rooms", type=int, default=50)
     f.add_argument("--members", type=int, default=4, help="recipients' pages per room")
+    f.add_argument("--peer", choices=("none", "ejabberd"), default="ejabberd",
+                   help="also measure ejabberd MUC rooms of the same shape (ejabberd)")
     sub.add_parser("client", help=argparse.SUPPRESS)      # a child of `idle`
     return p.parse_args()
 
@@ -225,58 +226,11 @@ async def idle(args: argparse.Namespace) -> int:
                 await proc.wait()
         await site.stop()
     if args.peer == "ejabberd":
-        ej = await idle_ejabberd(n, args.hold, args.connect_timeout)
+        ej = await xmpp_bench.idle(n, args.hold, args.connect_timeout)
         if ej is not None and per_conn > 0:
             print(f"ratio mailtalk/ejabberd RSS per connected user: {per_conn / ej:.2f}")
         good = good and ej is not None
     return 0 if good else 1
-
-
-async def idle_ejabberd(n: int, hold: float, timeout: float) -> float | None:
-    """The same N users idle on ejabberd over XMPP (c2s); its RSS per session, in bytes."""
-    from ejabberd_peer import EjabberdPeer
-    from xmpp_online import open_many
-    peer = EjabberdPeer(EJABBERD_IP, "b.bench.test")
-    sessions = []
-    try:
-        await peer.start()
-        assert peer.pid is not None
-        users = [f"user{i}" for i in range(n)]
-        async with aiohttp.ClientSession() as http:
-            await peer.register(http, users, XMPP_PASSWORD)
-            # one session opened and closed first, as on the mailtalk side
-            first, _ = await open_many(peer.ip, peer.c2s_port, peer.host, users[:1], XMPP_PASSWORD)
-            for x in first:
-                x.close()
-            await asyncio.sleep(0.5)
-            rss0 = rss_bytes(peer.pid)
-            print(f"ejabberd RSS before: {rss0 / MB:.1f} MB (beam pid {peer.pid})", flush=True)
-            t0 = time.monotonic()
-            try:
-                sessions, failed = await asyncio.wait_for(
-                    open_many(peer.ip, peer.c2s_port, peer.host, users, XMPP_PASSWORD), timeout)
-            except asyncio.TimeoutError:
-                print(f"ejabberd: {n} XMPP log-ins not done within {timeout:.0f} s")
-                return None
-            print(f"ejabberd: {len(sessions)} of {n} users online over XMPP in "
-                  f"{time.monotonic() - t0:.1f} s, {failed} failed", flush=True)
-            await asyncio.sleep(hold)
-            rss2 = rss_bytes(peer.pid)
-            sample = users[:: max(1, n // 50)]
-            online = 0
-            for u in sample:
-                async with http.post(f"{peer.api_url}/get_presence",
-                                     json={"user": u, "server": peer.host}) as r:
-                    online += (await r.json()).get("show") == "available"
-        per = (rss2 - rss0) / max(len(sessions), 1)
-        print(f"ejabberd RSS with {len(sessions)} online: {rss2 / MB:.1f} MB after "
-              f"{hold:.0f} s held; {online} of {len(sample)} sampled users available; "
-              f"RSS per session {per / 1024:.1f} KiB")
-        return per if failed == 0 and online == len(sample) else None
-    finally:
-        for x in sessions:
-            x.close()
-        await peer.stop()
 
 
 # --- fan-out
@@ -373,11 +327,19 @@ async def fanout(args: argparse.Namespace) -> int:
               f"  max {percentile(lat, 100):.2f} ms")
         print(f"service CPU: {cpu / send_s * 100:.0f} % of one core while sending, "
               f"RSS {rss_bytes(site.pid) / MB:.1f} MB")
-        return 0 if len(lat) == expected and not errors else 1
+        good = len(lat) == expected and not errors
+        p99 = percentile(lat, 99)
     finally:
         for t in readers:
             t.cancel()
         await site.stop()
+    if args.peer == "ejabberd":
+        ej = await xmpp_bench.fanout(args.rate, args.duration, rooms_n, members)
+        if ej is not None:
+            print(f"ratio mailtalk/ejabberd delivery p99: {p99 / ej['p99']:.2f}, p50: "
+                  f"{percentile(lat, 50) / ej['p50']:.2f}, server CPU: {cpu / send_s / ej['cpu']:.2f}")
+        good = good and ej is not None
+    return 0 if good else 1
 
 
 async def main(args: argparse.Namespace) -> int:

@@ -17,7 +17,9 @@ READ_TIMEOUT = 10.0
 
 
 class XmppSession:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 user: str = "") -> None:
+        self.user = user
         self.reader = reader
         self.writer = writer
         self.buf = ""
@@ -46,7 +48,7 @@ async def go_online(ip: str, port: int, host: str, user: str, password: str,
                     show: str = "") -> XmppSession:
     """Log `user@host` in and send its initial presence; the session stays open."""
     reader, writer = await asyncio.open_connection(ip, port)
-    s = XmppSession(reader, writer)
+    s = XmppSession(reader, writer, user)
     s.send(STREAM.format(host=host))
     await s.expect(r"</stream:features>")
     cred = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
