@@ -9,6 +9,7 @@ from typing import AsyncIterator
 
 import pytest
 from aiohttp import ClientSession, TCPConnector
+from openapi_spec_validator import validate
 
 from presence_api.auth import token_hash
 from support.presence_extra import Presence, start_presence
@@ -31,6 +32,11 @@ async def test_openapi_document_has_both_paths(p: Presence) -> None:
     assert doc["openapi"].startswith("3.")
     assert {"/api/v1/mails", "/api/v1/lookup"} <= set(doc["paths"])
     assert doc["paths"]["/api/v1/mails"]["post"]["security"] == [{"outbox": []}]
+    validate(doc)                   # a real OpenAPI 3 validator: raises if not valid
+    broken = json.loads(json.dumps(doc))
+    del broken["paths"]["/api/v1/lookup"]["post"]["responses"]
+    with pytest.raises(Exception):
+        validate(broken)            # and it can fail
 
 
 async def test_mails_needs_the_outbox_bearer_token(p: Presence) -> None:
