@@ -198,3 +198,19 @@ def test_postfix_names_for_the_milter_socket():
     assert _postfix_form("inet:8894@127.0.0.1", q) == "inet:127.0.0.1:8894"
     assert "inet:localhost:8894" in _milter_forms("inet:8894@127.0.0.1", q)
     assert _milter_forms("inet:8894", q) >= {"inet:127.0.0.1:8894", "inet:localhost:8894"}
+
+
+async def test_milter_probe_over_unix_socket_and_a_wrong_server(tmp_path):
+    path = tmp_path / "milter.sock"
+    server = await asyncio.start_unix_server(_fake_milter, str(path))
+    smtp = Controller(_Accept(), hostname=HOST, port=free_port(HOST))
+    smtp.start()
+    try:
+        assert await asyncio.to_thread(ops._probe_milter, f"unix:{path}") is None
+        err = await asyncio.to_thread(ops._probe_milter, f"inet:{smtp.port}@{HOST}")
+        assert err == "something answers, but not a milter"
+        missing = await asyncio.to_thread(ops._probe_milter, f"unix:{tmp_path}/none.sock")
+        assert missing is not None and "FileNotFoundError" in missing
+    finally:
+        smtp.stop()
+        server.close()
