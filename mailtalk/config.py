@@ -239,6 +239,7 @@ class PresenceConfig:
     login_attempts_per_minute: int
     lookups_per_minute_per_client: int
     chat_message_max_chars: int
+    chat_messages_per_minute: int
 
 
 @dataclass(frozen=True)
@@ -307,6 +308,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "login_attempts_per_minute": (_int_min(1), D.LOGIN_ATTEMPTS_PER_MINUTE),
         "lookups_per_minute_per_client": (_int_min(1), D.LOOKUPS_PER_MINUTE_PER_CLIENT),
         "chat_message_max_chars": (_int_min(1), D.CHAT_MESSAGE_MAX_CHARS),
+        "chat_messages_per_minute": (_int_min(1), D.CHAT_MESSAGES_PER_MINUTE),
     },
     "dns": {
         "nameservers": (_nameservers, D.DNS_NAMESERVERS),

@@ -43,6 +43,7 @@ HEARTBEAT_SECONDS = 15                        # a vanished page drops out within
 LOGIN_ATTEMPTS_PER_MINUTE = 10
 LOOKUPS_PER_MINUTE_PER_CLIENT = 600
 CHAT_MESSAGE_MAX_CHARS = 4000
+CHAT_MESSAGES_PER_MINUTE = 120                # per writer: a link holder cannot flood
 
 # [dns]
 DNS_NAMESERVERS: list[str] = []               # empty: the system resolver

@@ -16,6 +16,7 @@ import logging
 from typing import Any, Callable
 
 from presence_api.presence import Client, PresenceHub, send_all
+from presence_api.ratelimit import RateLimiter
 from presence_api.store import Mail, Message, Store
 
 log = logging.getLogger("mailtalk.presence.chat")
@@ -45,12 +46,14 @@ class ChatError(Exception):
 
 class ChatHub:
     def __init__(self, store: Store, presence: PresenceHub, clock: Callable[[], float],
-                 max_chars: int) -> None:
+                 max_chars: int, messages_per_minute: int) -> None:
         self.store = store
         self.presence = presence
         self._clock = clock
         self.max_chars = max_chars
         self._rooms: dict[str, set[Client]] = {}    # mail_id -> link pages in it
+        # Per writer (an account or a link's recipient): nobody can flood a room.
+        self.flood = RateLimiter(messages_per_minute, clock=clock)
 
     # --- membership of pages
 
@@ -115,6 +118,8 @@ class ChatHub:
             raise ChatError("empty")
         if len(text) > self.max_chars:
             raise ChatError("too_long")
+        if not self.flood.hit(client.identity):
+            raise ChatError("rate_limited")
         msg = await self.store.add_message(mail.mail_id, client.identity, text.strip(),
                                            self._clock())
         log.info("mail %s: message %d from %s", mail.mail_id, msg.id, client.identity)

@@ -58,7 +58,8 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
                   clock),
         links=Links(store, key, p.public_url, p.link_lifetime_days),
         presence=presence,
-        chat=ChatHub(store, presence, clock, p.chat_message_max_chars),
+        chat=ChatHub(store, presence, clock, p.chat_message_max_chars,
+                     p.chat_messages_per_minute),
         lookup_limiter=RateLimiter(p.lookups_per_minute_per_client, clock=clock),
     )
     app = web.Application(middlewares=[pages.security_headers], client_max_size=CLIENT_MAX_SIZE)

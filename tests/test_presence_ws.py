@@ -178,6 +178,24 @@ async def test_message_size_limit(p: Presence) -> None:
     await bob.close()
 
 
+async def test_a_writer_cannot_flood_a_room(tmp_path: Path) -> None:
+    p = await start_presence(tmp_path, chat_messages_per_minute=3)
+    await p.add_user(ALICE)
+    mid, links = await links_for(p, [BOB])
+    bob = await link_ws(p, links[BOB])
+    for i in range(3):
+        await bob.send_json({"type": "send", "mail_id": mid, "text": f"m{i}"})
+        await next_of(bob, "message", text=f"m{i}")
+    await bob.send_json({"type": "send", "mail_id": mid, "text": "one too many"})
+    assert (await next_of(bob, "error"))["error"] == "rate_limited"
+    p.clock.advance(61)
+    await bob.send_json({"type": "send", "mail_id": mid, "text": "later"})
+    await next_of(bob, "message", text="later")
+    assert [m.text for m in await p.svc.store.messages(mid, 10)] == ["m0", "m1", "m2", "later"]
+    await bob.close()
+    await p.client.close()
+
+
 async def test_logged_out_session_stops_the_socket(p: Presence) -> None:
     mid, _ = await links_for(p, [BOB])
     alice = await sender_ws(p)

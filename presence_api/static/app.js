@@ -206,7 +206,9 @@
       case "error":
         setConn({too_long: "Not sent: the message is too long.",
                  empty: "Not sent: the message is empty.",
-                 forbidden: "Not allowed in this conversation."}[m.error] || "Error: " + m.error);
+                 forbidden: "Not allowed in this conversation.",
+                 rate_limited: "Not sent: too many messages; wait a moment."}[m.error] ||
+               "Error: " + m.error);
         break;
     }
   }
