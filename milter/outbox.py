@@ -52,14 +52,13 @@ MIN_WAIT = 0.05              # seconds; floor of a wait for the next deferred re
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    mail_id  TEXT NOT NULL UNIQUE,
+    mail_id  TEXT NOT NULL,
     queue_id TEXT NOT NULL,
     created  REAL NOT NULL,
     next_try REAL NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     record   TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outbox_next_try ON outbox (next_try, id);
 """
 
 
@@ -89,7 +88,11 @@ class Outbox:
                                    timeout=5.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # No checkpoint (and its fsync) inside an insert at end-of-message: the
+        # hand-over thread runs them (checkpoint()), outside the lock.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(_SCHEMA)
+        self._checkpointer: sqlite3.Connection | None = None
         # Called after each insert (from libmilter's thread): wakes the hand-over.
         self.on_added: Callable[[], None] | None = None
 
@@ -97,7 +100,7 @@ class Outbox:
         data = json.dumps(record.to_json(), ensure_ascii=False, separators=(",", ":"))
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO outbox (mail_id, queue_id, created, record) "
+                "INSERT INTO outbox (mail_id, queue_id, created, record) "
                 "VALUES (?, ?, ?, ?)", (record.mail_id, record.queue_id, self._clock(), data))
         if self.on_added is not None:
             self.on_added()
@@ -140,8 +143,19 @@ class Outbox:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file (PASSIVE: never blocks an insert).
+        On a connection of its own, so that the lock is not held meanwhile."""
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(self.path, check_same_thread=False,
+                                                 isolation_level=None, timeout=5.0)
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def close(self) -> None:
         with self._lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self._db.close()
 
 
@@ -245,6 +259,7 @@ class Handover:
                 done.append(p.id)
         finally:
             self._outbox.delete_many(done)  # one transaction for the whole round
+            self._outbox.checkpoint()
         if not failed:
             if self._backoff:
                 log.info("outbox: presence service reachable again")

@@ -1,0 +1,308 @@
+"""Throughput of a real Postfix with and without mailtalk's sending milter (issue 2 §7).
+
+A private Postfix (127.0.11.6, domain a.test) relays everything to `smtp-sink`.
+It has one SASL submission service per configuration, all made from
+deploy/postfix/sender-master.cf (port and milter address adapted, no TLS):
+
+    none        no milter
+    inet        `mailtalk milter` on inet:  (TCP_NODELAY on, as shipped)
+    unix        `mailtalk milter` on unix:
+    inet-nagle  the same milter with TCP_NODELAY left off (the "before" figure)
+    bare-unix   a bare pymilter milter that only adds two headers, over unix: (the
+                floor: what pymilter itself costs on this machine)
+
+Both milters record every mail in their outbox and hand it over to a real
+`mailtalk presence` service. A load generator (smtplib in threads: smtp-source
+cannot AUTH) logs in and submits N messages over S concurrent sessions; a run's
+figure is N / (time until Postfix accepted the last one). Runs are interleaved
+(each round runs every configuration, in a rotated order) after a warm-up; the
+result is each configuration's median rate as a ratio of the no-milter median.
+
+    .venv/bin/python bench/milter_bench.py [--messages 2000] [--sessions 10]
+        [--rounds 3] [--per-connection 1]
+
+Needs root, Debian's postfix (smtp-sink) and sasl2-bin, like the e2e tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import smtplib
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from tests.support.mailtalk import MailtalkService, to_toml  # noqa: E402
+from tests.support.postfix import PostfixInstance, chmod_chain  # noqa: E402
+from tests.support.wait import free_port, wait_for, wait_port  # noqa: E402
+
+ADDR = "127.0.11.6"
+SINK_ADDR = "127.0.11.7"
+USER, PASSWORD = "alice@a.test", "bench-pw"
+DEPLOY = ROOT / "deploy" / "postfix"
+CONFIGS = ("none", "inet", "unix", "inet-nagle", "bare-unix")
+
+BODY = ("Hello Bob,\r\n\r\n" + "This is a benchmark mail with some ordinary text in it. " * 40
+        + "\r\n\r\nAlice\r\n")
+
+
+def message(n: int) -> bytes:
+    return (f"From: Alice <{USER}>\r\nTo: bob@b.test\r\nSubject: bench {n}\r\n"
+            f"Date: Sun, 29 Nov 2026 08:00:00 +0000\r\nMessage-ID: <bench-{n}@a.test>\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            + BODY).encode()
+
+
+def submission_service(milter: str | None, port: int) -> str:
+    """deploy/postfix/sender-master.cf's submission service, adapted (see tests/test_milter_e2e.py)."""
+    text = (DEPLOY / "sender-master.cf").read_text()
+    text = text[text.index("submission inet"):text.index("submissions inet")]
+    text = re.sub(r"^submission inet n\s+-\s+y", f"{ADDR}:{port} inet n - n", text, flags=re.M)
+    lines = [ln for ln in text.splitlines() if "smtpd_tls_" not in ln]
+    lines = [ln.replace("inet:127.0.0.1:8894", milter) if milter else ln
+             for ln in lines if milter or "smtpd_milters" not in ln]
+    return "\n".join(lines).replace("syslog_name=postfix/submission",
+                                    f"syslog_name=postfix/sub{port}") + "\n"
+
+
+def auth_load(port: int, total: int, sessions: int, per_connection: int) -> float:
+    """Submit `total` messages with SASL AUTH over `sessions` threads; seconds taken."""
+    counter = iter(range(total))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def next_n() -> int | None:
+        with lock:
+            return next(counter, None)
+
+    def worker() -> None:
+        try:
+            while True:
+                n = next_n()
+                if n is None:
+                    return
+                with smtplib.SMTP(ADDR, port, timeout=60) as s:
+                    s.login(USER, PASSWORD)
+                    for i in range(per_connection):
+                        if i and (n := next_n()) is None:
+                            break
+                        s.sendmail(USER, ["bob@b.test"], message(n))
+        except BaseException as e:  # reported after the run
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(sessions)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"load generator: {errors[0]!r}")
+    return elapsed
+
+
+def cpu_seconds(svc: MailtalkService) -> float:
+    """User + system CPU time of a service process so far."""
+    if svc.proc is None:
+        return 0.0
+    fields = Path(f"/proc/{svc.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def serve_nagle(config: str) -> int:
+    """`mailtalk -c CONFIG milter` with TCP_NODELAY left off (the "before" figure)."""
+    from mailtalk import cli
+    from mailtalk_milter import milter_socket
+    milter_socket.set_nodelay = lambda fd: None
+    return cli.main(["-c", config, "milter"])
+
+
+def serve_bare(socket: str) -> int:
+    """A bare pymilter milter: two headers added at end-of-message, nothing else."""
+    import Milter
+
+    class Bare(Milter.Base):
+        @Milter.noreply
+        def envfrom(self, mailfrom: str, *params: str) -> int:
+            return Milter.CONTINUE
+
+        @Milter.noreply
+        def header(self, name: str, value: str) -> int:
+            return Milter.CONTINUE
+
+        def eom(self) -> int:
+            self.addheader("X-Bare-1", "one")
+            self.addheader("X-Bare-2", "two")
+            return Milter.CONTINUE
+
+    Milter.factory = Bare
+    Milter.set_flags(Milter.ADDHDRS)
+    Milter.runmilter("bare", socket, 30)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--sessions", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--per-connection", type=int, default=1)
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--no-presence", action="store_true",
+                    help="no presence service: records stay in the outboxes (its cost left out)")
+    ap.add_argument("--serve-nagle", metavar="CONFIG", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-bare", metavar="SOCKET", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_nagle:
+        return serve_nagle(args.serve_nagle)
+    if args.serve_bare:
+        return serve_bare(args.serve_bare)
+    configs = args.configs.split(",")
+
+    base = Path(tempfile.mkdtemp(prefix="mailtalk-milter-bench-"))
+    chmod_chain(base)
+    key_file = base / "site.key"
+    presence_port = free_port(ADDR)
+    site = {"site": {"secret_file": str(key_file)}, "domains": {"names": ["a.test"]}}
+    presence = MailtalkService(base, {**site, "presence": {
+        "listen": f"{ADDR}:{presence_port}", "public_url": f"http://{ADDR}:{presence_port}"}},
+        subcommand="presence", name="presence")
+    milter_cfg = {"presence_api": f"http://{ADDR}:{presence_port}", "outbox_retry_max": 2}
+    sockets = {"inet": (f"inet:{free_port(ADDR)}@{ADDR}", None),
+               "unix": (f"unix:{base}/run/milter.sock", None),
+               "inet-nagle": (f"inet:{free_port(ADDR)}@{ADDR}", "nagle"),
+               "bare-unix": (f"unix:{base}/run/bare.sock", "bare")}
+    milters: dict[str, MailtalkService] = {}
+    sink = None
+    mta = PostfixInstance(base, "bench", ADDR, "a.test")
+    try:
+        if not args.no_presence:
+            presence.start()
+        for name in configs:
+            if name == "none":
+                continue
+            spec, variant = sockets[name]
+            svc = MailtalkService(base, {**site, "milter": {"socket": spec, **milter_cfg}},
+                                  subcommand="milter", name=f"milter-{name}")
+            if variant:                 # through serve_nagle() or serve_bare()
+                argv = [sys.executable, __file__, f"--serve-{variant}",
+                        str(svc.config_path) if variant == "nagle" else spec]
+                import tests.support.mailtalk as tsm
+                orig = tsm.mailtalk_argv
+                tsm.mailtalk_argv = lambda cfg, *a: argv
+                try:
+                    svc.start()
+                finally:
+                    tsm.mailtalk_argv = orig
+            else:
+                svc.start()
+            milters[name] = svc
+
+        sink_port = free_port(SINK_ADDR)
+        sink = subprocess.Popen(["smtp-sink", "-u", "nobody", f"{SINK_ADDR}:{sink_port}", "256"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(SINK_ADDR, sink_port)
+
+        ports: dict[str, int] = {}
+        mta.enable_sasl_submission(users={USER: PASSWORD})
+        for name in configs:
+            ports[name] = free_port(ADDR)
+            milter = None
+            if name != "none":
+                spec = sockets[name][0]
+                m = re.fullmatch(r"inet:(\d+)@(.+)", spec)
+                milter = f"inet:{m.group(2)}:{m.group(1)}" if m else spec
+            mta.master_add(submission_service(milter, ports[name]))
+        mta.postconf(milter_default_action="accept", milter_protocol="6")
+        mta.relay_to("b.test", SINK_ADDR, sink_port)
+        mta.start()
+        for p in ports.values():
+            wait_port(ADDR, p)
+
+        def drain() -> None:
+            wait_for(lambda: not mta.queue(), timeout=300, interval=0.2, what="queue drained")
+
+        print(f"warm-up: {min(200, args.messages)} messages per configuration", flush=True)
+        for name in configs:
+            auth_load(ports[name], min(200, args.messages), args.sessions, args.per_connection)
+        drain()
+
+        rates: dict[str, list[float]] = {c: [] for c in configs}
+        for r in range(args.rounds):
+            order = configs[r % len(configs):] + configs[:r % len(configs)]
+            for name in order:
+                cpu0 = {k: cpu_seconds(v) for k, v in milters.items()}
+                pcpu0 = cpu_seconds(presence)
+                secs = auth_load(ports[name], args.messages, args.sessions,
+                                 args.per_connection)
+                rates[name].append(args.messages / secs)
+                mcpu = (cpu_seconds(milters[name]) - cpu0[name]) if name in milters else 0.0
+                pcpu = cpu_seconds(presence) - pcpu0
+                print(f"round {r + 1} {name:10s} {args.messages / secs:8.1f} msg/s  "
+                      f"CPU ms/msg during the run: milter {mcpu / args.messages * 1000:.2f}, "
+                      f"presence {pcpu / args.messages * 1000:.2f}", flush=True)
+                drain()
+
+        # The outbox was on: every authenticated mail through a milter must reach
+        # the presence service.
+        with_milter = sum(1 for c in configs if c not in ("none", "bare-unix"))
+        expected = with_milter * (args.messages * args.rounds + min(200, args.messages))
+
+        def handed_over() -> int:
+            return len(re.findall(r" recorded \(", presence.log()))
+        if not args.no_presence:
+            try:
+                wait_for(lambda: handed_over() >= expected, timeout=120, interval=0.5,
+                         what="records handed over")
+            except AssertionError:
+                pass
+        pending = 0
+        for name, svc in milters.items():
+            if name == "bare-unix":
+                continue
+            with sqlite3.connect(svc.state_dir / "outbox.sqlite3") as db:
+                pending += db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+        base_rate = statistics.median(rates["none"]) if "none" in rates else None
+        print()
+        print(f"{args.messages} messages x {args.rounds} rounds, {args.sessions} sessions, "
+              f"{args.per_connection} per connection, SASL AUTH, outbox on")
+        print(f"{'config':12s} {'median msg/s':>12s} {'ratio':>6s}  runs")
+        for name in configs:
+            med = statistics.median(rates[name])
+            ratio = f"{med / base_rate:.2f}x" if base_rate else "-"
+            runs = " ".join(f"{x:.0f}" for x in rates[name])
+            print(f"{name:12s} {med:12.1f} {ratio:>6s}  {runs}")
+        print(f"records handed over to the presence service: {handed_over()} of {expected}"
+              f" (left in outboxes: {pending})")
+        return 0
+    finally:
+        try:
+            mta.stop()
+        finally:
+            if sink is not None:
+                sink.terminate()
+                sink.wait()
+            for svc in milters.values():
+                svc.kill() if not svc.running() else svc.stop()
+            if presence.running():
+                presence.stop()
+            if os.environ.get("KEEP") is None:
+                shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
