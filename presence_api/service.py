@@ -34,12 +34,23 @@ class Service:
     @property
     def origin(self) -> str:
         """scheme://host[:port] of public_url: the only Origin a WebSocket may come from."""
-        u = urlsplit(self.cfg.presence.public_url)
-        return f"{u.scheme}://{u.netloc}".lower()
+        return origin_of(self.cfg.presence.public_url)
 
     @property
     def secure(self) -> bool:
         return self.cfg.presence.public_url.startswith("https://")
+
+
+def origin_of(url: str) -> str:
+    """An URL's origin as browsers send it: lowercased, default port left out."""
+    u = urlsplit(url)
+    host = (u.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = u.port
+    if port is None or (u.scheme, port) in (("http", 80), ("https", 443)):
+        return f"{u.scheme.lower()}://{host}"
+    return f"{u.scheme.lower()}://{host}:{port}"
 
 
 SERVICE: web.AppKey[Service] = web.AppKey("mailtalk_presence", Service)

@@ -318,3 +318,11 @@ async def test_a_recipient_with_an_account_may_log_in_instead(p: Presence) -> No
         await link_page.close()
     finally:
         await http.close()
+
+
+def test_origin_of_public_url() -> None:
+    from presence_api.service import origin_of
+    assert origin_of("https://Chat.A.example:443") == "https://chat.a.example"
+    assert origin_of("http://127.0.12.1:80/") == "http://127.0.12.1"
+    assert origin_of("https://chat.a.example:8443/base") == "https://chat.a.example:8443"
+    assert origin_of("http://[::1]:8470") == "http://[::1]:8470"
