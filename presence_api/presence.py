@@ -27,6 +27,10 @@ STATUSES = ("online", "away", "busy", "offline")
 class Client:
     """One open page: a logged-in user's ("user") or a link recipient's ("link")."""
 
+    # Thousands are open at once: no per-object __dict__.
+    __slots__ = ("ws", "kind", "identity", "mail_id", "session_hash", "link_expires",
+                 "last_input", "watching", "opened")
+
     def __init__(self, ws: web.WebSocketResponse, kind: str, identity: str, now: float,
                  mail_id: str | None = None, session_hash: str | None = None,
                  link_expires: float = 0.0) -> None:
