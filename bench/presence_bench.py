@@ -11,9 +11,11 @@ best round of each is reported along with every round.
 
 Targets, all asking "is this sender there?" about `--accounts` accounts:
   ejabberd        Debian's ejabberd, mod_http_api `get_presence` (private instance,
-                  bench/ejabberd_peer.py), users registered and partly online over XMPP.
+                  bench/ejabberd_peer.py), users registered, `--online` of them online
+                  over XMPP.
   mailtalk        `POST /api/v1/lookup` with valid Mail-IDs (made with the site key the
-                  service uses) that were looked up before: links exist (read path).
+                  service uses) that were looked up before: links exist (read path);
+                  `--online` of the accounts have a page's WebSocket open (online).
   mailtalk-fresh  the same with a Mail-ID never seen before in every request: what a
                   receiving MTA really sends, one lookup per delivered mail (the
                   service binds the mail and creates the recipient's link: write path).
@@ -30,6 +32,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,7 +66,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="measurements of each target (3)")
     p.add_argument("--accounts", type=int, default=1000, help="accounts asked about (1000)")
     p.add_argument("--online", type=int, default=100,
-                   help="of those, ejabberd users kept online over XMPP (100)")
+                   help="of those, users kept online: XMPP on ejabberd, a WebSocket "
+                        "page on mailtalk (100)")
     p.add_argument("--targets", default=ALL_TARGETS,
                    help=f"comma-separated subset of {ALL_TARGETS}")
     p.add_argument("--timeout", type=float, default=600.0, help="the whole run, at most")
@@ -71,15 +75,25 @@ def _args() -> argparse.Namespace:
     return p.parse_args()
 
 
+# answers seen per target, to show that both sides answered about online users too
+ANSWERS: dict[str, Counter[str]] = {"ejabberd": Counter(), "mailtalk": Counter()}
+
+
 def _mailtalk_ok(status: int, data: object) -> bool:
     # A valid Mail-ID must get a real status and the recipient's link; "unknown"
     # would mean the service did not accept the Mail-ID: counted as an error.
-    return (status == 200 and isinstance(data, dict) and data.get("status") in STATUSES
-            and RECIPIENT in (data.get("links") or {}))
+    ok = (status == 200 and isinstance(data, dict) and data.get("status") in STATUSES
+          and RECIPIENT in (data.get("links") or {}))
+    if ok:
+        ANSWERS["mailtalk"][str(data.get("status"))] += 1   # type: ignore[union-attr]
+    return ok
 
 
 def _ejabberd_ok(status: int, data: object) -> bool:
-    return status == 200 and isinstance(data, dict) and "show" in data
+    ok = status == 200 and isinstance(data, dict) and "show" in data
+    if ok:
+        ANSWERS["ejabberd"][str(data.get("show"))] += 1     # type: ignore[union-attr]
+    return ok
 
 
 async def _ejabberd_target(peer: EjabberdPeer, users: list[str], online: int,
@@ -91,6 +105,24 @@ async def _ejabberd_target(peer: EjabberdPeer, users: list[str], online: int,
     return loadgen.Target("ejabberd", f"{peer.api_url}/get_presence",
                           [{"user": u, "server": peer.host} for u in users],
                           _ejabberd_ok, peer.pid)
+
+
+async def _mailtalk_online(site: MailtalkSite, tokens: dict[str, list[str]],
+                           accounts: list[str], http: aiohttp.ClientSession
+                           ) -> list[aiohttp.ClientWebSocketResponse]:
+    """Open one page's WebSocket per account (with its session cookie): online users."""
+    pages = []
+    for a in accounts:
+        ws = await http.ws_connect(f"ws://{site.ip}:{site.port}/ws", headers={
+            "Origin": site.base_url, "Cookie": f"mt_session={tokens[a][0]}"})
+        await ws.receive(timeout=10)              # the hello frame
+        pages.append(ws)
+    return pages
+
+
+async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+    async for _ in ws:       # reading answers the service's heartbeat pings
+        pass
 
 
 def _mailtalk_targets(site: MailtalkSite, accounts: list[str], fresh_count: int,
@@ -138,6 +170,11 @@ def _report(best: dict[str, loadgen.Result], args: argparse.Namespace) -> None:
           f"load average now {os.getloadavg()[0]:.2f} ==")
     for r in best.values():
         print(r.line())
+    for side, seen in ANSWERS.items():
+        if seen:
+            total = sum(seen.values())
+            print(f"answers from {side}: " + ", ".join(
+                f"{k} {v * 100 / total:.0f} %" for k, v in seen.most_common()))
     ej = best.get("ejabberd")
     if ej is None:
         return
@@ -157,6 +194,8 @@ async def main(args: argparse.Namespace) -> int:
     site = MailtalkSite(MAILTALK_IP, SENDER_DOMAIN) if wanted & {"mailtalk", "mailtalk-fresh"} \
         else None
     sessions: list[XmppSession] = []
+    ws_http: aiohttp.ClientSession | None = None
+    drains: list[asyncio.Task[None]] = []
     targets: list[loadgen.Target] = []
     floor: asyncio.subprocess.Process | None = None
     try:
@@ -165,8 +204,11 @@ async def main(args: argparse.Namespace) -> int:
             targets.append(await _ejabberd_target(
                 peer, [a.split("@")[0] for a in accounts], args.online, sessions))
         if site is not None:
-            await site.populate(accounts)
+            tokens = await site.populate(accounts, sessions_per_account=1)
             await site.start()
+            ws_http = aiohttp.ClientSession()
+            pages = await _mailtalk_online(site, tokens, accounts[:args.online], ws_http)
+            drains = [asyncio.create_task(_drain(p)) for p in pages]
             # enough fresh Mail-IDs for every round even at 20,000 lookups/s
             fresh = min(args.count, int(args.duration * 20_000)) * args.rounds
             targets += _mailtalk_targets(site, accounts, fresh, wanted)
@@ -202,6 +244,10 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         for s in sessions:
             s.close()
+        for d in drains:
+            d.cancel()
+        if ws_http is not None:
+            await ws_http.close()
         if floor is not None and floor.returncode is None:
             floor.terminate()
             await floor.wait()
