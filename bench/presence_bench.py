@@ -82,18 +82,19 @@ ANSWERS: dict[str, Counter[str]] = {"ejabberd": Counter(), "mailtalk": Counter()
 def _mailtalk_ok(status: int, data: object) -> bool:
     # A valid Mail-ID must get a real status and the recipient's link; "unknown"
     # would mean the service did not accept the Mail-ID: counted as an error.
-    ok = (status == 200 and isinstance(data, dict) and data.get("status") in STATUSES
-          and RECIPIENT in (data.get("links") or {}))
+    if not (status == 200 and isinstance(data, dict)):
+        return False
+    ok = data.get("status") in STATUSES and RECIPIENT in (data.get("links") or {})
     if ok:
-        ANSWERS["mailtalk"][str(data.get("status"))] += 1   # type: ignore[union-attr]
+        ANSWERS["mailtalk"][str(data.get("status"))] += 1
     return ok
 
 
 def _ejabberd_ok(status: int, data: object) -> bool:
-    ok = status == 200 and isinstance(data, dict) and "show" in data
-    if ok:
-        ANSWERS["ejabberd"][str(data.get("show"))] += 1     # type: ignore[union-attr]
-    return ok
+    if not (status == 200 and isinstance(data, dict) and "show" in data):
+        return False
+    ANSWERS["ejabberd"][str(data.get("show"))] += 1
+    return True
 
 
 async def _ejabberd_target(peer: EjabberdPeer, users: list[str], online: int,
@@ -179,9 +180,9 @@ def _report(best: dict[str, loadgen.Result], args: argparse.Namespace) -> None:
     if ej is None:
         return
     for name in ("mailtalk", "mailtalk-fresh", "aiohttp-floor"):
-        r = best.get(name)
-        if r is None:
+        if name not in best:
             continue
+        r = best[name]
         print(f"ratio {name}/ejabberd: lookups/s {_ratio(r.rate, ej.rate)}   "
               f"p99 {_ratio(r.p(99), ej.p(99))}   server CPU per lookup "
               f"{_ratio(r.cpu_ms_per_1000, ej.cpu_ms_per_1000)}")

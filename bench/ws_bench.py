@@ -109,7 +109,8 @@ async def client_main() -> int:
             async with sem:
                 left = deadline - time.monotonic()
                 try:
-                    ws = await http.ws_connect(job["url"], headers=_ws_headers(job["origin"], token),
+                    ws = await http.ws_connect(job["url"],
+                                               headers=_ws_headers(job["origin"], token),
                                                timeout=aiohttp.ClientWSTimeout(ws_receive=None),
                                                autoping=True, max_msg_size=0)
                     hello = await _first_frame(ws, max(left, 1))
@@ -181,7 +182,8 @@ async def idle(args: argparse.Namespace) -> int:
                     sys.executable, __file__, "client", stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE)
                 procs.append(proc)
-                job = {"url": url, "origin": site.base_url, "local_ip": CLIENT_IPS[k % len(CLIENT_IPS)],
+                job = {"url": url, "origin": site.base_url,
+                       "local_ip": CLIENT_IPS[k % len(CLIENT_IPS)],
                        "tokens": [tokens[a][0] for a in chunk], "timeout": args.connect_timeout}
                 assert proc.stdin is not None
                 proc.stdin.write(json.dumps(job).encode() + b"\n")
@@ -213,8 +215,9 @@ async def idle(args: argparse.Namespace) -> int:
               f"sampled users: {online} online")
         print(f"RSS per connection: {per_conn / 1024:.1f} KiB "
               f"(delta {(rss2 - rss0) / MB:.1f} MB / {ok})")
+        met = rss2 < RSS_TARGET_MB * MB and ok == n
         print(f"RSS {rss2 / MB:.1f} MB vs target {RSS_TARGET_MB} MB for {n} users: "
-              f"ratio {rss2 / MB / RSS_TARGET_MB:.2f} ({'met' if rss2 < RSS_TARGET_MB * MB and ok == n else 'NOT met'})")
+              f"ratio {rss2 / MB / RSS_TARGET_MB:.2f} ({'met' if met else 'NOT met'})")
         good = ok == n and still == ok and online == len(sample)
     finally:
         for proc in procs:
@@ -276,9 +279,9 @@ async def fanout(args: argparse.Namespace) -> int:
         conn = aiohttp.TCPConnector(limit=0, local_addr=(CLIENT_IPS[0], 0))
         async with aiohttp.ClientSession(connector=conn) as http:
             writers: list[list[Page]] = []       # per room: the recipients' pages (they post)
-            for i, (mail_id, links) in enumerate(rooms):
-                ws = await http.ws_connect(f"{base}/ws",
-                                           headers=_ws_headers(site.base_url, tokens[senders[i]][0]))
+            for i, (_, links) in enumerate(rooms):
+                ws = await http.ws_connect(
+                    f"{base}/ws", headers=_ws_headers(site.base_url, tokens[senders[i]][0]))
                 await _first_frame(ws, 10)
                 pages.append(Page(ws, senders[i], i))
                 room_writers = []
@@ -323,8 +326,8 @@ async def fanout(args: argparse.Namespace) -> int:
               f"{rate / args.rate:.2f})")
         print(f"deliveries {len(lat)} of {expected} ({expected - len(lat)} missing), "
               f"error frames {len(errors)}{' ' + repr(errors[:3]) if errors else ''}")
-        print(f"delivery latency: p50 {percentile(lat, 50):.2f} ms  p99 {percentile(lat, 99):.2f} ms"
-              f"  max {percentile(lat, 100):.2f} ms")
+        print(f"delivery latency: p50 {percentile(lat, 50):.2f} ms  "
+              f"p99 {percentile(lat, 99):.2f} ms  max {percentile(lat, 100):.2f} ms")
         print(f"service CPU: {cpu / send_s * 100:.0f} % of one core while sending, "
               f"RSS {rss_bytes(site.pid) / MB:.1f} MB")
         good = len(lat) == expected and not errors
@@ -336,8 +339,9 @@ async def fanout(args: argparse.Namespace) -> int:
     if args.peer == "ejabberd":
         ej = await xmpp_bench.fanout(args.rate, args.duration, rooms_n, members)
         if ej is not None:
-            print(f"ratio mailtalk/ejabberd delivery p99: {p99 / ej['p99']:.2f}, p50: "
-                  f"{percentile(lat, 50) / ej['p50']:.2f}, server CPU: {cpu / send_s / ej['cpu']:.2f}")
+            print(f"ratio mailtalk/ejabberd delivery p99: {p99 / ej['p99']:.2f}, "
+                  f"p50: {percentile(lat, 50) / ej['p50']:.2f}, "
+                  f"server CPU: {cpu / send_s / ej['cpu']:.2f}")
         good = good and ej is not None
     return 0 if good else 1
 

@@ -31,7 +31,7 @@ MUC_NS = "http://jabber.org/protocol/muc"
 async def idle(n: int, hold: float, timeout: float) -> float | None:
     """The same N users idle on ejabberd over XMPP (c2s); its RSS per session, in bytes."""
     peer = EjabberdPeer(EJABBERD_IP, XMPP_HOST)
-    sessions = []
+    sessions: list[XmppSession] = []
     try:
         await peer.start()
         assert peer.pid is not None
