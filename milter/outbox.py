@@ -47,6 +47,7 @@ RESPONSE_MAX_BYTES = 64 * 1024   # of an answer; a longer one is cut and the con
 ERROR_BODY_CHARS = 200       # of a refusal's body, in the log
 EXPIRY_EVERY = 60.0          # seconds between sweeps for records past the Mail-ID lifetime
 MIN_WAIT = 0.05              # seconds; floor of a wait for the next deferred record
+CHECKPOINT_EVERY = 2.0       # seconds between WAL checkpoints (each one fsyncs)
 
 
 _SCHEMA = """
@@ -199,6 +200,7 @@ class Handover:
         self._conn: http.client.HTTPConnection | None = None
         self._backoff = 0.0                 # current pause after failures; 0: none
         self._last_expiry = 0.0
+        self._last_checkpoint = 0.0
         self.delivered = 0                  # counters for tests and the benchmark
         self.dropped = 0
 
@@ -259,7 +261,9 @@ class Handover:
                 done.append(p.id)
         finally:
             self._outbox.delete_many(done)  # one transaction for the whole round
-            self._outbox.checkpoint()
+            if now - self._last_checkpoint > CHECKPOINT_EVERY:
+                self._last_checkpoint = now
+                self._outbox.checkpoint()
         if not failed:
             if self._backoff:
                 log.info("outbox: presence service reachable again")
