@@ -214,3 +214,25 @@ def test_outbox_file_roundtrip(tmp_path: Path) -> None:
     box.delete(p.id)
     assert box.count() == 0
     box.close()
+
+
+@pytest.mark.parametrize("raw,text", [
+    (b"=?utf-8?q?Gr=C3=BC=C3=9Fe?= =?iso-8859-1?q?_K=F6ln?=", "Grüße Köln"),
+    ("Grüße raw UTF-8 (SMTPUTF8)".encode(), "Grüße raw UTF-8 (SMTPUTF8)"),
+    (b"folded\r\n\tsubject  line", "folded subject line"),
+    (b"=?no-such-charset?q?x?= stays", "=?no-such-charset?q?x?= stays"),
+    (b"plain", "plain"),
+])
+def test_subject_decoding(raw: bytes, text: str) -> None:
+    from mailtalk_milter.mailrecord import header_text
+    assert header_text([("subject", raw)], "Subject") == text
+
+
+def test_body_text_with_unknown_charset_and_attachment_only() -> None:
+    from mailtalk_milter.mailrecord import body_text, parse_message
+    msg = parse_message([("Content-Type", b"text/plain; charset=x-unknown")], b"hello\r\n")
+    assert body_text(msg) == "hello"
+    msg = parse_message([("Content-Type", b"multipart/mixed; boundary=B")],
+                        b"--B\r\nContent-Type: text/plain\r\nContent-Disposition: attachment"
+                        b"\r\n\r\nsecret file\r\n--B--\r\n")
+    assert body_text(msg) == ""
