@@ -185,7 +185,10 @@ def _probe_milter(sock: str) -> str | None:
             s.connect(addr)
             s.sendall(struct.pack(">I", len(optneg)) + optneg)
             head = s.recv(5)
-            s.sendall(struct.pack(">I", 1) + b"Q")       # quit, politely
+            try:
+                s.sendall(struct.pack(">I", 1) + b"Q")   # quit, politely; best effort
+            except OSError:
+                pass
     except OSError as e:
         return f"{type(e).__name__}: {e.strerror or e}"
     if len(head) < 5 or head[4:5] != b"O":
@@ -198,7 +201,10 @@ def _probe_smtp(hp: HostPort) -> str | None:
     try:
         with socket.create_connection((hp.host, hp.port), timeout=PROBE_TIMEOUT) as s:
             greeting = s.recv(512)
-            s.sendall(b"QUIT\r\n")
+            try:
+                s.sendall(b"QUIT\r\n")
+            except OSError:
+                pass
     except OSError as e:
         return f"{type(e).__name__}: {e.strerror or e}"
     if not greeting.startswith(b"220"):
