@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,8 @@ def _args() -> argparse.Namespace:
     f.add_argument("--members", type=int, default=4, help="recipients' pages per room")
     f.add_argument("--peer", choices=("none", "ejabberd"), default="ejabberd",
                    help="also measure ejabberd MUC rooms of the same shape (ejabberd)")
+    f.add_argument("--rounds", type=int, default=3,
+                   help="measurements of each side, interleaved; medians reported (3)")
     sub.add_parser("client", help=argparse.SUPPRESS)      # a child of `idle`
     return p.parse_args()
 
@@ -262,7 +265,8 @@ class Page:
                 self.errors.append(str(ev.get("error")))
 
 
-async def fanout(args: argparse.Namespace) -> int:
+async def fanout_mailtalk(args: argparse.Namespace) -> dict[str, float] | None:
+    """One fan-out measurement on a fresh mailtalk service; its figures, None if invalid."""
     rooms_n, members = args.rooms, args.members
     senders = [f"sender{i}@{DOMAIN}" for i in range(rooms_n)]
     site = MailtalkSite(SERVICE_IP, DOMAIN)
@@ -321,28 +325,50 @@ async def fanout(args: argparse.Namespace) -> int:
             for p in pages:
                 await p.ws.close()
         rate = total / send_s
-        print(f"rooms {rooms_n}, pages per room {members + 1}, {total} messages in "
+        print(f"mailtalk: rooms {rooms_n}, pages per room {members + 1}, {total} messages in "
               f"{send_s:.1f} s: {rate:.0f} msg/s (target {args.rate:.0f}, ratio "
               f"{rate / args.rate:.2f})")
-        print(f"deliveries {len(lat)} of {expected} ({expected - len(lat)} missing), "
+        print(f"mailtalk: deliveries {len(lat)} of {expected} ({expected - len(lat)} missing), "
               f"error frames {len(errors)}{' ' + repr(errors[:3]) if errors else ''}")
-        print(f"delivery latency: p50 {percentile(lat, 50):.2f} ms  "
-              f"p99 {percentile(lat, 99):.2f} ms  max {percentile(lat, 100):.2f} ms")
-        print(f"service CPU: {cpu / send_s * 100:.0f} % of one core while sending, "
-              f"RSS {rss_bytes(site.pid) / MB:.1f} MB")
-        good = len(lat) == expected and not errors
-        p99 = percentile(lat, 99)
+        print(f"mailtalk: delivery latency p50 {percentile(lat, 50):.2f} ms  "
+              f"p99 {percentile(lat, 99):.2f} ms  max {percentile(lat, 100):.2f} ms; CPU "
+              f"{cpu / send_s * 100:.0f} % of one core, RSS {rss_bytes(site.pid) / MB:.1f} MB",
+              flush=True)
+        if len(lat) != expected or errors:
+            return None
+        return {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "cpu": cpu / send_s}
     finally:
         for t in readers:
             t.cancel()
         await site.stop()
-    if args.peer == "ejabberd":
-        ej = await xmpp_bench.fanout(args.rate, args.duration, rooms_n, members)
-        if ej is not None:
-            print(f"ratio mailtalk/ejabberd delivery p99: {p99 / ej['p99']:.2f}, "
-                  f"p50: {percentile(lat, 50) / ej['p50']:.2f}, "
-                  f"server CPU: {cpu / send_s / ej['cpu']:.2f}")
-        good = good and ej is not None
+
+
+async def fanout(args: argparse.Namespace) -> int:
+    """Rounds of mailtalk then ejabberd (interleaved: both meet the same machine load)."""
+    runs: dict[str, list[dict[str, float]]] = {"mailtalk": [], "ejabberd": []}
+    good = True
+    for rnd in range(1, args.rounds + 1):
+        print(f"-- round {rnd} (load average {os.getloadavg()[0]:.2f})", flush=True)
+        m = await fanout_mailtalk(args)
+        good = good and m is not None
+        if m is not None:
+            runs["mailtalk"].append(m)
+        if args.peer == "ejabberd":
+            e = await xmpp_bench.fanout(args.rate, args.duration, args.rooms, args.members)
+            good = good and e is not None
+            if e is not None:
+                runs["ejabberd"].append(e)
+    med = {side: {k: statistics.median(r[k] for r in rs) for k in ("p50", "p99", "cpu")}
+           for side, rs in runs.items() if rs}
+    print(f"\n== median of {args.rounds} round(s) at {args.rate:.0f} msg/s, "
+          f"{args.rooms} rooms x {args.members + 1} pages ==")
+    for side, f in med.items():
+        print(f"{side:<9} delivery p50 {f['p50']:7.2f} ms  p99 {f['p99']:7.2f} ms  "
+              f"server CPU {f['cpu'] * 100:3.0f} % of one core")
+    if len(med) == 2:
+        m_, e_ = med["mailtalk"], med["ejabberd"]
+        print(f"ratio mailtalk/ejabberd: p50 {m_['p50'] / e_['p50']:.2f}  "
+              f"p99 {m_['p99'] / e_['p99']:.2f}  server CPU {m_['cpu'] / e_['cpu']:.2f}")
     return 0 if good else 1
 
 
