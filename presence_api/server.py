@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from typing import Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 from mailtalk.config import Config, ConfigError
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
@@ -32,6 +36,7 @@ log = logging.getLogger("mailtalk.presence")
 # Requests are small JSON or forms; the largest is a mail record (body text).
 CLIENT_MAX_SIZE = 1024 * 1024
 SESSION_PURGE_INTERVAL = 3600.0
+_TOKEN_IN_PATH = re.compile(r"(/c/)[^/]+")
 
 
 def open_store(cfg: Config) -> Store:
@@ -109,6 +114,16 @@ async def purge_sessions(store: Store, clock: Callable[[], float]) -> None:
         await asyncio.sleep(SESSION_PURGE_INTERVAL)
 
 
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log (shown with -v), without the link tokens: a link is its
+    recipient's credential and has no place in a log file."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        path = _TOKEN_IN_PATH.sub(r"\1…", request.path)
+        self.logger.info("%s %s %s %d %.1f ms", request.remote, request.method, path,
+                         response.status, time * 1000)
+
+
 class Running:
     def __init__(self, runner: web.AppRunner) -> None:
         self._runner = runner
@@ -123,7 +138,7 @@ async def start(cfg: Config, stop: asyncio.Event) -> Running:
     server does not die on its own short of the process."""
     app = make_app(cfg)
     runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access"),
-                           shutdown_timeout=5.0)
+                           access_log_class=AccessLogger, shutdown_timeout=5.0)
     await runner.setup()
     listen = cfg.presence.listen
     site = web.TCPSite(runner, listen.host, listen.port)

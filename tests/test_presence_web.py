@@ -163,3 +163,19 @@ async def test_expired_sessions_are_refused_and_purged(p: Presence) -> None:
     await p.login(ALICE)
     p.clock.advance(p.svc.cfg.presence.session_lifetime_hours * 3600 + 1)
     assert await p.svc.store.purge_sessions(p.clock()) == 1
+
+
+def test_access_log_never_shows_a_link_token(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from presence_api.server import AccessLogger
+    token = "Wnf_rcCRbauthUna1ICXdOvc2NhyWRvx"
+    logger = AccessLogger(logging.getLogger("aiohttp.access"), "")
+    with caplog.at_level(logging.INFO, "aiohttp.access"):
+        for path in (f"/c/{token}", f"/ws/c/{token}"):
+            logger.log(make_mocked_request("GET", path), web.Response(), 0.002)
+    assert token not in caplog.text
+    assert "GET /c/… 200" in caplog.text and "GET /ws/c/… 200" in caplog.text
