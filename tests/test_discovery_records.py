@@ -185,8 +185,9 @@ async def test_dead_dns_ends_within_the_timeout_and_is_not_cached():
         disc = Discoverer(make_config(ns).dns, clock=clock)
         start = time.monotonic()
         found = await disc.discover("ok.test", timeout=0.5)
-        # A bound, not a speed measurement: well under the 2 s default either way.
-        assert time.monotonic() - start < 1.5
+        # A bound with slack for a loaded machine, not a speed measurement: unbounded,
+        # dnspython would wait its default lifetime of 5 s.
+        assert time.monotonic() - start < 3.5
         assert found.endpoint is None and found.error == "timeout" and not found.cached
         again = await disc.discover("ok.test", timeout=0.3)
         assert not again.cached

@@ -109,8 +109,9 @@ async def test_slow_service_gives_unknown_within_the_timeout(client, remote):
     remote.handler = never
     start = time.monotonic()
     res = await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])
-    # lookup_timeout is 1 s here; a bound with slack for a loaded machine, not a speed test.
-    assert time.monotonic() - start < 2.5
+    # lookup_timeout is 1 s here; a bound with slack for a loaded machine, not a speed
+    # test: unbounded, the lookup would wait for a server that never answers.
+    assert time.monotonic() - start < 5.0
     assert res.state == "unknown" and res.links == {}
     assert len(remote.requests) == 1
 
@@ -122,7 +123,7 @@ async def test_dead_dns_gives_unknown_within_the_timeout():
     try:
         start = time.monotonic()
         res = await c.lookup("alice@a.test", mail_id(), ["bob@b.test"])
-        assert time.monotonic() - start < 2.0
+        assert time.monotonic() - start < 3.5     # 0.5 s bound; unbounded: 5 s or more
         assert res.state == "unknown"
     finally:
         await c.close()
