@@ -80,6 +80,13 @@ def _clean_link(url: Any) -> str | None:
     return url
 
 
+def _printable(value: Any) -> str:
+    """A header value fit for a log line: no control characters, bounded length."""
+    if isinstance(value, str) and value.isprintable() and len(value) <= 320:
+        return value
+    return repr(value)[:320]
+
+
 def _parse_checked(value: Any, fallback: datetime) -> datetime:
     if isinstance(value, str) and len(value) <= 64:
         try:
@@ -118,19 +125,20 @@ class PresenceLookup:
     async def lookup(self, account: str, mail_id: str, recipients: list[str],
                      *, queue_id: str = "-") -> LookupResult:
         """Presence of `account` and a chat link per recipient; never raises."""
+        who = _printable(account)
         try:
             async with asyncio.timeout(self._timeout):
                 return await self._lookup(account, mail_id, recipients, queue_id)
         except TimeoutError:
             log.info("%s: lookup of %s: no answer within %ss: unknown",
-                     queue_id, account, self._timeout)
+                     queue_id, who, self._timeout)
         except LookupFailed as e:
-            log.info("%s: lookup of %s: %s: unknown", queue_id, account, e)
+            log.info("%s: lookup of %s: %s: unknown", queue_id, who, e)
         except asyncio.CancelledError:
             raise
         except Exception as e:    # fail open: the mail goes on with `unknown`
             log.warning("%s: lookup of %s failed: %s: %s: unknown",
-                        queue_id, account, type(e).__name__, e)
+                        queue_id, who, type(e).__name__, e)
         return self._unknown(account)
 
     async def close(self) -> None:
