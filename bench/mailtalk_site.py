@@ -37,7 +37,8 @@ NO_LIMIT = 1_000_000_000
 
 
 class MailtalkSite:
-    def __init__(self, ip: str, domain: str, extra_presence: str = "") -> None:
+    def __init__(self, ip: str, domain: str, extra_presence: str = "",
+                 log_level: str = "warning") -> None:
         self.ip = ip
         self.domain = domain
         self.port = free_port(ip)
@@ -45,6 +46,7 @@ class MailtalkSite:
         self.state = self.dir / "state"
         self.config = self.dir / "mailtalk.toml"
         self.extra_presence = extra_presence
+        self.log_level = log_level
         self.proc: asyncio.subprocess.Process | None = None
         self.state.mkdir(mode=0o700)
         self.site_key = load_or_create_site_key(self.state / "site.key")
@@ -64,7 +66,7 @@ class MailtalkSite:
 
     def write_config(self) -> None:
         self.config.write_text(
-            f'[site]\nstate_dir = "{self.state}"\nlog_level = "warning"\n\n'
+            f'[site]\nstate_dir = "{self.state}"\nlog_level = "{self.log_level}"\n\n'
             f'[domains]\nnames = ["{self.domain}"]\n\n'
             f'[presence]\nlisten = "{self.ip}:{self.port}"\n'
             f'public_url = "{self.base_url}"\n'

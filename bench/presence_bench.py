@@ -70,6 +70,8 @@ def _args() -> argparse.Namespace:
                         "page on mailtalk (100)")
     p.add_argument("--targets", default=ALL_TARGETS,
                    help=f"comma-separated subset of {ALL_TARGETS}")
+    p.add_argument("--log-level", default="warning",
+                   help="mailtalk's [site] log_level (warning; info logs every request)")
     p.add_argument("--timeout", type=float, default=600.0, help="the whole run, at most")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args()
@@ -192,8 +194,8 @@ async def main(args: argparse.Namespace) -> int:
     wanted = {t.strip() for t in args.targets.split(",") if t.strip()}
     accounts = [f"user{i}@{SENDER_DOMAIN}" for i in range(args.accounts)]
     peer = EjabberdPeer(EJABBERD_IP, "b.bench.test") if "ejabberd" in wanted else None
-    site = MailtalkSite(MAILTALK_IP, SENDER_DOMAIN) if wanted & {"mailtalk", "mailtalk-fresh"} \
-        else None
+    site = MailtalkSite(MAILTALK_IP, SENDER_DOMAIN, log_level=args.log_level) \
+        if wanted & {"mailtalk", "mailtalk-fresh"} else None
     sessions: list[XmppSession] = []
     ws_http: aiohttp.ClientSession | None = None
     drains: list[asyncio.Task[None]] = []
