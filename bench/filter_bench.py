@@ -84,6 +84,8 @@ class Bench:
         self.next_sender = 0
         self.received = 0
         self.answers: dict[str, dict[str, int]] = {}     # config -> X-Sender-Online states
+        self.cpu: dict[str, dict[str, float]] = {}       # config -> process -> CPU seconds
+        self.mails: dict[str, int] = {}                   # config -> mails measured
 
     async def setup(self, accounts: int) -> None:
         self.sink.start()
@@ -142,7 +144,13 @@ class Bench:
         """run(), counting the X-Sender-Online states the filter logged for it."""
         assert self.flt is not None
         before = states_in_log(self.flt.log())
+        pids = {"filter": self.flt.proc.pid if self.flt.proc else None, "presence": self.site.pid}
+        cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
         rate = self.run(config, n)
+        cpu = self.cpu.setdefault(config, {k: 0.0 for k in pids})
+        for k, pid in pids.items():
+            cpu[k] += cpu_seconds(pid) - cpu0[k]
+        self.mails[config] = self.mails.get(config, 0) + n
         after = states_in_log(self.flt.log())
         got = self.answers.setdefault(config, {k: 0 for k in after})
         for k in after:
@@ -215,6 +223,15 @@ async def client_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def states_in_log(text: str) -> dict[str, int]:
     counts = {"yes": 0, "no": 0, "unknown": 0}
     for m in re.finditer(r"X-Sender-Online for \S+: (yes|no|unknown)", text):
@@ -264,10 +281,13 @@ async def main() -> int:
     floor = statistics.median(rates["floor"])
     print(f"\n{args.messages} mails per run, {args.sessions} sessions, {args.rounds} rounds "
           f"(median), load average {load[0]:.2f}")
-    print(f"{'config':<10}{'mails/s':>10}{'vs floor':>10}")
+    print(f"{'config':<10}{'mails/s':>10}{'vs floor':>10}{'filter CPU':>12}{'presence CPU':>14}")
     for config in CONFIGS:
         rate = statistics.median(rates[config])
-        print(f"{config:<10}{rate:10.1f}{rate / floor:9.2f}x")
+        per = {k: 1000 * v / bench.mails[config] for k, v in bench.cpu[config].items()}
+        print(f"{config:<10}{rate:10.1f}{rate / floor:9.2f}x{per['filter']:9.2f} ms"
+              f"{per['presence']:11.2f} ms")
+    print("(CPU: milliseconds of the process's user+system time per mail)")
     print(f"mailtalk: X-Sender-Online of the measured runs: {answered['no']} no, "
           f"{answered['yes']} yes, {answered['unknown']} unknown "
           f"(of {args.rounds * args.messages} mails); no-lookup: mails without our "
