@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import logging
 import os
+import statistics
 import sys
 from collections import Counter
 from pathlib import Path
@@ -167,7 +168,8 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:5.2f}" if a is not None and b else "  n/a"
 
 
-def _report(best: dict[str, loadgen.Result], args: argparse.Namespace) -> None:
+def _report(best: dict[str, loadgen.Result], rounds: list[dict[str, loadgen.Result]],
+            args: argparse.Namespace) -> None:
     print(f"\n== best of {args.rounds} round(s), concurrency {args.concurrency}, "
           f"{args.accounts} accounts, {os.cpu_count()} CPUs (client and servers share them), "
           f"load average now {os.getloadavg()[0]:.2f} ==")
@@ -187,7 +189,14 @@ def _report(best: dict[str, loadgen.Result], args: argparse.Namespace) -> None:
         r = best[name]
         print(f"ratio {name}/ejabberd: lookups/s {_ratio(r.rate, ej.rate)}   "
               f"p99 {_ratio(r.p(99), ej.p(99))}   server CPU per lookup "
-              f"{_ratio(r.cpu_ms_per_1000, ej.cpu_ms_per_1000)}")
+              f"{_ratio(r.cpu_ms_per_1000, ej.cpu_ms_per_1000)}   (best rounds)")
+        # the same ratio within each round (neighbours in time), then the median
+        same = [(rr[name], rr["ejabberd"]) for rr in rounds if name in rr and "ejabberd" in rr]
+        if same:
+            rate = statistics.median(a.rate / b.rate for a, b in same if b.rate)
+            p99 = statistics.median(a.p(99) / b.p(99) for a, b in same if b.p(99))
+            print(f"ratio {name}/ejabberd: lookups/s {rate:5.2f}   p99 {p99:5.2f}   "
+                  f"(median over rounds of each round's ratio)")
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -224,8 +233,10 @@ async def main(args: argparse.Namespace) -> int:
         print(f"load average before: {os.getloadavg()[0]:.2f} (other work on the machine "
               f"skews the figures: compare targets within one run)", flush=True)
         best: dict[str, loadgen.Result] = {}
+        rounds: list[dict[str, loadgen.Result]] = []
         fresh_pos = 0
         for rnd in range(1, args.rounds + 1):
+            rounds.append({})
             for t in targets:
                 if t.name == "mailtalk-fresh":      # never reuse a Mail-ID across rounds
                     t = loadgen.Target(t.name, t.url, t.bodies[fresh_pos:], t.check, t.pid,
@@ -236,9 +247,10 @@ async def main(args: argparse.Namespace) -> int:
                 if t.name == "mailtalk-fresh":
                     fresh_pos += r.ok + r.errors
                 print(f"round {rnd}: {r.line()}", flush=True)
+                rounds[-1][t.name] = r
                 if t.name not in best or r.rate > best[t.name].rate:
                     best[t.name] = r
-        _report(best, args)
+        _report(best, rounds, args)
         failed = [r.name for r in best.values() if r.errors or not r.ok]
         if failed:
             print(f"errors from: {', '.join(failed)} (see above)", file=sys.stderr)
