@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -26,7 +25,6 @@ from support.discovery_extra import Dnsmasq, FakeRemote
 from support.wait import free_port
 
 HOST = "127.0.14.20"
-pytestmark = pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="needs dnsmasq")
 
 
 def mailtalk(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from mailtalk.config import Config, parse_text
 from support.dns import Dnsmasq as _BaseDnsmasq, _txt_strings
+from support.requires import require_dnsmasq
 from support.wait import free_port
 
 DNS_HOST = "127.0.14.53"
@@ -32,6 +33,7 @@ class Dnsmasq(_BaseDnsmasq):
 
     def __init__(self, records: dict[str, list[str | list[str]]], host: str = DNS_HOST,
                  ttl: int = 60) -> None:
+        require_dnsmasq()          # skips (not root, no dnsmasq) with the reason
         super().__init__(host)
         self.records = records
         self.ttl = ttl
