@@ -102,11 +102,27 @@ def _publishes(cfg: Config) -> bool:
     return bool(cfg.domains.names) and (cfg.has("presence") or cfg.has("milter"))
 
 
-async def _check_dns(cfg: Config) -> list[Finding]:
-    if not _publishes(cfg):
+def _transient(error: str) -> bool:
+    return error == "timeout" or error.startswith("dns error")
+
+
+async def _check_resolver(cfg: Config, servers: str) -> list[Finding]:
+    """A receiving-only host: does the resolver the filter uses answer at all?"""
+    if not cfg.has("filter") or not cfg.domains.names:
         return [skip("DNS: no [milter] or [presence] here: this host publishes no record")]
-    want = cfg.presence.public_url.rstrip("/")
+    domain = cfg.domains.names[0]
+    found = await Discoverer(cfg.dns).discover(domain, timeout=PROBE_TIMEOUT)
+    if _transient(found.error):
+        return [fail(f"DNS: {servers} gave {found.error} for {DNS_LABEL}.{domain}: the "
+                     f"filter cannot find senders' presence services; check [dns] nameservers")]
+    return [ok(f"DNS: {servers} answers (asked for {DNS_LABEL}.{domain})")]
+
+
+async def _check_dns(cfg: Config) -> list[Finding]:
     servers = ", ".join(map(str, cfg.dns.nameservers)) or "the system resolver"
+    if not _publishes(cfg):
+        return await _check_resolver(cfg, servers)
+    want = cfg.presence.public_url.rstrip("/")
     disc = Discoverer(cfg.dns)
     answers = await asyncio.gather(*(disc.discover(d, timeout=PROBE_TIMEOUT)
                                      for d in cfg.domains.names))
@@ -119,7 +135,7 @@ async def _check_dns(cfg: Config) -> list[Finding]:
         elif found.endpoint is not None:
             out.append(fail(f"DNS {name}: api={found.endpoint.api} is not [presence] "
                             f"public_url {want}; {publish}"))
-        elif found.error in ("timeout",) or found.error.startswith("dns error"):
+        elif _transient(found.error):
             out.append(fail(f"DNS {name}: {found.error} asking {servers}: "
                             f"check [dns] nameservers and that the DNS server answers"))
         else:

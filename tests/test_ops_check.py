@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from aiosmtpd.controller import Controller
 
 from mailtalk import ops
 from mailtalk.config import load_file
-from support.discovery_extra import Dnsmasq, FakeRemote
+from support.discovery_extra import DNS_HOST, Dnsmasq, FakeRemote
 from support.wait import free_port
 
 HOST = "127.0.14.20"
@@ -212,3 +213,21 @@ async def test_milter_probe_over_unix_socket_and_a_wrong_server(tmp_path):
     finally:
         smtp.stop()
         server.close()
+
+
+async def test_receiving_only_host_checks_that_its_resolver_answers(tmp_path, monkeypatch):
+    monkeypatch.setattr(ops, "PROBE_TIMEOUT", 0.5)
+    dns = Dnsmasq({})
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)     # reads, never answers
+    hole.bind((DNS_HOST, 0))
+    try:
+        for ns, state in ((dns.nameserver, "ok"), (f"{DNS_HOST}:{hole.getsockname()[1]}", "FAIL")):
+            path = tmp_path / f"{state}.toml"
+            path.write_text(f'[domains]\nnames = ["b.test"]\n[filter]\n'
+                            f'[dns]\nnameservers = ["{ns}"]\n')
+            findings = await ops._check_dns(load_file(path))
+            assert [f.state for f in findings] == [state], findings
+            assert findings[0].text.startswith(f"DNS: {ns} ")
+    finally:
+        hole.close()
+        dns.stop()
