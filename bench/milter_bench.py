@@ -150,6 +150,9 @@ def serve_bare(socket: str) -> int:
 
     Milter.factory = Bare
     Milter.set_flags(Milter.ADDHDRS)
+    # libmilter creates the socket with the umask: Postfix (user postfix) must be
+    # able to connect, or it would run without the milter (default_action accept).
+    os.umask(0o000)
     Milter.runmilter("bare", socket, 30)
     return 0
 
