@@ -13,13 +13,14 @@ deploy/postfix/sender-master.cf (port and milter address adapted, no TLS):
 
 Both milters record every mail in their outbox and hand it over to a real
 `mailtalk presence` service. A load generator (smtplib in threads: smtp-source
-cannot AUTH) logs in and submits N messages over S concurrent sessions; a run's
-figure is N / (time until Postfix accepted the last one). Runs are interleaved
+cannot AUTH; bench/support.py's submit_load) logs in once per session and
+submits N messages over S concurrent sessions; a run's figure is N / (time until
+Postfix accepted the last one). Every run starts with an empty queue. Runs are interleaved
 (each round runs every configuration, in a rotated order) after a warm-up; the
 result is each configuration's median rate as a ratio of the no-milter median.
 
     .venv/bin/python bench/milter_bench.py [--messages 2000] [--sessions 10]
-        [--rounds 3] [--per-connection 1]
+        [--rounds 3] [--configs none,inet,unix,inet-nagle,bare-unix] [--no-presence]
 
 Needs root, Debian's postfix (smtp-sink) and sasl2-bin, like the e2e tests.
 """
@@ -30,40 +31,23 @@ import argparse
 import os
 import re
 import shutil
-import smtplib
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from support import (SmtpSink, chmod_chain, free_port, relay_instance,  # bench/support.py
+                     submit_load, wait_for, wait_port)
+from tests.support.mailtalk import MailtalkService  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from tests.support.mailtalk import MailtalkService, to_toml  # noqa: E402
-from tests.support.postfix import PostfixInstance, chmod_chain  # noqa: E402
-from tests.support.wait import free_port, wait_for, wait_port  # noqa: E402
-
 ADDR = "127.0.11.6"
 SINK_ADDR = "127.0.11.7"
 USER, PASSWORD = "alice@a.test", "bench-pw"
 DEPLOY = ROOT / "deploy" / "postfix"
 CONFIGS = ("none", "inet", "unix", "inet-nagle", "bare-unix")
-
-BODY = ("Hello Bob,\r\n\r\n" + "This is a benchmark mail with some ordinary text in it. " * 40
-        + "\r\n\r\nAlice\r\n")
-
-
-def message(n: int) -> bytes:
-    return (f"From: Alice <{USER}>\r\nTo: bob@b.test\r\nSubject: bench {n}\r\n"
-            f"Date: Sun, 29 Nov 2026 08:00:00 +0000\r\nMessage-ID: <bench-{n}@a.test>\r\n"
-            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-            + BODY).encode()
-
 
 def submission_service(milter: str | None, port: int) -> str:
     """deploy/postfix/sender-master.cf's submission service, adapted (see tests/test_milter_e2e.py)."""
@@ -75,43 +59,6 @@ def submission_service(milter: str | None, port: int) -> str:
              for ln in lines if milter or "smtpd_milters" not in ln]
     return "\n".join(lines).replace("syslog_name=postfix/submission",
                                     f"syslog_name=postfix/sub{port}") + "\n"
-
-
-def auth_load(port: int, total: int, sessions: int, per_connection: int) -> float:
-    """Submit `total` messages with SASL AUTH over `sessions` threads; seconds taken."""
-    counter = iter(range(total))
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def next_n() -> int | None:
-        with lock:
-            return next(counter, None)
-
-    def worker() -> None:
-        try:
-            while True:
-                n = next_n()
-                if n is None:
-                    return
-                with smtplib.SMTP(ADDR, port, timeout=60) as s:
-                    s.login(USER, PASSWORD)
-                    for i in range(per_connection):
-                        if i and (n := next_n()) is None:
-                            break
-                        s.sendmail(USER, ["bob@b.test"], message(n))
-        except BaseException as e:  # reported after the run
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker) for _ in range(sessions)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if errors:
-        raise RuntimeError(f"load generator: {errors[0]!r}")
-    return elapsed
 
 
 def cpu_seconds(svc: MailtalkService) -> float:
@@ -162,7 +109,6 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--per-connection", type=int, default=1)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--no-presence", action="store_true",
                     help="no presence service: records stay in the outboxes (its cost left out)")
@@ -189,8 +135,8 @@ def main() -> int:
                "inet-nagle": (f"inet:{free_port(ADDR)}@{ADDR}", "nagle"),
                "bare-unix": (f"unix:{base}/run/bare.sock", "bare")}
     milters: dict[str, MailtalkService] = {}
-    sink = None
-    mta = PostfixInstance(base, "bench", ADDR, "a.test")
+    sink = SmtpSink(SINK_ADDR)
+    mta = relay_instance(base, "bench", ADDR, "a.test", sink, users={USER: PASSWORD})
     try:
         if not args.no_presence:
             presence.start()
@@ -214,13 +160,9 @@ def main() -> int:
                 svc.start()
             milters[name] = svc
 
-        sink_port = free_port(SINK_ADDR)
-        sink = subprocess.Popen(["smtp-sink", "-u", "nobody", f"{SINK_ADDR}:{sink_port}", "256"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(SINK_ADDR, sink_port)
+        sink.start()
 
         ports: dict[str, int] = {}
-        mta.enable_sasl_submission(users={USER: PASSWORD})
         for name in configs:
             ports[name] = free_port(ADDR)
             milter = None
@@ -230,34 +172,54 @@ def main() -> int:
                 milter = f"inet:{m.group(2)}:{m.group(1)}" if m else spec
             mta.master_add(submission_service(milter, ports[name]))
         mta.postconf(milter_default_action="accept", milter_protocol="6")
-        mta.relay_to("b.test", SINK_ADDR, sink_port)
         mta.start()
         for p in ports.values():
             wait_port(ADDR, p)
 
-        def drain() -> None:
+        sent = 0
+
+        def outbox_rows(name: str) -> int:
+            with sqlite3.connect(milters[name].state_dir / "outbox.sqlite3") as db:
+                return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+        def load(name: str, n: int) -> tuple[float, float | None, float, float]:
+            """Seconds to submit; seconds after that until the outbox was empty; CPU
+            seconds of the milter and of the presence service while submitting."""
+            nonlocal sent
+            cpu0 = cpu_seconds(milters[name]) if name in milters else 0.0
+            pcpu0 = cpu_seconds(presence)
+            secs = submit_load(ADDR, ports[name], n, args.sessions, auth=(USER, PASSWORD))
+            t_end = time.perf_counter()
+            mcpu = cpu_seconds(milters[name]) - cpu0 if name in milters else 0.0
+            pcpu = cpu_seconds(presence) - pcpu0
+            sent += n
+            # Every run starts on an empty queue (the sink has them all) and, with
+            # the presence service on, an empty outbox: no run pays for another's
+            # hand-over.
+            sink.wait_count(sent, timeout=300)
             wait_for(lambda: not mta.queue(), timeout=300, interval=0.2, what="queue drained")
+            lag = None
+            if name in milters and name != "bare-unix" and not args.no_presence:
+                wait_for(lambda: outbox_rows(name) == 0, timeout=300, interval=0.05,
+                         what=f"the outbox of {name} to empty")
+                lag = time.perf_counter() - t_end
+            return secs, lag, mcpu, pcpu
 
         print(f"warm-up: {min(200, args.messages)} messages per configuration", flush=True)
         for name in configs:
-            auth_load(ports[name], min(200, args.messages), args.sessions, args.per_connection)
-        drain()
+            load(name, min(200, args.messages))
 
         rates: dict[str, list[float]] = {c: [] for c in configs}
         for r in range(args.rounds):
             order = configs[r % len(configs):] + configs[:r % len(configs)]
             for name in order:
-                cpu0 = {k: cpu_seconds(v) for k, v in milters.items()}
-                pcpu0 = cpu_seconds(presence)
-                secs = auth_load(ports[name], args.messages, args.sessions,
-                                 args.per_connection)
+                secs, lag, mcpu, pcpu = load(name, args.messages)
                 rates[name].append(args.messages / secs)
-                mcpu = (cpu_seconds(milters[name]) - cpu0[name]) if name in milters else 0.0
-                pcpu = cpu_seconds(presence) - pcpu0
                 print(f"round {r + 1} {name:10s} {args.messages / secs:8.1f} msg/s  "
                       f"CPU ms/msg during the run: milter {mcpu / args.messages * 1000:.2f}, "
-                      f"presence {pcpu / args.messages * 1000:.2f}", flush=True)
-                drain()
+                      f"presence {pcpu / args.messages * 1000:.2f}"
+                      + (f"; outbox empty {lag:.1f} s after the last mail" if lag else ""),
+                      flush=True)
 
         # The outbox was on: every authenticated mail through a milter must reach
         # the presence service.
@@ -282,7 +244,7 @@ def main() -> int:
         base_rate = statistics.median(rates["none"]) if "none" in rates else None
         print()
         print(f"{args.messages} messages x {args.rounds} rounds, {args.sessions} sessions, "
-              f"{args.per_connection} per connection, SASL AUTH, outbox on")
+              f"one login per session, SASL AUTH, outbox on")
         print(f"{'config':12s} {'median msg/s':>12s} {'ratio':>6s}  runs")
         for name in configs:
             med = statistics.median(rates[name])
@@ -296,9 +258,7 @@ def main() -> int:
         try:
             mta.stop()
         finally:
-            if sink is not None:
-                sink.terminate()
-                sink.wait()
+            sink.stop()
             for svc in milters.values():
                 svc.kill() if not svc.running() else svc.stop()
             if presence.running():
