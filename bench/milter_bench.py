@@ -50,7 +50,8 @@ DEPLOY = ROOT / "deploy" / "postfix"
 CONFIGS = ("none", "inet", "unix", "inet-nagle", "bare-unix")
 
 def submission_service(milter: str | None, port: int) -> str:
-    """deploy/postfix/sender-master.cf's submission service, adapted (see tests/test_milter_e2e.py)."""
+    """deploy/postfix/sender-master.cf's submission service, adapted as in
+    tests/test_milter_e2e.py."""
     text = (DEPLOY / "sender-master.cf").read_text()
     text = text[text.index("submission inet"):text.index("submissions inet")]
     text = re.sub(r"^submission inet n\s+-\s+y", f"{ADDR}:{port} inet n - n", text, flags=re.M)
@@ -151,7 +152,7 @@ def main() -> int:
                         str(svc.config_path) if variant == "nagle" else spec]
                 import tests.support.mailtalk as tsm
                 orig = tsm.mailtalk_argv
-                tsm.mailtalk_argv = lambda cfg, *a: argv
+                tsm.mailtalk_argv = lambda cfg, *a, argv=argv: argv
                 try:
                     svc.start()
                 finally:

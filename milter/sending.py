@@ -24,6 +24,7 @@ import asyncio
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import Milter
 
@@ -37,6 +38,10 @@ from mailtalk_milter.mailrecord import (HEADERS_MAX_BYTES, BodyBuffer, make_reco
 from mailtalk_milter.outbox import Handover, Outbox
 
 log = logging.getLogger("mailtalk.milter")
+
+# pymilter's C module, as the Milter package imported it (`import milter` here would
+# find our own folder first under tools run from the repo root: MISSION.md, Layout).
+milter: Any = Milter.milter
 
 MILTER_NAME = "mailtalk"
 NOQUEUE = "NOQUEUE"
@@ -202,8 +207,6 @@ def install(engine: Engine) -> None:
 def _register(socket: str, timeout: int) -> None:
     """What Milter.runmilter does up to opening the socket; runmilter itself opens
     and serves in one call, and we must tune the socket in between."""
-    import milter  # pymilter's C module (never our folder: see MISSION.md, Layout)
-
     milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
     milter.set_exception_policy(Milter.CONTINUE)
     milter.set_connect_callback(Milter.connect_callback)
@@ -233,7 +236,6 @@ class Running:
         self._closing = closing
 
     async def close(self) -> None:
-        import milter
         self._closing.set()
         # smfi_stop() waits for a mutex that libmilter's listener holds across its
         # poll() of up to 5 s; connections of our own end that poll at once.
@@ -249,8 +251,6 @@ class Running:
 
 
 async def start(cfg: Config, stop: asyncio.Event) -> Running:
-    import milter
-
     loop = asyncio.get_running_loop()
     key = load_or_create_site_key(cfg.site.secret_file)
     mc = cfg.milter

@@ -7,6 +7,7 @@ import json
 import email.policy
 from email.message import Message
 from pathlib import Path
+from typing import Any
 
 import Milter
 import pytest
@@ -51,8 +52,9 @@ class BrokenSink:
         raise OSError("disk full")
 
 
-def run(raw: bytes, login: str | None = None, sink: object | None = None,
-        rcpts: tuple[str, ...] = ("bob@b.test",), qid: str = "4XyZq1") -> tuple[RecordingCtx, Message, object]:
+def run(raw: bytes, login: str | None = None, sink: Any = None,
+        rcpts: tuple[str, ...] = ("bob@b.test",), qid: str = "4XyZq1",
+        ) -> tuple[RecordingCtx, Message, Any]:
     """Feed one message the way libmilter does (NOREPLY callbacks included)."""
     sink = ListSink() if sink is None else sink
     install(Engine(CFG.domains, MailIds(KEY, 30), sink, CFG.milter.body_text_limit))
@@ -106,7 +108,8 @@ def test_authenticated_gets_both_headers_and_a_verifiable_mail_id() -> None:
 
 
 def test_record_content_plain_text() -> None:
-    _, _, sink = run(PLAIN, login="alice@a.test", rcpts=("bob@b.test", "carol@C.Test", "\"odd one\"@c.test", "bob@b.test"))
+    rcpts = ("bob@b.test", "carol@C.Test", '"odd one"@c.test', "bob@b.test")
+    _, _, sink = run(PLAIN, login="alice@a.test", rcpts=rcpts)
     (rec,) = sink.records
     assert rec.subject == "Grüße aus Köln"
     assert rec.message_id == "<m1@a.test>"
