@@ -9,6 +9,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,28 @@ def test_busy_socket_is_one_clear_line(tmp_path: Path) -> None:
         assert "Traceback" not in res.stderr
     finally:
         first.stop(timeout=5)
+
+
+LOOP_ENDS_BY_ITSELF = """
+import asyncio, logging, sys, threading
+from mailtalk import runner
+from mailtalk.config import load_file
+from mailtalk_milter import milter_socket, sending
+
+logging.basicConfig(level=logging.INFO)
+cfg = load_file(sys.argv[1])
+# libmilter's loop ends without close(): as when its own signal thread takes a
+# SIGTERM. The process must notice and stop everything by itself.
+threading.Timer(0.5, sending.milter.stop).start()
+threading.Timer(0.7, milter_socket.poke, [cfg.milter.socket]).start()
+sys.exit(asyncio.run(asyncio.wait_for(runner.serve(cfg, ["milter"]), 20)))
+"""
+
+
+def test_libmilter_loop_ending_by_itself_stops_the_process(tmp_path: Path) -> None:
+    socket = f"inet:{free_port(HOST)}@{HOST}"
+    svc = MailtalkService(tmp_path, milter_config(socket), subcommand="milter")
+    res = subprocess.run([sys.executable, "-c", LOOP_ENDS_BY_ITSELF, str(svc.config_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "libmilter's loop ended: stopping" in res.stderr
