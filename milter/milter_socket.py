@@ -42,6 +42,19 @@ def _inet_port(spec: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+_owner: str | None = None
+
+
+def claim(owner: str) -> None:
+    """libmilter serves one milter per process (one smfi_register, one socket, global
+    callbacks). The second part of one process that wants it gets a clear error."""
+    global _owner
+    if _owner is not None and _owner != owner:
+        raise RuntimeError(f"libmilter already serves {_owner} in this process; run "
+                           f"{owner} as a process of its own")
+    _owner = owner
+
+
 def prepare(spec: str) -> None:
     """Create the directory of a unix socket if it is missing."""
     path = _unix_path(spec)

@@ -252,6 +252,10 @@ class Running:
 
 async def start(cfg: Config, stop: asyncio.Event) -> Running:
     loop = asyncio.get_running_loop()
+    try:        # before anything global (Milter.factory) is touched
+        milter_socket.claim("the sending milter ([milter])")
+    except RuntimeError as e:
+        raise ConfigError(f"{cfg.source}: {e}") from None
     key = load_or_create_site_key(cfg.site.secret_file)
     mc = cfg.milter
     outbox = Outbox(mc.outbox)

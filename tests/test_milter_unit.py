@@ -239,3 +239,12 @@ def test_body_text_with_unknown_charset_and_attachment_only() -> None:
                         b"--B\r\nContent-Type: text/plain\r\nContent-Disposition: attachment"
                         b"\r\n\r\nsecret file\r\n--B--\r\n")
     assert body_text(msg) == ""
+
+
+def test_libmilter_is_claimed_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailtalk_milter import milter_socket
+    monkeypatch.setattr(milter_socket, "_owner", None)
+    milter_socket.claim("the sending milter")
+    milter_socket.claim("the sending milter")            # the same part again: fine
+    with pytest.raises(RuntimeError, match="already serves the sending milter"):
+        milter_socket.claim("the receiving milter")
