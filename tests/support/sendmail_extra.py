@@ -31,6 +31,9 @@ def unavailable() -> str | None:
         return "needs root"
     if not SENDMAIL.exists() or not M4.exists() or not CF_DIR.is_dir():
         return f"{CACHE} lacks sendmail-bin/sendmail-cf/m4 (run scripts/setup --test)"
+    r = subprocess.run(["unshare", "--uts", "--mount", "true"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"cannot make UTS/mount namespaces (unshare: {r.stderr.strip()[:200]})"
     r = subprocess.run(["ldd", str(SENDMAIL)], capture_output=True, text=True)
     if "not found" in r.stdout:
         return f"unpacked sendmail lacks libraries: {r.stdout.strip()} (apt-get install libwrap0)"
