@@ -165,11 +165,10 @@ class FilterHandler:
         for attempt in (1, 2):     # a cached connection may have timed out: reconnect once
             try:
                 up = await self._upstream(server)
-                if envelope.xforward:
-                    r = await up.xforward(envelope.xforward)
-                    if r is not None and not r.ok:
-                        log.warning("%s: XFORWARD refused by the re-injection server: %s", ident, r)
-                reply = await up.mail(address, mail_options)
+                refused, reply = await up.begin(envelope.xforward, address, mail_options)
+                if refused is not None:
+                    log.warning("%s: XFORWARD refused by the re-injection server: %s",
+                                ident, refused)
                 break
             except ReinjectError as e:
                 server.drop_upstream()
@@ -261,9 +260,8 @@ class FilterHandler:
     @staticmethod
     async def _one_transaction(up: ReinjectClient, envelope: FilterEnvelope,
                                rcpts: list[str], message: bytes) -> Reply:
-        if envelope.xforward:
-            await up.xforward(envelope.xforward)
-        reply = await up.mail(envelope.mail_from or "", envelope.mail_options)
+        _, reply = await up.begin(envelope.xforward, envelope.mail_from or "",
+                                  envelope.mail_options)
         if not reply.ok:
             return reply
         for r in rcpts:
