@@ -8,12 +8,15 @@ idle    N users, each logged in (a web session made directly in the store) with 
         page's WebSocket (`/ws`) open, held for `--hold` seconds (longer than the
         heartbeat, so pings and pongs are part of it). Reports the service process's
         RSS before and with N connected, the delta per connection, and the RSS against
-        the 300 MB target. The clients run in several processes (`--per-process`).
+        the 300 MB target. The clients run in several processes (`--per-process`,
+        bench/ws_clients.py). Then the same on ejabberd over XMPP (`--peer`).
 fanout  `--rooms` rooms (one sent mail each): the sender's page (`/ws`) and
         `--members` recipients' link pages (`/ws/c/<token>`). Recipients post at
         `--rate` messages/s in all, round robin over rooms; each message carries its
         send time, and every other page of the room records when it arrived. Reports
         the delivery latency (p50, p99, max), the achieved rate and any deliveries lost.
+        `--idle N` keeps N other users' pages open meanwhile. Rounds alternate with
+        ejabberd MUC rooms of the same shape (`--peer`); medians.
 
 Servers and clients are on 127.0.15.x only; every step has a deadline; it stops by itself.
 """
@@ -24,7 +27,6 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import os
 import statistics
 import sys
@@ -37,15 +39,15 @@ import aiohttp  # noqa: E402
 
 import xmpp_bench  # noqa: E402
 from mailtalk_site import MailtalkSite  # noqa: E402
+from ws_clients import IdlePages, first_frame, ws_headers  # noqa: E402
 from pbench_util import cpu_seconds, percentile, raise_nofile, rss_bytes  # noqa: E402
 
 log = logging.getLogger("bench.ws")
 
 SERVICE_IP = "127.0.15.3"
-CLIENT_IPS = [f"127.0.15.{i}" for i in range(10, 30)]
+FANOUT_CLIENT_IP = "127.0.15.9"
 DOMAIN = "a.bench.test"
 RSS_TARGET_MB = 300
-SESSION_COOKIE = "mt_session"
 MB = 1024 * 1024
 
 
@@ -70,71 +72,9 @@ def _args() -> argparse.Namespace:
                    help="also measure ejabberd MUC rooms of the same shape (ejabberd)")
     f.add_argument("--rounds", type=int, default=3,
                    help="measurements of each side, interleaved; medians reported (3)")
-    sub.add_parser("client", help=argparse.SUPPRESS)      # a child of `idle`
+    f.add_argument("--idle", type=int, default=0,
+                   help="other users with an idle page open meanwhile, mailtalk only (0)")
     return p.parse_args()
-
-
-def _ws_headers(origin: str, session: str | None = None) -> dict[str, str]:
-    h = {"Origin": origin}
-    if session:
-        h["Cookie"] = f"{SESSION_COOKIE}={session}"
-    return h
-
-
-async def _first_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> dict[str, object]:
-    msg = await ws.receive(timeout=timeout)
-    if msg.type != aiohttp.WSMsgType.TEXT:
-        raise ConnectionError(f"expected a hello frame, got {msg.type!r}")
-    return dict(json.loads(msg.data))
-
-
-# --- idle: the client processes
-
-async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
-    """Read (and so answer the server's pings) until the socket closes."""
-    async for _ in ws:
-        pass
-
-
-async def client_main() -> int:
-    """Child of `idle`: job as one JSON line on stdin; 'ready' on stdout; any line stops it."""
-    job = json.loads(sys.stdin.readline())
-    raise_nofile(len(job["tokens"]) + 1000)
-    deadline = time.monotonic() + job["timeout"]
-    sem = asyncio.Semaphore(64)            # handshakes in flight from this process
-    conn = aiohttp.TCPConnector(limit=0, local_addr=(job["local_ip"], 0))
-    opened: list[aiohttp.ClientWebSocketResponse] = []
-    readers: list[asyncio.Task[None]] = []
-    failed = 0
-    async with aiohttp.ClientSession(connector=conn) as http:
-        async def one(token: str) -> None:
-            nonlocal failed
-            async with sem:
-                left = deadline - time.monotonic()
-                try:
-                    ws = await http.ws_connect(job["url"],
-                                               headers=_ws_headers(job["origin"], token),
-                                               timeout=aiohttp.ClientWSTimeout(ws_receive=None),
-                                               autoping=True, max_msg_size=0)
-                    hello = await _first_frame(ws, max(left, 1))
-                    if hello.get("type") != "hello":
-                        raise ConnectionError(f"first frame {hello!r}")
-                except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, ValueError):
-                    failed += 1
-                    return
-                opened.append(ws)
-                readers.append(asyncio.create_task(_drain(ws)))
-        await asyncio.wait_for(asyncio.gather(*(one(t) for t in job["tokens"])),
-                               max(1.0, deadline - time.monotonic()))
-        print(f"ready {len(opened)} {failed}", flush=True)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, sys.stdin.readline)     # the parent says stop
-        still_open = sum(1 for ws in opened if not ws.closed)
-        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
-        for t in readers:
-            t.cancel()
-        print(f"closed {still_open}", flush=True)
-    return 0
 
 
 # --- idle: the parent
@@ -146,20 +86,12 @@ async def _lookup_status(http: aiohttp.ClientSession, site: MailtalkSite, accoun
         return str((await r.json()).get("status"))
 
 
-async def _read_line(proc: asyncio.subprocess.Process, timeout: float) -> str:
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-    if not line:
-        raise ConnectionError(f"client process {proc.pid} exited (code {proc.returncode})")
-    return line.decode().strip()
-
-
 async def idle(args: argparse.Namespace) -> int:
     n = args.users
     raise_nofile(n + 4096)          # the service (a child) inherits it
     accounts = [f"user{i}@{DOMAIN}" for i in range(n)]
     site = MailtalkSite(SERVICE_IP, DOMAIN)
-    procs: list[asyncio.subprocess.Process] = []
+    pages = IdlePages()
     try:
         t = time.monotonic()
         tokens = await site.populate(accounts, sessions_per_account=1)
@@ -170,31 +102,15 @@ async def idle(args: argparse.Namespace) -> int:
         async with aiohttp.ClientSession() as http:
             # one page opened and closed first: imports and first-use caches are not
             # counted as the cost of a connection
-            async with http.ws_connect(url, headers=_ws_headers(site.base_url,
-                                                                tokens[accounts[0]][0])) as ws:
-                await _first_frame(ws, 10)
+            async with http.ws_connect(url, headers=ws_headers(site.base_url,
+                                                               tokens[accounts[0]][0])) as ws:
+                await first_frame(ws, 10)
             await asyncio.sleep(0.5)
             rss0 = rss_bytes(site.pid)
             print(f"service RSS before: {rss0 / MB:.1f} MB (pid {site.pid})", flush=True)
-
-            per = max(1, args.per_process)
             t0 = time.monotonic()
-            for k in range(math.ceil(n / per)):
-                chunk = accounts[k * per:(k + 1) * per]
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, __file__, "client", stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE)
-                procs.append(proc)
-                job = {"url": url, "origin": site.base_url,
-                       "local_ip": CLIENT_IPS[k % len(CLIENT_IPS)],
-                       "tokens": [tokens[a][0] for a in chunk], "timeout": args.connect_timeout}
-                assert proc.stdin is not None
-                proc.stdin.write(json.dumps(job).encode() + b"\n")
-                await proc.stdin.drain()
-            ok = failed = 0
-            for proc in procs:
-                _, a, b = (await _read_line(proc, args.connect_timeout + 10)).split()
-                ok, failed = ok + int(a), failed + int(b)
+            ok, failed = await pages.open(url, site.base_url, [tokens[a][0] for a in accounts],
+                                          args.per_process, args.connect_timeout)
             connect_s = time.monotonic() - t0
             print(f"connected {ok} of {n} pages in {connect_s:.1f} s "
                   f"({ok / connect_s:.0f}/s), {failed} failed", flush=True)
@@ -204,13 +120,7 @@ async def idle(args: argparse.Namespace) -> int:
             sample = accounts[:: max(1, n // 50)]
             statuses = await asyncio.gather(*(_lookup_status(http, site, a) for a in sample))
             online = sum(1 for s in statuses if s == "online")
-        still = 0
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(b"stop\n")
-            await proc.stdin.drain()
-        for proc in procs:
-            still += int((await _read_line(proc, 60)).split()[1])
+        still = await pages.close()
         per_conn = (rss2 - rss0) / max(ok, 1)
         print(f"service RSS with {ok} connected: {rss1 / MB:.1f} MB at once, "
               f"{rss2 / MB:.1f} MB after {args.hold:.0f} s held")
@@ -223,13 +133,7 @@ async def idle(args: argparse.Namespace) -> int:
               f"ratio {rss2 / MB / RSS_TARGET_MB:.2f} ({'met' if met else 'NOT met'})")
         good = ok == n and still == ok and online == len(sample)
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                try:
-                    proc.kill()
-                except ProcessLookupError:
-                    pass
-                await proc.wait()
+        await pages.kill()
         await site.stop()
     if args.peer == "ejabberd":
         ej = await xmpp_bench.idle(n, args.hold, args.connect_timeout)
@@ -269,30 +173,38 @@ async def fanout_mailtalk(args: argparse.Namespace) -> dict[str, float] | None:
     """One fan-out measurement on a fresh mailtalk service; its figures, None if invalid."""
     rooms_n, members = args.rooms, args.members
     senders = [f"sender{i}@{DOMAIN}" for i in range(rooms_n)]
+    idlers = [f"idle{i}@{DOMAIN}" for i in range(args.idle)]
+    raise_nofile(args.idle + 4096)
     site = MailtalkSite(SERVICE_IP, DOMAIN)
     pages: list[Page] = []
     readers: list[asyncio.Task[None]] = []
+    idle_pages = IdlePages()
     try:
-        tokens = await site.populate(senders, sessions_per_account=1)
+        tokens = await site.populate(senders + idlers, sessions_per_account=1)
         rooms = await site.populate_rooms(
             [(s, [f"r{j}.{i}@b.bench.test" for j in range(members)])
              for i, s in enumerate(senders)])
         await site.start()
         assert site.pid is not None
         base = f"ws://{SERVICE_IP}:{site.port}"
-        conn = aiohttp.TCPConnector(limit=0, local_addr=(CLIENT_IPS[0], 0))
+        if idlers:          # other users connected meanwhile, idle: heartbeats, memory
+            ok, _ = await idle_pages.open(f"{base}/ws", site.base_url,
+                                          [tokens[a][0] for a in idlers], 2500, 180)
+            if ok != len(idlers):
+                raise RuntimeError(f"only {ok} of {len(idlers)} idle pages opened")
+        conn = aiohttp.TCPConnector(limit=0, local_addr=(FANOUT_CLIENT_IP, 0))
         async with aiohttp.ClientSession(connector=conn) as http:
             writers: list[list[Page]] = []       # per room: the recipients' pages (they post)
             for i, (_, links) in enumerate(rooms):
                 ws = await http.ws_connect(
-                    f"{base}/ws", headers=_ws_headers(site.base_url, tokens[senders[i]][0]))
-                await _first_frame(ws, 10)
+                    f"{base}/ws", headers=ws_headers(site.base_url, tokens[senders[i]][0]))
+                await first_frame(ws, 10)
                 pages.append(Page(ws, senders[i], i))
                 room_writers = []
                 for rcpt, tok in links.items():
                     ws = await http.ws_connect(f"{base}/ws/c/{tok}",
-                                               headers=_ws_headers(site.base_url))
-                    await _first_frame(ws, 10)
+                                               headers=ws_headers(site.base_url))
+                    await first_frame(ws, 10)
                     page = Page(ws, rcpt, i)
                     pages.append(page)
                     room_writers.append(page)
@@ -325,6 +237,9 @@ async def fanout_mailtalk(args: argparse.Namespace) -> dict[str, float] | None:
             for p in pages:
                 await p.ws.close()
         rate = total / send_s
+        if idlers:
+            print(f"mailtalk: {await idle_pages.close()} of {len(idlers)} idle pages were "
+                  f"connected throughout")
         print(f"mailtalk: rooms {rooms_n}, pages per room {members + 1}, {total} messages in "
               f"{send_s:.1f} s: {rate:.0f} msg/s (target {args.rate:.0f}, ratio "
               f"{rate / args.rate:.2f})")
@@ -340,6 +255,7 @@ async def fanout_mailtalk(args: argparse.Namespace) -> dict[str, float] | None:
     finally:
         for t in readers:
             t.cancel()
+        await idle_pages.kill()
         await site.stop()
 
 
@@ -387,8 +303,6 @@ if __name__ == "__main__":
     a = _args()
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if a.mode == "client":
-        sys.exit(asyncio.run(client_main()))
     try:
         sys.exit(asyncio.run(asyncio.wait_for(main(a), a.timeout)))
     except asyncio.TimeoutError:
