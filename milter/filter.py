@@ -151,6 +151,13 @@ class FilterHandler:
                 server.drop_upstream()
         return "250 2.0.0 Ok"
 
+    async def handle_QUIT(self, server: FilterSMTP, session: Session,
+                          envelope: Envelope) -> str:
+        up, server.upstream = server.upstream, None
+        if up is not None:
+            await up.close()                        # QUIT there too, not a hang-up
+        return "221 2.0.0 Bye"
+
     async def _upstream(self, server: FilterSMTP) -> ReinjectClient:
         if server.upstream is None or not server.upstream.connected:
             client = ReinjectClient(self.cfg.reinject.host, self.cfg.reinject.port,
