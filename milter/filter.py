@@ -224,6 +224,8 @@ class FilterHandler:
             self.busy -= 1
 
     async def _data(self, server: FilterSMTP, envelope: FilterEnvelope) -> str:
+        if server.upstream is None:       # lost at RCPT time: nothing to deliver to
+            return REPLY_REINJECT_DOWN
         raw = envelope.original_content or b""
         prepared = await receiving.prepare(
             raw, envelope.rcpt_tos, self.lookup, self.cfg.lookup_timeout,

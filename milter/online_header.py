@@ -24,6 +24,7 @@ _STATE_OF = {"online": "yes", "away": "yes", "busy": "yes", "offline": "no"}
 
 # RFC 5322 recommends at most 78 characters per line; fold only at "; ".
 FOLD_AT = 78
+CHAT_URL_MAX = 900             # "chat=<...>" on a folded line stays below 998
 
 # Printable ASCII without space and without the characters that delimit our grammar.
 _SAFE_VALUE = re.compile(r"[!-~]+")
@@ -58,8 +59,10 @@ def safe_value(v: str) -> bool:
 
 
 def safe_url(url: str) -> bool:
-    """An http(s) URL that can sit inside <...> in a header: printable ASCII, no <>"."""
-    return bool(_URL.fullmatch(url)) and not (set('<>"\\') & set(url))
+    """An http(s) URL that can sit inside <...> in a header: printable ASCII, no <>",
+    short enough that its line stays within RFC 5322's 998 characters."""
+    return (len(url) <= CHAT_URL_MAX and bool(_URL.fullmatch(url))
+            and not (set('<>"\\') & set(url)))
 
 
 def unknown(account: str | None, checked: datetime) -> SenderOnline:

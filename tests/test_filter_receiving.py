@@ -61,6 +61,7 @@ def test_format_parse_round_trip_and_folding() -> None:
     SenderOnline("yes", "a\r\nX-Evil: 1@a.example", "online", NOW, "https://x/c"),
     SenderOnline("yes", "alice@a.example", "online", NOW, "https://x/c>\r\nX-Evil: 1"),
     SenderOnline("yes", "alice@a.example", "online", NOW, "javascript:alert(1)"),
+    SenderOnline("yes", "alice@a.example", "online", NOW, "https://x/" + "c" * 1000),
     SenderOnline("maybe", "alice@a.example", "online", NOW, "https://x/c"),
 ])
 def test_unsafe_values_are_refused(bad: SenderOnline) -> None:
