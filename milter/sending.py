@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -258,7 +259,11 @@ async def start(cfg: Config, stop: asyncio.Event) -> Running:
         raise ConfigError(f"{cfg.source}: {e}") from None
     key = load_or_create_site_key(cfg.site.secret_file)
     mc = cfg.milter
-    outbox = Outbox(mc.outbox)
+    try:
+        outbox = Outbox(mc.outbox)
+    except (OSError, sqlite3.Error) as e:
+        raise ConfigError(f"{cfg.source}: [milter] outbox: cannot open {mc.outbox}: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
     handover = Handover(outbox, mc.presence_api, outbox_api_token(key), mc.outbox_retry_max,
                         max_age=cfg.site.mail_id_lifetime_days * 86400.0)
     outbox.on_added = handover.wake_threadsafe

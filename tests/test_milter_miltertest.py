@@ -107,3 +107,13 @@ def test_libmilter_loop_ending_by_itself_stops_the_process(tmp_path: Path) -> No
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "libmilter's loop ended: stopping" in res.stderr
+
+
+def test_unusable_outbox_is_one_clear_line(tmp_path: Path) -> None:
+    cfg = milter_config(f"inet:{free_port(HOST)}@{HOST}")
+    (tmp_path / "not-a-dir").write_text("a file where a directory should be")
+    cfg["milter"]["outbox"] = str(tmp_path / "not-a-dir" / "outbox.sqlite3")
+    svc = MailtalkService(tmp_path, cfg, subcommand="milter")
+    res = run_mailtalk(svc.config_path, "milter", timeout=30)
+    assert res.returncode == 2, res.stderr
+    assert "[milter] outbox: cannot open" in res.stderr and "Traceback" not in res.stderr
