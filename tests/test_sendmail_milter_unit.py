@@ -89,3 +89,11 @@ def test_slow_lookup_gives_unknown_in_time(loop) -> None:
     ctx = run(loop, FakeLookup(delay=30), CLAIM_HEADERS, ["bob@b.example"], timeout=0.2)
     (add,) = [a for a in ctx.actions if a[0] == "add"]
     assert add[2].startswith("unknown;")
+
+
+async def test_milter_mode_refuses_to_share_a_process_with_the_sending_milter() -> None:
+    from mailtalk.config import ConfigError, parse_text
+    from mailtalk_milter import filter as filt
+    cfg = parse_text('[domains]\nnames = ["b.test"]\n[milter]\n[filter]\nmode = "milter"\n', "x.toml")
+    with pytest.raises(ConfigError, match=r"x.toml: \[filter\] mode"):
+        await filt.start(cfg, asyncio.Event(), lookup=FakeLookup())
