@@ -116,7 +116,7 @@ class Outbox:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, mail_id, queue_id, created, attempts, record FROM outbox "
-                "WHERE next_try <= ? ORDER BY next_try, id LIMIT ?", (now, limit)).fetchall()
+                "WHERE next_try <= ? ORDER BY id LIMIT ?", (now, limit)).fetchall()
         return [Pending(*r) for r in rows]
 
     def next_due(self) -> float | None:
