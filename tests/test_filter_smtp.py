@@ -166,3 +166,15 @@ async def test_smtputf8_address_and_header_pass(h: Harness) -> None:
     assert r.data[0] == 250
     assert h.sink.got[0].rcpts == ["bøb@b.example"]
     assert h.sink.got[0].content.endswith(raw)
+
+
+async def test_stop_lets_a_message_in_flight_finish(h: Harness) -> None:
+    h.sink.data_delay = 0.5
+    sending = asyncio.ensure_future(h.send(["bob@b.example"], msg("Subject: x")))
+    deadline = asyncio.get_running_loop().time() + 10
+    while not h.running.handler.busy:                  # our DATA reply is pending
+        assert asyncio.get_running_loop().time() < deadline, "DATA never reached the filter"
+        await asyncio.sleep(0.01)
+    await h.running.close()
+    r = await sending
+    assert r.data[0] == 250 and len(h.sink.got) == 1

@@ -41,6 +41,7 @@ class SinkHandler:
         self.got: list[Received] = []
         self.data_replies: list[str] = []
         self.transactions = 0
+        self.data_delay = 0.0           # seconds before answering DATA
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
@@ -60,6 +61,8 @@ class SinkHandler:
 
     async def handle_DATA(self, server: SinkSMTP, session: Session, envelope: Envelope) -> str:
         self.transactions += 1
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         reply = self.data_replies.pop(0) if self.data_replies else "250 2.0.0 Ok: queued as SINK"
         if reply == "drop":
             assert server.transport is not None
