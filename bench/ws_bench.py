@@ -49,6 +49,7 @@ FANOUT_CLIENT_IP = "127.0.15.9"
 DOMAIN = "a.bench.test"
 RSS_TARGET_MB = 300
 MB = 1024 * 1024
+SLOW_MS = 50.0
 
 
 def _args() -> argparse.Namespace:
@@ -153,6 +154,7 @@ class Page:
         self.who = who
         self.room = room
         self.latencies: list[float] = []
+        self.slow: list[float] = []       # send times of the slowest deliveries
         self.errors: list[str] = []
 
     async def read(self) -> None:
@@ -164,7 +166,10 @@ class Page:
                 text = str(ev.get("text", ""))
                 if text.startswith("bench:") and ev.get("author") != self.who:
                     sent = float(text.split(":")[2])
-                    self.latencies.append((time.monotonic() - sent) * 1000)
+                    ms = (time.monotonic() - sent) * 1000
+                    self.latencies.append(ms)
+                    if ms >= SLOW_MS:
+                        self.slow.append(sent)
             elif ev.get("type") == "error":
                 self.errors.append(str(ev.get("error")))
 
@@ -233,6 +238,8 @@ async def fanout_mailtalk(args: argparse.Namespace) -> dict[str, float] | None:
                 await asyncio.sleep(0.05)
             cpu = cpu_seconds(site.pid) - cpu0
             lat = sorted(x for p in pages for x in p.latencies)
+            # When the slow deliveries were sent (s into the run): one stall or many?
+            slow = sorted({round(x - t0, 1) for p in pages for x in p.slow})
             errors = [e for p in pages for e in p.errors]
             for p in pages:
                 await p.ws.close()
@@ -249,6 +256,9 @@ async def fanout_mailtalk(args: argparse.Namespace) -> dict[str, float] | None:
               f"p99 {percentile(lat, 99):.2f} ms  max {percentile(lat, 100):.2f} ms; CPU "
               f"{cpu / send_s * 100:.0f} % of one core, RSS {rss_bytes(site.pid) / MB:.1f} MB",
               flush=True)
+        if slow:
+            print(f"mailtalk: deliveries of {SLOW_MS:.0f} ms or more were sent at (s): "
+                  f"{' '.join(f'{x:.1f}' for x in slow[:20])}{' ...' if len(slow) > 20 else ''}")
         if len(lat) != expected or errors:
             return None
         return {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "cpu": cpu / send_s}
