@@ -101,6 +101,9 @@ class SendingMilter(Milter.Base):
 
     # -- callbacks (everything that is not overridden is skipped by negotiation)
 
+    # Only the macros we use. Over inet: this is also speed: with Postfix's whole
+    # default MAIL FROM list a bare milter ran at 0.23x of no milter, with these two
+    # at 0.54x (bench/milter_bench.py, bare-inet).
     @Milter.noreply
     @Milter.symlist("{auth_authen}", "i")
     def envfrom(self, mailfrom: str, *params: str) -> int:
