@@ -142,10 +142,12 @@ class MailtalkSite:
             await store.close()
         return out
 
-    async def start(self) -> None:
+    async def start(self, argv: list[str] | None = None) -> None:
+        """Start `mailtalk -c CONFIG presence`, or `argv + [CONFIG]` (a variant of it)."""
         self.write_config()
+        cmd = argv + [str(self.config)] if argv else [MAILTALK, "-c", str(self.config), "presence"]
         self.proc = await asyncio.create_subprocess_exec(
-            MAILTALK, "-c", str(self.config), "presence",
+            *cmd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=open(self.dir / "service.log", "wb"), stderr=asyncio.subprocess.STDOUT)
         async with aiohttp.ClientSession() as http:
