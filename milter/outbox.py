@@ -1,4 +1,4 @@
-"""The durable outbox of sent-mail records, and the task that hands them over.
+"""The durable outbox of sent-mail records, and the thread that hands them over.
 
 The milter must not delay mail, so at end-of-message it only inserts the record
 into a local SQLite file (WAL: one small append, no network). `Handover`, a
