@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from mailtalk.mailid import MailIds
-from support import free_port
+from support import free_port, wait_port
 from support.mailtalk import MailtalkService
 from support.postfix import PostfixInstance, chmod_chain, header_values, split_message
 from support.requires import require_postfix, require_swaks
@@ -29,14 +29,10 @@ USERS = {"alice@a.test": "alice-pw"}
 OURS = ("X-Messenger-Account", "X-Mail-ID", "X-Sender-Online")
 
 
-def apply_sender_snippets(mta: PostfixInstance, milter: str, port: int, tmp: Path) -> None:
-    """deploy/postfix/sender-*.cf as a postmaster applies them, adapted to a test:
-    our address and port instead of the well-known submission port, no chroot (a
-    private instance has no jail), no TLS (no certificate here), the test's milter
-    address, and no port 465 service."""
-    main = (DEPLOY / "sender-main.cf").read_text().replace("inet:127.0.0.1:8894", milter)
-    (tmp / "sender-main.cf").write_text(main)
-    mta.apply_snippet(tmp / "sender-main.cf")
+def sender_master(mta: PostfixInstance, milter: str, port: int) -> str:
+    """deploy/postfix/sender-master.cf's 587 service, adapted to a test: our address
+    and port instead of the well-known submission port, no chroot (a private
+    instance has no jail), no TLS (no certificate here), the test's milter address."""
     master = (DEPLOY / "sender-master.cf").read_text()
     master = master[:master.index("submissions inet")]          # 587 only
     master = master.replace("inet:127.0.0.1:8894", milter)
@@ -45,7 +41,15 @@ def apply_sender_snippets(mta: PostfixInstance, milter: str, port: int, tmp: Pat
     master = "".join(line for line in master.splitlines(keepends=True)
                      if "smtpd_tls_" not in line)
     assert f"smtpd_milters={milter}" in master
-    (tmp / "sender-master.cf").write_text(master)
+    return master
+
+
+def apply_sender_snippets(mta: PostfixInstance, milter: str, port: int, tmp: Path) -> None:
+    """deploy/postfix/sender-*.cf as a postmaster applies them (adapted: see above)."""
+    main = (DEPLOY / "sender-main.cf").read_text().replace("inet:127.0.0.1:8894", milter)
+    (tmp / "sender-main.cf").write_text(main)
+    mta.apply_snippet(tmp / "sender-main.cf")
+    (tmp / "sender-master.cf").write_text(sender_master(mta, milter, port))
     mta.apply_snippet(tmp / "sender-master.cf")
 
 
@@ -133,3 +137,34 @@ def test_unauthenticated_mail_loses_forged_headers_and_gets_none(site) -> None:
     assert split_message(got)[1] == BODY.replace(b"\r\n", b"\n")
     assert own_headers_without_ours(got).endswith(
         own_headers_without_ours(msg.replace(b"\r\n", b"\n")))
+
+
+def test_unix_socket_with_the_documented_relative_path(site, tmp_path: Path) -> None:
+    """docs/milter.md: the socket under the queue directory, `unix:mailtalk/milter.sock`
+    in Postfix (relative to the queue directory: right chrooted or not), mode 0660
+    and group postfix: smtpd (user postfix) gets through."""
+    mta, svc, _ = site
+    sock = mta.queue_dir / "mailtalk" / "milter.sock"
+    unix_svc = MailtalkService(tmp_path, {
+        "site": {"secret_file": str(svc.state_dir / "site.key")},
+        "domains": {"names": ["a.test"]},
+        "milter": {"socket": f"unix:{sock}", "presence_api": f"http://{ADDR}:1"},
+    }, subcommand="milter", name="unix-milter").start()
+    try:
+        port = free_port(ADDR)
+        mta.master_add(sender_master(mta, "unix:mailtalk/milter.sock", port))
+        mta.reload()
+        wait_port(ADDR, port)
+        msg = make_message(from_="alice@a.test", to="erin@a.test", subject="over unix",
+                           body=BODY, headers=MIME, message_id="<e2e-3@a.test>")
+        code, transcript = swaks(ADDR, port, to="erin@a.test", from_="alice@a.test",
+                                 auth=("alice@a.test", USERS["alice@a.test"]), data=msg)
+        assert code == 0, transcript
+        got = mta.wait_delivered("erin@a.test", 1)[-1]
+        assert header_values(got, "X-Messenger-Account") == ["alice@a.test"]
+        (mail_id,) = header_values(got, "X-Mail-ID")
+        key = (svc.state_dir / "site.key").read_bytes()
+        assert MailIds(key, 30).verify("alice@a.test", mail_id)
+        assert sock.stat().st_mode & 0o777 == 0o660
+    finally:
+        unix_svc.stop()
