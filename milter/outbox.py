@@ -151,7 +151,7 @@ class Outbox:
 
     def count(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file (PASSIVE: never blocks an insert).
