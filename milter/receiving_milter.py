@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,14 +30,12 @@ import Milter
 
 from mailtalk.config import Config, ConfigError
 from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, HDR_ONLINE
-from mailtalk_milter import milter_socket, online_header, receiving
+from mailtalk_milter import libmilter_host, online_header, receiving
 
 log = logging.getLogger("mailtalk.receiving_milter")
 
 MILTER_NAME = "mailtalk-receiving"
 NOQUEUE = "NOQUEUE"
-JOIN_TIMEOUT = 10.0
-POKE_EVERY = 0.05
 _READ = {HDR_ACCOUNT.lower(), HDR_MAIL_ID.lower()}
 _ONLINE = HDR_ONLINE.lower()
 
@@ -151,44 +148,13 @@ def install(engine: Engine) -> None:
     Milter.factory = lambda: ReceivingMilter(engine)
 
 
-def _register(socket: str, timeout: int) -> None:
-    import milter  # pymilter's C module (never our folder: see MISSION.md, Layout)
-
-    milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
-    milter.set_exception_policy(Milter.CONTINUE)
-    milter.set_connect_callback(Milter.connect_callback)
-    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
-    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
-    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
-    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
-    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
-    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
-    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
-    milter.set_close_callback(Milter.close_callback)
-    milter.setconn(socket)
-    milter.settimeout(timeout)
-    milter.register(MILTER_NAME, data=lambda ctx: ctx.getpriv().data(),
-                    unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
-                    negotiate=Milter.negotiate_callback)
-
-
 class Running:
-    def __init__(self, spec: str, thread: threading.Thread, lookup: Any,
-                 closing: threading.Event) -> None:
-        self._spec, self._thread, self._lookup, self._closing = spec, thread, lookup, closing
-        self.owns_lookup = False
+    def __init__(self, host: libmilter_host.Host, lookup: Any, owns_lookup: bool) -> None:
+        self._host, self._lookup, self._owns_lookup = host, lookup, owns_lookup
 
     async def close(self) -> None:
-        import milter
-        self._closing.set()
-        # As in sending.py: smfi_stop() waits out libmilter's poll() unless woken.
-        stopper = asyncio.ensure_future(asyncio.to_thread(milter.stop))
-        while not stopper.done():
-            await asyncio.to_thread(milter_socket.poke, self._spec)
-            await asyncio.wait({stopper}, timeout=POKE_EVERY)
-        await asyncio.to_thread(self._thread.join, JOIN_TIMEOUT)
-        if self.owns_lookup and self._lookup is not None:
+        await self._host.stop()
+        if self._owns_lookup and self._lookup is not None:
             await self._lookup.close()
         log.info("receiving milter stopped")
 
@@ -196,7 +162,6 @@ class Running:
 async def start(cfg: Config, stop: asyncio.Event, *,
                 lookup: receiving.Lookup | None = None) -> Running:
     """Serve the receiving milter on `[filter] milter_socket` (called by filter.start)."""
-    import milter
     from mailtalk_milter.filter import make_lookup
 
     if cfg.has("milter"):
@@ -209,33 +174,8 @@ async def start(cfg: Config, stop: asyncio.Event, *,
     if lookup is None:
         lookup = make_lookup(cfg)
     install(Engine(loop, lookup, fc.lookup_timeout))
-    milter_socket.prepare(fc.milter_socket)
-    before = milter_socket.listening_fds()
-    _register(fc.milter_socket, cfg.milter.timeout)
-    try:
-        milter.opensocket(True)
-    except milter.error as e:
-        raise ConfigError(f"{cfg.source}: [filter] milter_socket: cannot listen on "
-                          f"{fc.milter_socket} ({e}; in use by another process?)") from None
-    milter_socket.tune(fc.milter_socket, before, cfg.milter.socket_group)
-    closing = threading.Event()
-
-    def serve() -> None:
-        try:
-            milter.main()
-        except Exception:
-            log.exception("libmilter stopped with an error")
-        finally:
-            if not closing.is_set():
-                log.info("libmilter's loop ended: stopping")
-                try:
-                    loop.call_soon_threadsafe(stop.set)
-                except RuntimeError:
-                    pass
-
-    thread = threading.Thread(target=serve, name="libmilter", daemon=True)
-    thread.start()
+    host = libmilter_host.serve(name=MILTER_NAME, spec=fc.milter_socket,
+                                timeout=cfg.milter.timeout, socket_group=cfg.milter.socket_group,
+                                stop=stop, where=f"{cfg.source}: [filter] milter_socket")
     log.info("receiving milter listening on %s", fc.milter_socket)
-    running = Running(fc.milter_socket, thread, lookup, closing)
-    running.owns_lookup = owns
-    return running
+    return Running(host, lookup, owns)

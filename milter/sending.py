@@ -23,9 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import Milter
 
@@ -33,22 +32,16 @@ from mailtalk.accounts import account_for_login
 from mailtalk.config import Config, ConfigError, DomainsConfig
 from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, OUR_HEADERS
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
-from mailtalk_milter import milter_socket
+from mailtalk_milter import libmilter_host, milter_socket
 from mailtalk_milter.mailrecord import (HEADERS_MAX_BYTES, BodyBuffer, MailRecord,
                                         make_record, raw_body_cap)
 from mailtalk_milter.outbox import Handover, Outbox
 
 log = logging.getLogger("mailtalk.milter")
 
-# pymilter's C module, as the Milter package imported it (`import milter` here would
-# find our own folder first under tools run from the repo root: MISSION.md, Layout).
-milter: Any = Milter.milter
-
 MILTER_NAME = "mailtalk"
 NOQUEUE = "NOQUEUE"
 MAX_RECIPIENTS = 1000          # recorded per mail; Postfix's default limit is 1000
-JOIN_TIMEOUT = 10.0            # seconds close() waits for libmilter's loop to end
-POKE_EVERY = 0.05              # seconds between wake-up connections while stopping
 _OURS = {h.lower(): h for h in OUR_HEADERS}
 
 
@@ -208,54 +201,19 @@ def install(engine: Engine) -> None:
 
 # -- running it
 
-def _register(socket: str, timeout: int) -> None:
-    """What Milter.runmilter does up to opening the socket; runmilter itself opens
-    and serves in one call, and we must tune the socket in between."""
-    milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
-    milter.set_exception_policy(Milter.CONTINUE)
-    milter.set_connect_callback(Milter.connect_callback)
-    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
-    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
-    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
-    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
-    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
-    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
-    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
-    milter.set_close_callback(Milter.close_callback)
-    milter.setconn(socket)
-    milter.settimeout(timeout)
-    milter.register(MILTER_NAME, data=lambda ctx: ctx.getpriv().data(),
-                    unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
-                    negotiate=Milter.negotiate_callback)
-
-
 class Running:
-    def __init__(self, spec: str, thread: threading.Thread, handover: Handover,
-                 outbox: Outbox, closing: threading.Event) -> None:
-        self._spec = spec
-        self._thread = thread
+    def __init__(self, host: libmilter_host.Host, handover: Handover, outbox: Outbox) -> None:
+        self._host = host
         self._handover = handover
         self._outbox = outbox
-        self._closing = closing
 
     async def close(self) -> None:
-        self._closing.set()
-        # smfi_stop() waits for a mutex that libmilter's listener holds across its
-        # poll() of up to 5 s; connections of our own end that poll at once.
-        stopper = asyncio.ensure_future(asyncio.to_thread(milter.stop))
-        while not stopper.done():
-            await asyncio.to_thread(milter_socket.poke, self._spec)
-            await asyncio.wait({stopper}, timeout=POKE_EVERY)
-        await asyncio.to_thread(self._thread.join, JOIN_TIMEOUT)
-        if self._thread.is_alive():
-            log.warning("libmilter did not stop within %.0fs", JOIN_TIMEOUT)
+        await self._host.stop()
         await self._handover.close()
         self._outbox.close()
 
 
 async def start(cfg: Config, stop: asyncio.Event) -> Running:
-    loop = asyncio.get_running_loop()
     try:        # before anything global (Milter.factory) is touched
         milter_socket.claim("the sending milter ([milter])")
     except RuntimeError as e:
@@ -273,37 +231,14 @@ async def start(cfg: Config, stop: asyncio.Event) -> Running:
     install(Engine(cfg.domains, MailIds(key, cfg.site.mail_id_lifetime_days), outbox,
                    mc.body_text_limit))
 
-    milter_socket.prepare(mc.socket)
-    before = milter_socket.listening_fds()
-    _register(mc.socket, mc.timeout)
     try:
-        milter.opensocket(True)         # True: remove a stale unix socket first
-    except milter.error as e:
+        host = libmilter_host.serve(name=MILTER_NAME, spec=mc.socket, timeout=mc.timeout,
+                                    socket_group=mc.socket_group, stop=stop,
+                                    where=f"{cfg.source}: [milter] socket")
+    except ConfigError:
         outbox.close()
-        raise ConfigError(f"{cfg.source}: [milter] socket: cannot listen on {mc.socket} "
-                          f"({e}; in use by another process?)") from None
-    milter_socket.tune(mc.socket, before, mc.socket_group)
-
-    closing = threading.Event()
-
-    def serve() -> None:
-        try:
-            milter.main()
-        except Exception:
-            log.exception("libmilter stopped with an error")
-        finally:
-            if not closing.is_set():
-                # libmilter's own signal thread ends its loop on SIGTERM/SIGINT/SIGHUP
-                # when it, not our main thread, receives the signal: stop it all.
-                log.info("libmilter's loop ended: stopping")
-                try:
-                    loop.call_soon_threadsafe(stop.set)
-                except RuntimeError:
-                    pass
-
-    thread = threading.Thread(target=serve, name="libmilter", daemon=True)
-    thread.start()
+        raise
     handover.start()
     log.info("milter listening on %s (outbox %s, hand-over to %s)", mc.socket, mc.outbox,
              mc.presence_api)
-    return Running(mc.socket, thread, handover, outbox, closing)
+    return Running(host, handover, outbox)

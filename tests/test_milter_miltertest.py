@@ -88,13 +88,13 @@ LOOP_ENDS_BY_ITSELF = """
 import asyncio, logging, sys, threading
 from mailtalk import runner
 from mailtalk.config import load_file
-from mailtalk_milter import milter_socket, sending
+from mailtalk_milter import libmilter_host, milter_socket, sending
 
 logging.basicConfig(level=logging.INFO)
 cfg = load_file(sys.argv[1])
 # libmilter's loop ends without close(): as when its own signal thread takes a
 # SIGTERM. The process must notice and stop everything by itself.
-threading.Timer(0.5, sending.milter.stop).start()
+threading.Timer(0.5, libmilter_host.milter.stop).start()
 threading.Timer(0.7, milter_socket.poke, [cfg.milter.socket]).start()
 sys.exit(asyncio.run(asyncio.wait_for(runner.serve(cfg, ["milter"]), 20)))
 """
