@@ -32,7 +32,8 @@ from support.requires import require_dnsmasq, require_postfix, require_swaks
 from support.smtp import make_message, smtp_send, swaks
 
 pytest.importorskip("playwright")
-from playwright.async_api import Browser, Page, async_playwright, expect  # noqa: E402
+from playwright.async_api import Browser, Page, expect  # noqa: E402
+from support.browser import launch  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -42,9 +43,6 @@ DNS = "127.0.14.53"
 ALICE, BOB, CAROL = "alice@a.test", "bob@b.test", "carol@b.test"
 PASSWORD = "alice-e2e-Secret-42"
 LOOKUP_TIMEOUT = 1.5          # b.test's [filter] lookup_timeout
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update"]
 WAIT = 15_000                 # ms: the deadline of every browser wait
 FORGED = {"X-Sender-Online": "yes; account=alice@a.test; status=online; "
                              "checked=2026-01-01T00:00:00Z; chat=<https://evil.test/c/x>",
@@ -151,12 +149,8 @@ def world() -> Iterator[World]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/setup)")
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    async for b in launch():
         yield b
-        await b.close()
 
 
 async def alice_logs_in(w: World, browser: Browser) -> Page:

@@ -12,7 +12,7 @@ from typing import Any
 
 import Milter
 import pytest
-from Milter import testctx
+from support.milter_ctx import RecordingCtx
 
 from mailtalk.config import parse_text
 from mailtalk.mailid import MailIds, is_well_formed
@@ -22,22 +22,6 @@ from mailtalk_milter.sending import Engine, install
 
 KEY = bytes(range(32))
 CFG = parse_text('[domains]\nnames = ["a.test"]\n[milter]\nbody_text_limit = 200\n', "test")
-
-
-class RecordingCtx(testctx.TestCtx):
-    """TestCtx that also keeps every header action with its arguments."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.actions: list[tuple[str, str, object]] = []
-
-    def chgheader(self, field: str, idx: int, value: str) -> None:
-        self.actions.append(("chg", field, idx))
-        super().chgheader(field, idx, value)
-
-    def addheader(self, field: str, value: str, idx: int) -> None:
-        self.actions.append(("add", field, value))
-        super().addheader(field, value, idx)
 
 
 class ListSink:

@@ -7,7 +7,6 @@ a loopback address. Never `playwright install`: the browser is /usr/bin/chromium
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -16,13 +15,11 @@ import pytest
 from support.presence_extra import PASSWORD, Presence, start_presence
 
 pytest.importorskip("playwright")
-from playwright.async_api import Browser, Page, async_playwright, expect  # noqa: E402
+from playwright.async_api import Browser, Page, expect  # noqa: E402
+from support.browser import launch  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update"]
 HOST = "127.0.12.2"
 ALICE, BOB, CAROL = "alice@a.test", "bob@b.test", "carol@c.test"
 XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
@@ -43,12 +40,8 @@ SHOT = Path(os.environ.get("MAILTALK_SHOT_DIR", "/tmp")) / "presence-recipient-p
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/setup)")
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    async for b in launch():
         yield b
-        await b.close()
 
 
 @pytest.fixture

@@ -11,25 +11,11 @@ from typing import Iterator
 
 import Milter
 import pytest
-from Milter import testctx
+from support.milter_ctx import RecordingCtx
 
 from mailtalk_milter import online_header
 from mailtalk_milter.receiving_milter import Engine, install
 from test_filter_receiving import CLAIM, FakeLookup
-
-
-class RecordingCtx(testctx.TestCtx):
-    def __init__(self) -> None:
-        super().__init__()
-        self.actions: list[tuple[str, str, object]] = []
-
-    def chgheader(self, field: str, idx: int, value: str) -> None:
-        self.actions.append(("chg", field, idx))
-        super().chgheader(field, idx, value)
-
-    def addheader(self, field: str, value: str, idx: int = -1) -> None:
-        self.actions.append(("add", field, value))
-        super().addheader(field, value, idx)
 
 
 @pytest.fixture
