@@ -23,7 +23,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from support import free_port, wait_for
+from support import free_port
 from support.dns import Dnsmasq, mailtalk_txt
 from support.e2e_extra import apply_receiver_snippets, apply_sender_snippets, online, wait_mail
 from support.mailtalk import MailtalkService, run_mailtalk

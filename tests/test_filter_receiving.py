@@ -109,7 +109,7 @@ def test_split_keeps_every_byte() -> None:
 
 
 @pytest.mark.parametrize("headers,problem", [
-    ((), f"0 X-Messenger-Account headers"),
+    ((), "0 X-Messenger-Account headers"),
     (CLAIM + ("X-Messenger-Account: bob@a.example",), "2 X-Messenger-Account headers"),
     (CLAIM + (f"X-Mail-ID: {MAIL_ID}",), "2 X-Mail-ID headers"),
     (("X-Messenger-Account: alice@a.example", "X-Mail-ID: short"), "malformed X-Mail-ID"),
