@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="mailtalk",
         description="E-mail and chat joined inside the mail servers.",
         epilog="Config: -c, else $MAILTALK_CONFIG, else /etc/mailtalk/mailtalk.toml "
-               "(`run` falls back to embedded loopback defaults when that file is absent).")
+               "(when that file is absent: the embedded loopback defaults).")
     p.add_argument("-c", "--config", metavar="CONFIG", help="the TOML config file")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     p.add_argument("--version", action="version", version=f"mailtalk {__version__}")
@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logsetup.setup(verbose=args.verbose)
     try:
-        cfg = load(args.config, allow_embedded=args.command == "run")
+        # With no config file at the default path every subcommand uses the embedded
+        # defaults, so that `user add` and `check` act on what `run` serves.
+        cfg = load(args.config)
     except ConfigError as e:
         print(f"mailtalk: {e}", file=sys.stderr)
         return 2

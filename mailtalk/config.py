@@ -426,7 +426,7 @@ def resolve_path(cli_path: str | None) -> tuple[str, bool]:
     """Which config file to read: -c, else $MAILTALK_CONFIG, else the default path.
 
     Returns (path, explicit): an explicit path must exist; the default may be absent,
-    and then `mailtalk run` uses the embedded defaults.
+    and then the embedded defaults are used.
     """
     if cli_path:
         return cli_path, True
@@ -436,8 +436,8 @@ def resolve_path(cli_path: str | None) -> tuple[str, bool]:
     return D.CONFIG_PATH, False
 
 
-def load(cli_path: str | None, allow_embedded: bool = True) -> Config:
+def load(cli_path: str | None) -> Config:
     path, explicit = resolve_path(cli_path)
-    if not explicit and allow_embedded and not os.path.exists(path):
+    if not explicit and not os.path.exists(path):
         return load_embedded()
     return load_file(path)

@@ -41,3 +41,11 @@ def test_run_with_no_service_section_says_so(tmp_path):
     cfg.write_text('[dns]\nnameservers = []\n')
     r = mailtalk("-c", str(cfg), "run")
     assert r.returncode == 2 and "nothing to run" in r.stderr
+
+
+@pytest.mark.skipif(os.path.exists("/etc/mailtalk/mailtalk.toml"), reason="a real config exists here")
+def test_without_any_config_every_subcommand_uses_the_embedded_defaults():
+    env = {k: v for k, v in os.environ.items() if k != "MAILTALK_CONFIG"}
+    r = subprocess.run(MAILTALK + ["dns"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == '_mailtalk.localhost. 3600 IN TXT "v=mailtalk1; api=http://127.0.0.1:8470"'
