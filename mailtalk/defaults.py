@@ -44,6 +44,8 @@ LOGIN_ATTEMPTS_PER_MINUTE = 10
 LOOKUPS_PER_MINUTE_PER_CLIENT = 600
 CHAT_MESSAGE_MAX_CHARS = 4000
 CHAT_MESSAGES_PER_MINUTE = 120                # per writer: a link holder cannot flood
+LOOKUP_CACHE_MAILS = 50_000                   # mails whose lookup state stays in memory
+ACCOUNTS_RELOAD_SECONDS = 0.5                 # how soon lookups see `mailtalk user` changes
 
 # [dns]
 DNS_NAMESERVERS: list[str] = []               # empty: the system resolver

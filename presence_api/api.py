@@ -2,8 +2,9 @@
 
 Lookup answers must not tell a valid Mail-ID from a wrong, forged or expired one or
 from an unknown account, by content or by time: every path does one HMAC verify
-and one store call (`lookup_context`) before deciding, and all refusals share one
-answer. Only a verified Mail-ID of an existing account goes further.
+and one store call (`lookup_context`, from memory, the same dict lookups whatever the
+account) before deciding, and all refusals share one answer. Only a verified Mail-ID
+of an existing account goes further.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mailtalk.accounts import account_domain, normalize_account
 from mailtalk.constants import API_LOOKUP, API_MAILS, LOOKUP_MAX_RECIPIENTS
 from mailtalk.mailid import is_well_formed
 from presence_api.service import client_ip, service
-from presence_api.store import Link, Mail
+from presence_api.store import Mail
 
 log = logging.getLogger("mailtalk.presence.api")
 
@@ -33,6 +34,22 @@ MAX_RECORD_RECIPIENTS = 1000
 
 def rfc3339(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+_last_second: list[Any] = [None, ""]
+
+
+def _checked(t: float) -> str:
+    """rfc3339(t), formatted once per second (every lookup answer carries it)."""
+    s = int(t)
+    if _last_second[0] != s:
+        _last_second[:] = [s, rfc3339(s)]
+    return str(_last_second[1])
+
+
+def _answer(obj: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(obj).encode(),
+                        status=status, content_type="application/json")
 
 
 def _bad(reason: str) -> web.Response:
@@ -144,40 +161,42 @@ async def post_lookup(request: web.Request) -> web.Response:
         return _bad(f"recipients: expected a list of at most {LOOKUP_MAX_RECIPIENTS}")
 
     now = svc.clock()
-    unknown = web.json_response({"status": "unknown", "checked": rfc3339(now), "links": {}})
     account = norm_account(account_in) if len(account_in) <= 320 else None
-    # The same work on every path: one HMAC, one store call.
+    # The same work on every path: one HMAC, one store call (memory only).
     valid = svc.mail_ids.verify(account or "", mail_id)
     ctx = await svc.store.lookup_context(account or "", mail_id if is_well_formed(mail_id) else "")
-    if (not valid or account is None or ctx.account is None
+    mail = ctx.mail
+    if (not valid or account is None or ctx.mode is None
             or account_domain(account) not in svc.cfg.domains.names
-            or (ctx.mail is not None and ctx.mail.account != account)):
-        return unknown
+            or (mail is not None and mail.account != account)):
+        return _answer({"status": "unknown", "checked": _checked(now), "links": {}})
 
-    status = svc.presence.status(account, ctx.account.mode)
+    status = svc.presence.status(account, ctx.mode)
     # The record may not be here yet (the outbox is asynchronous): the verified Mail-ID
     # proves the mail; bind links to it now. Once recorded, only its recipients get links.
     # Keys are the recipients exactly as asked (the hook matches on them); each link is
     # bound to the recipient with its domain lowercased, so Bob@B.example and
-    # Bob@b.example get the same link. Tokens are deterministic: new rows and the mail
-    # stub go to the store in one call, whatever the number of recipients.
-    mail = ctx.mail
-    allowed = {r.lower() for r in mail.recipients} if mail and mail.recorded else None
-    links: dict[str, str] = {}
-    new: dict[str, Link] = {}
+    # Bob@b.example get the same link. Tokens are deterministic, so a mail whose state
+    # is in memory with every link bound needs no store call; otherwise the mail stub and
+    # the new rows go to the store in one call (one shared transaction), and the answer
+    # waits for its commit: no link is handed out before it is stored.
+    asked: dict[str, str] = {}               # as asked -> recipient bound
     for r in rcpts:
         rcpt = norm_recipient(r)
-        if rcpt is None or r in links or (allowed is not None and rcpt.lower() not in allowed):
-            continue
-        token = svc.links.token(mail_id, rcpt)
-        links[r] = svc.links.url(token)
-        if rcpt not in ctx.links and rcpt not in new:
-            new[rcpt] = svc.links.record(token, mail_id, rcpt, now)
-    if mail is None or new:
-        await svc.store.bind_links(mail_id, account, now, list(new.values()))
-    log.debug("lookup of %s for mail %s from %s: %s, %d links", account, mail_id,
-             client_ip(request), status, len(links))
-    return web.json_response({"status": status, "checked": rfc3339(now), "links": links})
+        if rcpt is not None and r not in asked:
+            asked[r] = rcpt
+    tokens = {rcpt: svc.links.token(mail_id, rcpt) for rcpt in asked.values()
+              if mail is None or mail.allows(rcpt)}
+    if mail is None or any(rcpt not in mail.linked for rcpt in tokens):
+        new = [svc.links.record(token, mail_id, rcpt, now) for rcpt, token in tokens.items()
+               if mail is None or rcpt not in mail.linked]
+        mail = await svc.store.bind_links(mail_id, account, now, new)
+    links = {r: svc.links.url(tokens[rcpt]) for r, rcpt in asked.items()
+             if rcpt in tokens and mail.allows(rcpt)}
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("lookup of %s for mail %s from %s: %s, %d links", account, mail_id,
+                  client_ip(request), status, len(links))
+    return _answer({"status": status, "checked": _checked(now), "links": links})
 
 
 def routes() -> list[web.AbstractRouteDef]:

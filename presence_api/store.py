@@ -65,12 +65,27 @@ class Conversation:
     last_text: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
+class BoundMail:
+    """What a lookup needs of a stored mail: its sender, whom the record allows and which
+    recipients have a link row already (so a repeat lookup writes nothing)."""
+    account: str
+    allowed: frozenset[str] | None    # the record's recipients, lowercased; None: a stub
+    linked: set[str] = field(default_factory=set)   # recipients as bound (domain lowercased)
+
+    def allows(self, recipient: str) -> bool:
+        return self.allowed is None or recipient.lower() in self.allowed
+
+
+@dataclass(frozen=True, slots=True)
 class LookupContext:
-    """What one lookup needs, fetched in one store call on every path (same time)."""
-    account: Account | None
-    mail: Mail | None
-    links: dict[str, Link] = field(default_factory=dict)
+    """What one lookup needs, in one store call on every path (the same work for all).
+
+    Served from memory: `mode` is None when there is no such account; `mail` is None
+    when the store holds no lookup state of that mail in memory (then `bind_links`
+    reads and writes it)."""
+    mode: str | None
+    mail: BoundMail | None
 
 
 class Store(Protocol):
@@ -102,16 +117,19 @@ class Store(Protocol):
         """The mail row for a verified Mail-ID: the record, or a stub if none arrived yet."""
 
     async def get_mail(self, mail_id: str) -> Mail | None: ...
-    async def lookup_context(self, account: str, mail_id: str) -> LookupContext: ...
+    async def lookup_context(self, account: str, mail_id: str) -> LookupContext:
+        """From memory, no I/O: the same cost for every account and Mail-ID."""
 
     # recipient links
     async def get_or_create_link(self, link: Link) -> Link:
         """Insert unless (mail_id, recipient) already has one; return the stored link."""
 
     async def bind_links(self, mail_id: str, account: str, now: float,
-                         links: list[Link]) -> None:
-        """In one transaction: the mail row (a stub unless the record is there) and
-        these links, each unless (mail_id, recipient) has one already."""
+                         links: list[Link]) -> BoundMail:
+        """In one transaction (which may be shared with concurrent calls): the mail row (a
+        stub unless the record is there) and those of these links whose recipient the
+        record lists (all, for a stub), each unless (mail_id, recipient) has one already.
+        Returns after the commit, with the mail's lookup state."""
 
     async def get_link(self, token_hash: str) -> Link | None: ...
 

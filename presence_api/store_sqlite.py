@@ -2,13 +2,15 @@
 
 sqlite3 blocks, so every call runs in one dedicated worker thread (a single-thread
 executor): the event loop never waits on the disk, and one connection used by one
-thread needs no locking. The schema is created and migrated at `open()` from the
+thread needs no locking. Lookups are the exception: `lookup_context` answers from
+memory and `bind_links` commits in groups (lookup_memo.py). The schema is created and migrated at `open()` from the
 numbered steps in MIGRATIONS, recorded in `schema_version`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -17,10 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from presence_api.store import (Account, Conversation, Link, LookupContext, Mail, Message)
+from mailtalk import defaults as D
+from presence_api.lookup_memo import GroupCommit, LookupMemo
+from presence_api.store import (Account, BoundMail, Conversation, Link, LookupContext, Mail,
+                                Message)
 
 log = logging.getLogger("mailtalk.presence.store")
 T = TypeVar("T")
+# (mail_id, account, now, links) of one lookup's bind
+BindRequest = tuple[str, str, float, list[Link]]
 
 # Append only: a deployed database has run every step up to its version.
 MIGRATIONS: list[str] = [
@@ -112,10 +119,18 @@ def _message(row: sqlite3.Row) -> Message:
 
 
 class SqliteStore:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, cache_mails: int = D.LOOKUP_CACHE_MAILS,
+                 accounts_reload: float = D.ACCOUNTS_RELOAD_SECONDS) -> None:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presence-sqlite")
+        self.memo = LookupMemo(cache_mails)
+        self._binds: GroupCommit[BindRequest, BoundMail] = GroupCommit(
+            lambda reqs: self._run(self._bind_batch, reqs), self._bound)
+        self._binds.epoch = lambda: self.memo.epoch
+        self._accounts_reload = accounts_reload
+        self._data_version = 0
+        self._watcher: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -166,8 +181,40 @@ class SqliteStore:
 
     async def open(self) -> None:
         await self._run(self._open)
+        self.memo.modes, self._data_version = await self._run(self._load_modes)
+        self._watcher = asyncio.create_task(self._watch_accounts())
+
+    def _load_modes(self) -> tuple[dict[str, str], int]:
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        return dict(self.db.execute("SELECT account, mode FROM accounts").fetchall()), version
+
+    def _modes_if_changed(self) -> dict[str, str] | None:
+        # data_version changes only with commits of other connections (`mailtalk user`).
+        if self.db.execute("PRAGMA data_version").fetchone()[0] == self._data_version:
+            return None
+        modes, self._data_version = self._load_modes()
+        return modes
+
+    async def _watch_accounts(self) -> None:
+        while True:
+            await asyncio.sleep(self._accounts_reload)
+            try:
+                modes = await self._run(self._modes_if_changed)
+            except Exception:
+                log.exception("%s: reloading accounts failed", self.path)
+                continue
+            if modes is not None:
+                log.info("%s: accounts changed by another process: %d loaded",
+                         self.path, len(modes))
+                self.memo.modes = modes
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        await self._binds.drain()
         if self._db is not None:
             await self._run(self.db.close)
             self._db = None
@@ -184,7 +231,10 @@ class SqliteStore:
             cur = self.db.execute("INSERT OR IGNORE INTO accounts (account, password_hash, "
                                   "created_at) VALUES (?, ?, ?)", (account, password_hash, now))
             return cur.rowcount == 1
-        return await self._run(do)
+        created = await self._run(do)
+        if created:
+            self.memo.modes[account] = "auto"
+        return created
 
     async def set_password(self, account: str, password_hash: str) -> bool:
         def do() -> bool:
@@ -211,11 +261,15 @@ class SqliteStore:
             self.db.execute("DELETE FROM sessions WHERE account=?", (account,))
             return self.db.execute("DELETE FROM accounts WHERE account=?",
                                    (account,)).rowcount == 1
-        return await self._run(do)
+        removed = await self._run(do)
+        self.memo.modes.pop(account, None)
+        return removed
 
     async def set_mode(self, account: str, mode: str) -> None:
-        await self._run(lambda: self.db.execute("UPDATE accounts SET mode=? WHERE account=?",
-                                                (mode, account)))
+        changed = await self._run(lambda: self.db.execute(
+            "UPDATE accounts SET mode=? WHERE account=?", (mode, account)).rowcount)
+        if changed:
+            self.memo.modes[account] = mode
 
     # --- sessions
 
@@ -262,7 +316,11 @@ class SqliteStore:
                 "VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?)",
                 (mail.mail_id,) + vals + (mail.created_at,))
             return cur.rowcount == 1
-        return await self._run(do)
+        self.memo.forget(mail.mail_id)
+        try:
+            return await self._run(do)
+        finally:
+            self.memo.forget(mail.mail_id)     # the record now decides who gets links
 
     def _get_mail(self, mail_id: str) -> Mail | None:
         row = self.db.execute("SELECT * FROM mails WHERE mail_id=?", (mail_id,)).fetchone()
@@ -281,13 +339,7 @@ class SqliteStore:
         return await self._run(do)
 
     async def lookup_context(self, account: str, mail_id: str) -> LookupContext:
-        def do() -> LookupContext:
-            acct = self._get_account(account)
-            mail = self._get_mail(mail_id)
-            links = {r["recipient"]: _link(r) for r in self.db.execute(
-                "SELECT * FROM links WHERE mail_id=?", (mail_id,))}
-            return LookupContext(acct, mail, links)
-        return await self._run(do)
+        return self.memo.context(account, mail_id)
 
     # --- links
 
@@ -302,21 +354,54 @@ class SqliteStore:
         return await self._run(do)
 
     async def bind_links(self, mail_id: str, account: str, now: float,
-                         links: list[Link]) -> None:
-        def do() -> None:
-            db = self.db
+                         links: list[Link]) -> BoundMail:
+        return await self._binds.submit((mail_id, account, now, links))
+
+    def _bind_one(self, mail_id: str, account: str, now: float, links: list[Link]) -> BoundMail:
+        db = self.db
+        db.execute("INSERT OR IGNORE INTO mails (mail_id, account, recorded, created_at) "
+                   "VALUES (?, ?, 0, ?)", (mail_id, account, now))
+        row = db.execute("SELECT account, recorded, recipients FROM mails WHERE mail_id=?",
+                         (mail_id,)).fetchone()
+        mail = BoundMail(row["account"], frozenset(r.lower() for r in json.loads(
+            row["recipients"])) if row["recorded"] else None)
+        db.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)",
+                       [(lk.token_hash, lk.mail_id, lk.recipient, lk.created_at, lk.expires_at)
+                        for lk in links if mail.allows(lk.recipient)])
+        mail.linked.update(r[0] for r in db.execute(
+            "SELECT recipient FROM links WHERE mail_id=?", (mail_id,)))
+        return mail
+
+    def _bind_batch(self, reqs: list[BindRequest]) -> list[BoundMail | BaseException]:
+        """All in one transaction; if it fails, each alone (one bad request fails alone)."""
+        db = self.db
+        try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("INSERT OR IGNORE INTO mails (mail_id, account, recorded, "
-                           "created_at) VALUES (?, ?, 0, ?)", (mail_id, account, now))
-                db.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)",
-                               [(lk.token_hash, lk.mail_id, lk.recipient, lk.created_at,
-                                 lk.expires_at) for lk in links])
+                out: list[BoundMail | BaseException] = [self._bind_one(*r) for r in reqs]
                 db.execute("COMMIT")
+                return out
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        await self._run(do)
+        except Exception:
+            if len(reqs) == 1:
+                raise
+        out = []
+        for r in reqs:
+            try:
+                out.extend(self._bind_batch([r]))
+            except Exception as e:
+                out.append(e)
+        return out
+
+    def _bound(self, reqs: list[BindRequest], results: list[BoundMail | BaseException],
+               epoch: int) -> None:
+        for (mail_id, *_), res in zip(reqs, results):
+            if isinstance(res, BoundMail) and epoch == self.memo.epoch:
+                self.memo.remember(mail_id, res)
+            else:
+                self.memo.mails.pop(mail_id, None)
 
     async def get_link(self, token_hash: str) -> Link | None:
         def do() -> Link | None:
