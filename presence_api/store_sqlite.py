@@ -359,17 +359,20 @@ class SqliteStore:
 
     def _bind_one(self, mail_id: str, account: str, now: float, links: list[Link]) -> BoundMail:
         db = self.db
-        db.execute("INSERT OR IGNORE INTO mails (mail_id, account, recorded, created_at) "
-                   "VALUES (?, ?, 0, ?)", (mail_id, account, now))
-        row = db.execute("SELECT account, recorded, recipients FROM mails WHERE mail_id=?",
-                         (mail_id,)).fetchone()
-        mail = BoundMail(row["account"], frozenset(r.lower() for r in json.loads(
-            row["recipients"])) if row["recorded"] else None)
-        db.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)",
-                       [(lk.token_hash, lk.mail_id, lk.recipient, lk.created_at, lk.expires_at)
-                        for lk in links if mail.allows(lk.recipient)])
-        mail.linked.update(r[0] for r in db.execute(
-            "SELECT recipient FROM links WHERE mail_id=?", (mail_id,)))
+        if db.execute("INSERT OR IGNORE INTO mails (mail_id, account, recorded, created_at) "
+                      "VALUES (?, ?, 0, ?)", (mail_id, account, now)).rowcount == 1:
+            mail = BoundMail(account, None)      # a new stub: every recipient may have a link
+        else:
+            row = db.execute("SELECT account, recorded, recipients FROM mails "
+                             "WHERE mail_id=?", (mail_id,)).fetchone()
+            mail = BoundMail(row["account"], frozenset(r.lower() for r in json.loads(
+                row["recipients"])) if row["recorded"] else None)
+        rows = [(lk.token_hash, lk.mail_id, lk.recipient, lk.created_at, lk.expires_at)
+                for lk in links if mail.allows(lk.recipient)]
+        db.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)", rows)
+        # Links of other recipients may exist too: not knowing them costs a later lookup
+        # an INSERT OR IGNORE, nothing more.
+        mail.linked.update(r[2] for r in rows)
         return mail
 
     def _bind_batch(self, reqs: list[BindRequest]) -> list[BoundMail | BaseException]:
