@@ -1,0 +1,194 @@
+"""The lookup fast path: state in memory, binds in group commits (presence_api/lookup_memo.py).
+
+In-process aiohttp test server on 127.0.16.x (the presence-perf range) with real SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from presence_api.auth import token_hash
+from presence_api.lookup_memo import GroupCommit
+from presence_api.server import make_app
+from presence_api.service import SERVICE
+from presence_api.store import Link
+from presence_api.store_sqlite import SqliteStore
+from support.presence_extra import Clock, Presence, make_config, start_presence
+from support.wait import free_port
+
+ALICE = "alice@a.test"
+HOST = "127.0.16.1"
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def p(tmp_path: Path) -> AsyncIterator[Presence]:
+    pres = await start_presence(tmp_path, host=HOST, lookups_per_minute_per_client=10_000)
+    await pres.add_user(ALICE)
+    yield pres
+    await pres.client.close()
+
+
+def stored_links(p: Presence) -> dict[str, str]:
+    """token_hash -> recipient, read by another connection (what is committed)."""
+    db = sqlite3.connect(p.svc.cfg.presence.database)
+    try:
+        return dict(db.execute("SELECT token_hash, recipient FROM links").fetchall())
+    finally:
+        db.close()
+
+
+async def test_concurrent_fresh_lookups_are_stored_before_they_are_answered(p: Presence) -> None:
+    mids = [p.mail_ids.issue(ALICE) for _ in range(30)]
+    answers = await asyncio.gather(*(p.lookup(ALICE, m, ["bob@b.test", "Carol@C.test"])
+                                     for m in mids))
+    stored = stored_links(p)
+    for a in answers:
+        assert set(a["links"]) == {"bob@b.test", "Carol@C.test"}
+        for url in a["links"].values():
+            assert token_hash(url.rsplit("/", 1)[1]) in stored
+    assert len(stored) == 60
+    # and asked again (from memory, no write), the same links
+    again = await p.lookup(ALICE, mids[0], ["bob@b.test", "Carol@c.test"])
+    assert again["links"] == {"bob@b.test": answers[0]["links"]["bob@b.test"],
+                              "Carol@c.test": answers[0]["links"]["Carol@C.test"]}
+
+
+async def test_refusals_never_touch_the_database(p: Presence) -> None:
+    """A cache must not tell refusals apart: every refusal is answered from memory
+    with no store thread hop and no write, whether the account exists or not, and
+    whether the mail's state is in memory or not."""
+    store = p.svc.store
+    assert isinstance(store, SqliteStore)
+    known = await p.record(ALICE, ["bob@b.test"])
+    await p.lookup(ALICE, known, ["bob@b.test"])            # its state is in memory now
+    hops = {"n": 0}
+    real_run = store._run
+
+    async def counting_run(fn: Callable[..., Any], *args: Any) -> Any:
+        hops["n"] += 1
+        return await real_run(fn, *args)
+
+    store._run = counting_run  # type: ignore[method-assign]
+    cases = [("nobody@a.test", p.mail_ids.issue("nobody@a.test")),     # unknown account
+             (ALICE, "Z" * 44),                                          # forged
+             (ALICE, known[:-2] + ("AA" if known[-2:] != "AA" else "BB")),  # forged, near a known
+             ("nobody@a.test", known),                                   # another's Mail-ID
+             (ALICE, p.mail_ids.issue("bob@a.test"))]                    # wrong account's
+    bodies = set()
+    for account, mid in cases:
+        r = await p.client.post("/api/v1/lookup", json={
+            "account": account, "mail_id": mid, "recipients": ["bob@b.test"]})
+        bodies.add(await r.read())
+    assert hops["n"] == 0 and len(bodies) == 1
+    # a valid fresh Mail-ID does reach the store: the count can fail
+    await p.lookup(ALICE, p.mail_ids.issue(ALICE), ["bob@b.test"])
+    assert hops["n"] >= 1
+
+
+async def test_accounts_changed_by_another_process_reach_lookups(p: Presence) -> None:
+    mid_bob = p.mail_ids.issue("bob@a.test")
+    assert (await p.lookup("bob@a.test", mid_bob, []))["status"] == "unknown"
+    other = SqliteStore(p.svc.cfg.presence.database)       # as `mailtalk user add` does
+    await other.open()
+    try:
+        assert await other.create_account("bob@a.test", "x", time.time())
+
+        async def bob_known() -> bool:
+            return (await p.lookup("bob@a.test", mid_bob, []))["status"] == "offline"
+        await eventually(bob_known)
+        assert await other.remove_account(ALICE)
+        mid = p.mail_ids.issue(ALICE)
+
+        async def alice_gone() -> bool:
+            return (await p.lookup(ALICE, mid, []))["status"] == "unknown"
+        await eventually(alice_gone)
+    finally:
+        await other.close()
+
+
+async def test_mode_is_read_from_memory_and_follows_changes(p: Presence) -> None:
+    store = p.svc.store
+    await store.set_mode(ALICE, "busy")
+    ctx = await store.lookup_context(ALICE, "")
+    assert ctx.mode == "busy" and ctx.mail is None
+    assert (await store.lookup_context("nobody@a.test", "")).mode is None
+
+
+async def test_evicted_mail_state_is_read_back_with_its_record(tmp_path: Path) -> None:
+    """With room for one mail in memory, the record (not a stale stub) still decides."""
+    port = free_port(HOST)
+    cfg = make_config(tmp_path, f"http://{HOST}:{port}", lookups_per_minute_per_client=1000)
+    store = SqliteStore(cfg.presence.database, cache_mails=1)
+    clock = Clock()
+    app = make_app(cfg, store=store, clock=clock, site_key=b"k" * 32)
+    client = TestClient(TestServer(app, host=HOST, port=port))
+    await client.start_server()
+    try:
+        p = Presence(client, clock, b"k" * 32)
+        await p.add_user(ALICE)
+        first = await p.record(ALICE, ["bob@b.test"])
+        a = await p.lookup(ALICE, first, ["bob@b.test", "eve@e.test"])
+        assert set(a["links"]) == {"bob@b.test"}
+        await p.lookup(ALICE, p.mail_ids.issue(ALICE), ["x@x.test"])    # evicts `first`
+        assert first not in store.memo.mails and len(store.memo.mails) == 1
+        b = await p.lookup(ALICE, first, ["bob@b.test", "eve@e.test"])
+        assert b["links"] == {"bob@b.test": a["links"]["bob@b.test"]}
+        assert client.server.app[SERVICE].store is store
+    finally:
+        await client.close()
+
+
+async def test_group_commit_batches_and_answers_after_the_batch() -> None:
+    gate = asyncio.Event()
+    seen: list[list[int]] = []
+
+    async def run_batch(reqs: list[int]) -> list[int | BaseException]:
+        seen.append(list(reqs))
+        await gate.wait()
+        return [r * 10 if r != 3 else ValueError("three") for r in reqs]
+
+    gc: GroupCommit[int, int] = GroupCommit(run_batch, lambda reqs, res, epoch: None)
+    first = asyncio.ensure_future(gc.submit(0))
+    await asyncio.sleep(0)                      # the first batch starts with one request
+    await asyncio.sleep(0)
+    rest = [asyncio.ensure_future(gc.submit(i)) for i in range(1, 6)]
+    await asyncio.sleep(0.01)
+    assert not first.done() and not any(f.done() for f in rest)   # not before the commit
+    gate.set()
+    assert await first == 0
+    results = await asyncio.gather(*rest, return_exceptions=True)
+    assert results[:2] == [10, 20] and isinstance(results[2], ValueError)
+    assert results[3:] == [40, 50]
+    assert seen == [[0], [1, 2, 3, 4, 5]]        # the waiting ones shared one batch
+    await gc.drain()
+
+
+async def test_a_failing_bind_fails_alone(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    await store.open()
+    try:
+        good = [("M" * 44, ALICE, 1.0, [Link("h1", "M" * 44, "bob@b.test", 1.0, 9.0)]),
+                ("N" * 44, ALICE, 1.0, [Link("h2", "N" * 44, "bob@b.test", 1.0, 9.0)])]
+        bad = ("O" * 44, ALICE, 1.0, [Link("h3", "no such mail", "bob@b.test", 1.0, 9.0)])
+        results = await asyncio.gather(store.bind_links(*good[0]), store.bind_links(*bad),
+                                       store.bind_links(*good[1]), return_exceptions=True)
+        assert isinstance(results[1], sqlite3.IntegrityError)
+        assert [type(r).__name__ for r in (results[0], results[2])] == ["BoundMail"] * 2
+        assert await store.get_link("h1") is not None and await store.get_link("h2") is not None
+        assert await store.get_link("h3") is None
+    finally:
+        await store.close()
