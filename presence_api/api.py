@@ -57,8 +57,8 @@ def _bad(reason: str) -> web.Response:
 
 
 async def _json(request: web.Request) -> dict[str, Any] | None:
-    try:
-        body = await request.json(loads=json.loads)
+    try:   # JSON is UTF-8 (RFC 8259): bytes straight to the parser, no charset lookup
+        body = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError):
         return None
     return body if isinstance(body, dict) else None

@@ -118,6 +118,12 @@ class AccessLogger(AbstractAccessLogger):
     """aiohttp's access log (shown with -v), without the link tokens: a link is its
     recipient's credential and has no place in a log file."""
 
+    @property
+    def enabled(self) -> bool:
+        # aiohttp calls log() for every request when this is True (the base class's
+        # default), even with the access log off: each lookup then paid for the regex.
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         path = _TOKEN_IN_PATH.sub(r"\1…", request.path)
         self.logger.info("%s %s %s %d %.1f ms", request.remote, request.method, path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -31,9 +32,10 @@ class Service:
     chat: ChatHub
     lookup_limiter: RateLimiter
 
-    @property
+    @cached_property
     def origin(self) -> str:
-        """scheme://host[:port] of public_url: the only Origin a WebSocket may come from."""
+        """scheme://host[:port] of public_url: the only Origin a WebSocket may come from.
+        (Cached: the security-headers middleware asks on every response.)"""
         return origin_of(self.cfg.presence.public_url)
 
     @property
