@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable, Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 from presence_api.store import BoundMail, LookupContext
 
@@ -99,7 +100,10 @@ class GroupCommit(Generic[Req, Res]):
                         for _, fut in batch:
                             fut.cancel()
                         raise
-                self._on_done(reqs, results, epoch)
+                try:
+                    self._on_done(reqs, results, epoch)
+                except Exception:           # bookkeeping only: never strand the callers
+                    log.exception("after a group commit of %d", len(reqs))
                 for (_, fut), res in zip(batch, results):
                     if fut.done():              # its caller went away (cancelled)
                         continue

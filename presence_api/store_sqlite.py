@@ -4,7 +4,7 @@ sqlite3 blocks, so every call runs in one dedicated worker thread (a single-thre
 executor): the event loop never waits on the disk, and one connection used by one
 thread needs no locking. Lookups are the exception: `lookup_context` answers from
 memory and `bind_links` commits in groups (lookup_memo.py). The schema is created and migrated at `open()` from the
-numbered steps in MIGRATIONS, recorded in `schema_version`.
+numbered steps in MIGRATIONS (store_schema.py), recorded in `schema_version`.
 """
 
 from __future__ import annotations
@@ -15,79 +15,28 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from mailtalk import defaults as D
 from presence_api.lookup_memo import GroupCommit, LookupMemo
-from presence_api.store import (Account, BoundMail, Conversation, Link, LookupContext, Mail,
-                                Message)
+from presence_api.store import (
+    Account,
+    BoundMail,
+    Conversation,
+    Link,
+    LookupContext,
+    Mail,
+    Message,
+)
+from presence_api.store_schema import MIGRATIONS
 
 log = logging.getLogger("mailtalk.presence.store")
 T = TypeVar("T")
 # (mail_id, account, now, links) of one lookup's bind
 BindRequest = tuple[str, str, float, list[Link]]
-
-# Append only: a deployed database has run every step up to its version.
-MIGRATIONS: list[str] = [
-    # 1: the first schema
-    """
-    CREATE TABLE accounts (
-        account TEXT PRIMARY KEY,
-        password_hash TEXT NOT NULL,
-        mode TEXT NOT NULL DEFAULT 'auto',
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE sessions (
-        token_hash TEXT PRIMARY KEY,
-        account TEXT NOT NULL REFERENCES accounts(account) ON DELETE CASCADE,
-        expires_at REAL NOT NULL
-    );
-    CREATE TABLE mails (
-        mail_id TEXT PRIMARY KEY,
-        account TEXT NOT NULL,
-        recorded INTEGER NOT NULL,
-        message_id TEXT NOT NULL DEFAULT '',
-        subject TEXT NOT NULL DEFAULT '',
-        date TEXT NOT NULL DEFAULT '',
-        recipients TEXT NOT NULL DEFAULT '[]',
-        body_text TEXT NOT NULL DEFAULT '',
-        queue_id TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX mails_account ON mails(account);
-    CREATE TABLE links (
-        token_hash TEXT PRIMARY KEY,
-        mail_id TEXT NOT NULL REFERENCES mails(mail_id),
-        recipient TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        UNIQUE (mail_id, recipient)
-    );
-    CREATE TABLE members (
-        mail_id TEXT NOT NULL REFERENCES mails(mail_id),
-        address TEXT NOT NULL,
-        joined_at REAL NOT NULL,
-        PRIMARY KEY (mail_id, address)
-    );
-    CREATE TABLE messages (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        mail_id TEXT NOT NULL REFERENCES mails(mail_id),
-        author TEXT NOT NULL,
-        text TEXT NOT NULL,
-        ts REAL NOT NULL
-    );
-    CREATE INDEX messages_mail ON messages(mail_id, id);
-    CREATE TABLE reads (
-        mail_id TEXT NOT NULL,
-        address TEXT NOT NULL,
-        last_read INTEGER NOT NULL,
-        PRIMARY KEY (mail_id, address)
-    );
-    """,
-]
-
 
 def sqlite_path(database: str) -> Path:
     """`/path`, `sqlite:///path` (or `sqlite:////path`) -> Path. Other URLs are the
@@ -394,7 +343,7 @@ class SqliteStore:
         for r in reqs:
             try:
                 out.extend(self._bind_batch([r]))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - handed to that request's caller
                 out.append(e)
         return out
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from support.presence_extra import Clock, Presence, make_config, start_presence
+from support.wait import free_port
 
 from presence_api.auth import token_hash
 from presence_api.lookup_memo import GroupCommit
@@ -20,8 +23,6 @@ from presence_api.server import make_app
 from presence_api.service import SERVICE
 from presence_api.store import Link
 from presence_api.store_sqlite import SqliteStore
-from support.presence_extra import Clock, Presence, make_config, start_presence
-from support.wait import free_port
 
 ALICE = "alice@a.test"
 HOST = "127.0.16.1"
