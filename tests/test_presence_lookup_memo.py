@@ -193,3 +193,26 @@ async def test_a_failing_bind_fails_alone(tmp_path: Path) -> None:
         assert await store.get_link("h3") is None
     finally:
         await store.close()
+
+
+async def test_a_record_racing_a_bind_is_not_hidden_by_a_stale_stub(tmp_path: Path) -> None:
+    """The bind's transaction runs first (a stub), the record right after it: the stub
+    state read by the bind must not stay in memory, or eve would keep getting links."""
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    await store.open()
+    try:
+        mid = "M" * 44
+        bind = asyncio.ensure_future(store.bind_links(mid, ALICE, 1.0, [
+            Link("h-bob", mid, "bob@b.test", 1.0, 9.0), Link("h-eve", mid, "eve@e.test", 1.0, 9.0)]))
+        while store._binds.batches == 0:            # the bind's batch is in the thread
+            await asyncio.sleep(0)
+        from presence_api.store import Mail
+        assert await store.put_mail(Mail(mid, ALICE, True, recipients=("bob@b.test",)))
+        stub = await bind
+        assert stub.allowed is None                 # it did read the stub
+        assert mid not in store.memo.mails          # ... and was not remembered
+        again = await store.bind_links(mid, ALICE, 2.0, [])
+        assert again.allowed == frozenset({"bob@b.test"}) and not again.allows("eve@e.test")
+        assert store.memo.mails[mid] is again
+    finally:
+        await store.close()
