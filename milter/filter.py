@@ -22,7 +22,7 @@ import hashlib
 import logging
 import socket
 import time
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -35,6 +35,9 @@ log = logging.getLogger("mailtalk.filter")
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 REPLY_TEMPFAIL = "451 4.3.0 Error: mailtalk filter failed; try again later"
 REPLY_REINJECT_DOWN = "451 4.4.1 Error: re-injection unavailable; try again later"
+# aiosmtpd refuses a message over data_size_limit with 552 (a bounce). Postfix already
+# accepted that mail, so a size limit of ours must defer it, never bounce it.
+REPLY_TOO_BIG = "452 4.3.4 Error: message larger than [filter] max_message_size; try again later"
 DELIVERED_TTL = 3 * 86400      # remember partial deliveries this long (seconds)
 DELIVERED_MAX = 100_000        # and at most this many recipients
 DRAIN_SECONDS = 10.0           # on stop: how long messages in flight may finish
@@ -78,6 +81,17 @@ class FilterSMTP(SMTP):
 
     def _create_envelope(self) -> FilterEnvelope:
         return FilterEnvelope()
+
+    async def push(self, status: AnyStr) -> None:
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        if text.startswith("552 "):      # aiosmtpd's own size refusals, at MAIL or DATA
+            env = self.envelope
+            ident = env.xforward.get("IDENT", "-") if isinstance(env, FilterEnvelope) else "-"
+            log.error("%s: message over [filter] max_message_size (%d bytes): deferred; "
+                      "keep it at least Postfix's message_size_limit", ident,
+                      self.data_size_limit or 0)
+            status = REPLY_TOO_BIG    # type: ignore[assignment]
+        await super().push(status)
 
     async def smtp_XFORWARD(self, arg: str | None) -> None:
         """Postfix's XFORWARD (XFORWARD_README): client attributes, before MAIL."""

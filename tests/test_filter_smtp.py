@@ -178,3 +178,25 @@ async def test_stop_lets_a_message_in_flight_finish(h: Harness) -> None:
     await h.running.close()
     r = await sending
     assert r.data[0] == 250 and len(h.sink.got) == 1
+
+
+async def test_message_over_the_size_limit_is_deferred_never_bounced() -> None:
+    """aiosmtpd's own answer would be 552 (a bounce of a mail Postfix already accepted)."""
+    sink_server, sink, sink_port = await start_sink(SINK_HOST)
+    port = free_port(HOST)
+    cfg = parse_text(f'[filter]\nlisten = "{HOST}:{port}"\nreinject = "{SINK_HOST}:{sink_port}"\n'
+                     f'max_message_size = 2048\n', "test")
+    running = await filt.start(cfg, asyncio.Event(), lookup=FakeLookup())
+    try:
+        big = b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 100
+        # SIZE declared at MAIL FROM (as Postfix does): refused there, with a 4xx.
+        r = await asyncio.to_thread(send, HOST, port, "alice@a.example", ["bob@b.example"],
+                                    big, mail_options=[f"SIZE={len(big)}"])
+        assert r.mail[0] == 452 and r.data is None
+        # No SIZE: found out during DATA, also a 4xx.
+        r = await asyncio.to_thread(send, HOST, port, "alice@a.example", ["bob@b.example"], big)
+        assert r.data[0] == 452
+        assert sink.got == []
+    finally:
+        await running.close()
+        sink_server.close()
