@@ -45,6 +45,7 @@ LOOKUPS_PER_MINUTE_PER_CLIENT = 600
 CHAT_MESSAGE_MAX_CHARS = 4000
 CHAT_MESSAGES_PER_MINUTE = 120                # per writer: a link holder cannot flood
 LOOKUP_CACHE_MAILS = 50_000                   # mails whose lookup state stays in memory
+LOOKUP_NO_RECORD_SECONDS = 5.0                # a lookup's "no record yet" is kept this long
 ACCOUNTS_RELOAD_SECONDS = 0.5                 # how soon lookups see `mailtalk user` changes
 
 # [dns]

@@ -4,7 +4,8 @@ Lookup answers must not tell a valid Mail-ID from a wrong, forged or expired one
 from an unknown account, by content or by time: every path does one HMAC verify
 and one store call (`lookup_context`, from memory, the same dict lookups whatever the
 account) before deciding, and all refusals share one answer. Only a verified Mail-ID
-of an existing account goes further.
+of an existing account goes further. A lookup writes nothing: links are
+self-verifying (links.py) and stored only when opened.
 """
 
 from __future__ import annotations
@@ -173,26 +174,25 @@ async def post_lookup(request: web.Request) -> web.Response:
 
     status = svc.presence.status(account, ctx.mode)
     # The record may not be here yet (the outbox is asynchronous): the verified Mail-ID
-    # proves the mail; bind links to it now. Once recorded, only its recipients get links.
-    # Keys are the recipients exactly as asked (the hook matches on them); each link is
-    # bound to the recipient with its domain lowercased, so Bob@B.example and
-    # Bob@b.example get the same link. Tokens are deterministic, so a mail whose state
-    # is in memory with every link bound needs no store call; otherwise the mail stub and
-    # the new rows go to the store in one call (one shared transaction), and the answer
-    # waits for its commit: no link is handed out before it is stored.
-    asked: dict[str, str] = {}               # as asked -> recipient bound
+    # proves the mail, so every recipient asked gets a link. Once the record is known
+    # (in memory, or read once: `lookup_mail`), only its recipients do. Keys are the
+    # recipients exactly as asked (the hook matches on them); each link names the
+    # recipient with its domain lowercased, so Bob@B.example and Bob@b.example get the
+    # same link. Nothing is written: the link is an HMAC, stored only when opened.
+    if mail is None:
+        mail = await svc.store.lookup_mail(mail_id, account)
+        if mail.account != account:
+            return _answer({"status": "unknown", "checked": _checked(now), "links": {}})
+    links: dict[str, str] = {}
+    made: dict[str, str | None] = {}         # recipient as bound -> URL
     for r in rcpts:
         rcpt = norm_recipient(r)
-        if rcpt is not None and r not in asked:
-            asked[r] = rcpt
-    tokens = {rcpt: svc.links.token(mail_id, rcpt) for rcpt in asked.values()
-              if mail is None or mail.allows(rcpt)}
-    if mail is None or any(rcpt not in mail.linked for rcpt in tokens):
-        new = [svc.links.record(token, mail_id, rcpt, now) for rcpt, token in tokens.items()
-               if mail is None or rcpt not in mail.linked]
-        mail = await svc.store.bind_links(mail_id, account, now, new)
-    links = {r: svc.links.url(tokens[rcpt]) for r, rcpt in asked.items()
-             if rcpt in tokens and mail.allows(rcpt)}
+        if rcpt is None or r in links or not mail.allows(rcpt):
+            continue
+        if rcpt not in made:             # None: too long for a link (links.py)
+            made[rcpt] = svc.links.url(mail_id, account, rcpt)
+        if (url := made[rcpt]) is not None:
+            links[r] = url
     if log.isEnabledFor(logging.DEBUG):
         log.debug("lookup of %s for mail %s from %s: %s, %d links", account, mail_id,
                   client_ip(request), status, len(links))

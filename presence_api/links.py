@@ -1,12 +1,20 @@
 """Recipient links: `<public_url>/c/<token>`, the credential of one recipient of one mail.
 
-    token = base64url( HMAC-SHA256(link key, "mailtalk-link-v1|" mail_id "|" recipient)[:24] )
+Self-verifying, so that a lookup (one per delivered mail) stores nothing:
 
-192 bits nobody can compute without the site key. The token is deterministic, so the
-same (mail, recipient) asked twice gets the same link; the store keeps its SHA-256
-with the mail, the recipient and the expiry. Opening a link checks both: the stored
-row (expiry) and that the HMAC over the row's mail and recipient is this very token,
-so no edit of a token or of a row turns one recipient's link into another's.
+    token = base64url( 2 | mail_id (33 raw bytes) | len(sender) | sender | recipient | MAC )
+    MAC   = HMAC-SHA256(derive_key(site_key, "link"), "mailtalk-link-v2|" + all before it)[:16]
+
+`sender` is the account the Mail-ID was verified for (lowercased), `recipient` the
+address with its domain lowercased, both UTF-8. The token is deterministic (the same
+mail and recipient always get the same link) and expires `link_lifetime_days` after
+the Mail-ID was issued (its issue time is inside it), so nothing about a link is
+stored until it is opened. Any altered byte fails the MAC: no edit turns one
+recipient's link into another's, or into a link of another mail.
+
+The sender is inside the token because a link may be opened before the milter's record
+of the mail arrived: opening then creates a placeholder mail row, which needs the
+sender. Once the record is stored, a link opens only for one of its recipients.
 """
 
 from __future__ import annotations
@@ -17,18 +25,51 @@ import hmac
 import re
 from dataclasses import dataclass
 
-from mailtalk.mailid import derive_key
-from presence_api.auth import token_hash
-from presence_api.store import Link, Store
+from mailtalk.mailid import MailIds, derive_key
+from presence_api.store import Mail, Store
 
-TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{32}")
 LINK_PATH = "/c/"
+_VERSION = 2
+_MAIL_ID_BYTES = 33        # what a 44-character Mail-ID decodes to (mailtalk/mailid.py)
+_MAC_BYTES = 16
+_PREFIX = b"mailtalk-link-v2|"
+# RFC 5321 caps a path at 256 octets: 254 for the address. Longer ones get no link.
+ADDRESS_MAX_BYTES = 254
+# The receiving hook refuses chat URLs over 900 characters (milter/online_header.py
+# CHAT_URL_MAX): a link that would be longer is not issued.
+URL_MAX = 900
+_MIN_BYTES = 1 + _MAIL_ID_BYTES + 1 + 1 + 1 + _MAC_BYTES
+_MAX_BYTES = 1 + _MAIL_ID_BYTES + 1 + 2 * ADDRESS_MAX_BYTES + _MAC_BYTES
+_MIN_CHARS, _MAX_CHARS = -(-_MIN_BYTES * 4 // 3), -(-_MAX_BYTES * 4 // 3)   # unpadded
+TOKEN_RE = re.compile(rf"[A-Za-z0-9_-]{{{_MIN_CHARS},{_MAX_CHARS}}}")
+
+
+def _b64(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode("ascii")
+
+
+def _unb64(s: str) -> bytes | None:
+    try:
+        return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    except (ValueError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Link:
+    """What a verified token names."""
+    mail_id: str
+    sender: str
+    recipient: str
+    expires_at: float
 
 
 @dataclass(frozen=True)
 class Opened:
-    """The result of opening a link: the link, or why not."""
+    """The result of opening a link: the link and its mail (stored, or a placeholder not
+    stored yet), or why not."""
     link: Link | None
+    mail: Mail | None = None
     reason: str = ""          # "" | "unknown" | "expired"
 
 
@@ -37,34 +78,70 @@ class Links:
                  lifetime_days: int) -> None:
         self.store = store
         self._key = derive_key(site_key, "link")
+        self._issued = MailIds(site_key, lifetime_days)       # issued_at only: no key use
         self.public_url = public_url.rstrip("/")
         self.lifetime = lifetime_days * 86400
 
-    def token(self, mail_id: str, recipient: str) -> str:
-        msg = f"mailtalk-link-v1|{mail_id}|{recipient}".encode()
-        mac = hmac.new(self._key, msg, hashlib.sha256).digest()[:24]
-        return base64.urlsafe_b64encode(mac).decode("ascii")
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, _PREFIX + body, hashlib.sha256).digest()[:_MAC_BYTES]
 
-    def url(self, token: str) -> str:
-        return f"{self.public_url}{LINK_PATH}{token}"
+    def token(self, mail_id: str, sender: str, recipient: str) -> str | None:
+        """The token for this recipient of this (verified) mail; None if the addresses
+        are too long for a link or the Mail-ID is not one of ours in form."""
+        raw = _unb64(mail_id)
+        s, r = sender.encode("utf-8"), recipient.encode("utf-8")
+        if (raw is None or len(raw) != _MAIL_ID_BYTES or not 0 < len(s) <= ADDRESS_MAX_BYTES
+                or not 0 < len(r) <= ADDRESS_MAX_BYTES):
+            return None
+        body = bytes([_VERSION]) + raw + bytes([len(s)]) + s + r
+        return _b64(body + self._mac(body))
 
-    def record(self, token: str, mail_id: str, recipient: str, now: float) -> Link:
-        """The row to store for a new link (the store keeps the hash, not the token)."""
-        return Link(token_hash(token), mail_id, recipient, now, now + self.lifetime)
+    def url(self, mail_id: str, sender: str, recipient: str) -> str | None:
+        token = self.token(mail_id, sender, recipient)
+        if token is None:
+            return None
+        url = f"{self.public_url}{LINK_PATH}{token}"
+        return url if len(url) <= URL_MAX else None
 
-    async def issue(self, mail_id: str, recipient: str, now: float) -> str:
-        """The link URL for this recipient of this mail (the same one when asked again)."""
-        token = self.token(mail_id, recipient)
-        await self.store.get_or_create_link(self.record(token, mail_id, recipient, now))
-        return self.url(token)
-
-    async def open(self, token: str, now: float) -> Opened:
-        if not TOKEN_RE.fullmatch(token):
-            return Opened(None, "unknown")
-        link = await self.store.get_link(token_hash(token))
-        if link is None or not hmac.compare_digest(self.token(link.mail_id, link.recipient),
-                                                   token):
-            return Opened(None, "unknown")
+    def verify(self, token: str, now: float) -> tuple[Link | None, str]:
+        """(link, "") for a genuine unexpired token, else (None, "unknown" | "expired").
+        No I/O."""
+        raw = _unb64(token) if TOKEN_RE.fullmatch(token) else None
+        if raw is None or not _MIN_BYTES <= len(raw) <= _MAX_BYTES or raw[0] != _VERSION:
+            return None, "unknown"
+        body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        if not hmac.compare_digest(self._mac(body), mac):
+            return None, "unknown"
+        mail_id = _b64(body[1:1 + _MAIL_ID_BYTES])
+        n = body[1 + _MAIL_ID_BYTES]
+        rest = body[2 + _MAIL_ID_BYTES:]
+        try:      # the MAC holds, so these are what token() wrote; decode strictly anyway
+            sender, recipient = rest[:n].decode("utf-8"), rest[n:].decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "unknown"
+        issued = self._issued.issued_at(mail_id)
+        if issued is None or len(rest) <= n:
+            return None, "unknown"
+        link = Link(mail_id, sender, recipient, issued + self.lifetime)
         if now >= link.expires_at:
-            return Opened(None, "expired")
-        return Opened(link)
+            return None, "expired"
+        return link, ""
+
+    async def open(self, token: str, now: float, store_it: bool = False) -> Opened:
+        """Verify the token and find its mail (one read). Once the record is stored, only
+        its recipients' links open. `store_it`: create the placeholder mail row if the
+        record has not arrived (the first real open is the only write a link causes)."""
+        link, reason = self.verify(token, now)
+        if link is None:
+            return Opened(None, None, reason)
+        mail = await self.store.get_mail(link.mail_id)
+        if mail is None:
+            if store_it:
+                mail = await self.store.bind_mail(link.mail_id, link.sender, now)
+            else:
+                mail = Mail(link.mail_id, link.sender, recorded=False, created_at=now)
+        if mail.account != link.sender or (
+                mail.recorded and link.recipient.lower()
+                not in {r.lower() for r in mail.recipients}):
+            return Opened(None, None, "unknown")
+        return Opened(link, mail)

@@ -1,30 +1,33 @@
-"""What lookups read, kept in memory, and the group commit of what they write.
+"""What lookups read, kept in memory, and the shared reads of what is not.
 
 A lookup is the presence service's hot path (one per delivered mail, from every
-receiving MTA). Reading SQLite for it costs a hop to the store's worker thread and
-three SELECTs, most of the lookup's time (docs/benchmarks.md). So the store keeps:
+receiving MTA). It writes nothing (links are self-verifying, links.py), and reading
+SQLite for it costs a hop to the store's worker thread, most of a lookup's time
+(docs/benchmarks.md). So the store keeps:
 
 - every account's presence mode (`modes`): all of them, so that a known and an
   unknown account cost the same dict lookup (a cache that missed on unknown accounts
   would tell them apart by time). Reloaded when another process (`mailtalk user`)
   changed the database;
-- the lookup state of recently bound or looked-up mails (`mails`, bounded, oldest
-  first out): the sender, the record's recipients and which links exist. Link tokens
-  are deterministic HMACs, so a known (mail, recipient) needs no read at all.
+- the state of recent mails (`mails`, bounded, oldest first out): the sender and the
+  record's recipients, put here by `/api/v1/mails` when it stores a record, or read
+  once by the first lookup that missed. "No record yet" is kept only for
+  `no_record_seconds`: the record may arrive after the lookup (the outbox is
+  asynchronous), from this process (which then replaces the entry) or another one.
 
-Writes (binding a mail and its links) go through `GroupCommit`: the binds requested
-while the previous transaction runs share the next one, one thread hop and one commit
-for all; each caller gets its answer only after that commit.
+Reads after a miss go through `Batcher`: the reads requested while the previous one
+runs share the next, one thread hop and one SELECT for all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from presence_api.store import BoundMail, LookupContext
+from presence_api.store import LookupContext, MailState
 
 log = logging.getLogger("mailtalk.presence.store")
 
@@ -33,34 +36,47 @@ Res = TypeVar("Res")
 
 
 class LookupMemo:
-    """Accounts' modes and recent mails' lookup state. Loop thread only."""
+    """Accounts' modes and recent mails' state. Loop thread only."""
 
-    def __init__(self, max_mails: int) -> None:
+    def __init__(self, max_mails: int, no_record_seconds: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_mails = max(1, max_mails)
+        self.no_record_seconds = no_record_seconds
+        self._clock = clock
         self.modes: dict[str, str] = {}
-        self.mails: dict[str, BoundMail] = {}
-        # Bumped by every record that changes a mail: a bind that ran concurrently may
-        # have read the mail before the record, so its result is not remembered.
+        # mail_id -> (state, kept until: monotonic seconds; 0.0 = while there is room)
+        self.mails: dict[str, tuple[MailState, float]] = {}
+        # Bumped by every record stored: a read that ran concurrently may have missed it,
+        # so its result is not remembered.
         self.epoch = 0
 
     def context(self, account: str, mail_id: str) -> LookupContext:
-        return LookupContext(self.modes.get(account), self.mails.get(mail_id))
+        entry = self.mails.get(mail_id)
+        if entry is not None and entry[1] and entry[1] < self._clock():
+            entry = None          # "no record yet" has aged: read again
+        return LookupContext(self.modes.get(account), entry[0] if entry else None)
 
-    def remember(self, mail_id: str, mail: BoundMail) -> None:
+    def remember(self, mail_id: str, mail: MailState) -> None:
+        """A recorded mail stays while there is room; one with no record only briefly."""
+        until = 0.0 if mail.allowed is not None else self._clock() + self.no_record_seconds
         mails = self.mails
         mails.pop(mail_id, None)            # re-inserted: newest again
-        mails[mail_id] = mail
+        mails[mail_id] = (mail, until)
         while len(mails) > self.max_mails:
             del mails[next(iter(mails))]
 
-    def forget(self, mail_id: str) -> None:
+    def recorded(self, mail_id: str, mail: MailState | None) -> None:
+        """A record was stored (its state) or refused as already there (None: forget)."""
         self.epoch += 1
-        self.mails.pop(mail_id, None)
+        if mail is None:
+            self.mails.pop(mail_id, None)
+        else:
+            self.remember(mail_id, mail)
 
 
-class GroupCommit(Generic[Req, Res]):
-    """Runs requests in batches: `run_batch(list)` (one transaction in the store's
-    thread) returns one result, or the exception that request raised, per request.
+class Batcher(Generic[Req, Res]):
+    """Runs requests in batches: `run_batch(list)` (one call in the store's thread)
+    returns one result, or the exception that request raised, per request.
 
     No timer: a request made while no batch runs starts one at the loop's next turn
     (gathering the requests of this turn); requests made while a batch runs wait for
@@ -103,7 +119,7 @@ class GroupCommit(Generic[Req, Res]):
                 try:
                     self._on_done(reqs, results, epoch)
                 except Exception:           # bookkeeping only: never strand the callers
-                    log.exception("after a group commit of %d", len(reqs))
+                    log.exception("after a batch of %d", len(reqs))
                 for (_, fut), res in zip(batch, results):
                     if fut.done():              # its caller went away (cancelled)
                         continue
@@ -115,6 +131,6 @@ class GroupCommit(Generic[Req, Res]):
             self._task = None
 
     async def drain(self) -> None:
-        """Wait until every submitted request is committed (before closing the store)."""
+        """Wait until every submitted request is answered (before closing the store)."""
         while self._task is not None:
             await asyncio.shield(self._task)

@@ -8,7 +8,7 @@ network database fits as well as SQLite run in a worker thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 # Presence modes a user can choose; "auto" means: online/away from activity.
@@ -27,7 +27,7 @@ class Account:
 class Mail:
     mail_id: str
     account: str                     # the sender
-    recorded: bool                   # False: only a stub bound by a lookup; record not here yet
+    recorded: bool                   # False: a placeholder (a link opened before the record)
     message_id: str = ""
     subject: str = ""
     date: str = ""
@@ -35,15 +35,6 @@ class Mail:
     body_text: str = ""
     queue_id: str = ""
     created_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class Link:
-    token_hash: str
-    mail_id: str
-    recipient: str
-    created_at: float
-    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -65,13 +56,12 @@ class Conversation:
     last_text: str = ""
 
 
-@dataclass(slots=True)
-class BoundMail:
-    """What a lookup needs of a stored mail: its sender, whom the record allows and which
-    recipients have a link row already (so a repeat lookup writes nothing)."""
+@dataclass(frozen=True, slots=True)
+class MailState:
+    """What a lookup needs of a mail: its sender and whom the milter's record allows
+    (`allowed` None: no record known, every recipient asked gets a link)."""
     account: str
-    allowed: frozenset[str] | None    # the record's recipients, lowercased; None: a stub
-    linked: set[str] = field(default_factory=set)   # recipients as bound (domain lowercased)
+    allowed: frozenset[str] | None    # the record's recipients, lowercased
 
     def allows(self, recipient: str) -> bool:
         return self.allowed is None or recipient.lower() in self.allowed
@@ -82,10 +72,9 @@ class LookupContext:
     """What one lookup needs, in one store call on every path (the same work for all).
 
     Served from memory: `mode` is None when there is no such account; `mail` is None
-    when the store holds no lookup state of that mail in memory (then `bind_links`
-    reads and writes it)."""
+    when the store holds no state of that mail in memory (then `lookup_mail` reads it)."""
     mode: str | None
-    mail: BoundMail | None
+    mail: MailState | None
 
 
 class Store(Protocol):
@@ -114,24 +103,17 @@ class Store(Protocol):
         """Store the milter's record; True if stored now, False if it was already there."""
 
     async def bind_mail(self, mail_id: str, account: str, now: float) -> Mail:
-        """The mail row for a verified Mail-ID: the record, or a stub if none arrived yet."""
+        """The mail row for a verified Mail-ID: the record, or a placeholder (inserted
+        now) if none arrived yet. Called when a link is opened, never by lookups."""
 
     async def get_mail(self, mail_id: str) -> Mail | None: ...
     async def lookup_context(self, account: str, mail_id: str) -> LookupContext:
         """From memory, no I/O: the same cost for every account and Mail-ID."""
 
-    # recipient links
-    async def get_or_create_link(self, link: Link) -> Link:
-        """Insert unless (mail_id, recipient) already has one; return the stored link."""
-
-    async def bind_links(self, mail_id: str, account: str, now: float,
-                         links: list[Link]) -> BoundMail:
-        """In one transaction (which may be shared with concurrent calls): the mail row (a
-        stub unless the record is there) and those of these links whose recipient the
-        record lists (all, for a stub), each unless (mail_id, recipient) has one already.
-        Returns after the commit, with the mail's lookup state."""
-
-    async def get_link(self, token_hash: str) -> Link | None: ...
+    async def lookup_mail(self, mail_id: str, account: str) -> MailState:
+        """A mail's state read from the store (a read only, shared with concurrent
+        calls) and remembered for later lookups; a mail with no row yet is remembered
+        only briefly. `account` is the verified sender, used when there is no row."""
 
     # rooms (one per Mail-ID)
     async def join(self, mail_id: str, address: str, now: float) -> bool:

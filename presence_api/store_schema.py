@@ -63,4 +63,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (mail_id, address)
     );
     """,
+    # 2: links are self-verifying (links.py): no link rows, and lookups no longer bind
+    # a placeholder mail; those nobody opened or wrote about go with the table.
+    """
+    DROP TABLE links;
+    DELETE FROM mails WHERE recorded = 0
+        AND NOT EXISTS (SELECT 1 FROM members WHERE members.mail_id = mails.mail_id)
+        AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.mail_id = mails.mail_id);
+    """,
 ]

@@ -3,7 +3,8 @@
 sqlite3 blocks, so every call runs in one dedicated worker thread (a single-thread
 executor): the event loop never waits on the disk, and one connection used by one
 thread needs no locking. Lookups are the exception: `lookup_context` answers from
-memory and `bind_links` commits in groups (lookup_memo.py). The schema is created and migrated at `open()` from the
+memory, and the reads after a miss (`lookup_mail`) share thread hops (lookup_memo.py).
+Lookups never write. The schema is created and migrated at `open()` from the
 numbered steps in MIGRATIONS (store_schema.py), recorded in `schema_version`.
 """
 
@@ -21,22 +22,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailtalk import defaults as D
-from presence_api.lookup_memo import GroupCommit, LookupMemo
+from presence_api.lookup_memo import Batcher, LookupMemo
 from presence_api.store import (
     Account,
-    BoundMail,
     Conversation,
-    Link,
     LookupContext,
     Mail,
+    MailState,
     Message,
 )
 from presence_api.store_schema import MIGRATIONS
 
 log = logging.getLogger("mailtalk.presence.store")
 T = TypeVar("T")
-# (mail_id, account, now, links) of one lookup's bind
-BindRequest = tuple[str, str, float, list[Link]]
+# (mail_id, verified sender) of one lookup's read
+ReadRequest = tuple[str, str]
 
 def sqlite_path(database: str) -> Path:
     """`/path`, `sqlite:///path` (or `sqlite:////path`) -> Path. Other URLs are the
@@ -58,25 +58,21 @@ def _account(row: sqlite3.Row) -> Account:
     return Account(row["account"], row["password_hash"], row["mode"], row["created_at"])
 
 
-def _link(row: sqlite3.Row) -> Link:
-    return Link(row["token_hash"], row["mail_id"], row["recipient"], row["created_at"],
-                row["expires_at"])
-
-
 def _message(row: sqlite3.Row) -> Message:
     return Message(row["id"], row["mail_id"], row["author"], row["text"], row["ts"])
 
 
 class SqliteStore:
     def __init__(self, path: Path | str, cache_mails: int = D.LOOKUP_CACHE_MAILS,
-                 accounts_reload: float = D.ACCOUNTS_RELOAD_SECONDS) -> None:
+                 accounts_reload: float = D.ACCOUNTS_RELOAD_SECONDS,
+                 no_record_seconds: float = D.LOOKUP_NO_RECORD_SECONDS) -> None:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presence-sqlite")
-        self.memo = LookupMemo(cache_mails)
-        self._binds: GroupCommit[BindRequest, BoundMail] = GroupCommit(
-            lambda reqs: self._run(self._bind_batch, reqs), self._bound)
-        self._binds.epoch = lambda: self.memo.epoch
+        self.memo = LookupMemo(cache_mails, no_record_seconds)
+        self._reads: Batcher[ReadRequest, MailState] = Batcher(
+            lambda reqs: self._run(self._read_batch, reqs), self._read_done)
+        self._reads.epoch = lambda: self.memo.epoch
         self._accounts_reload = accounts_reload
         self._data_version = 0
         self._watcher: asyncio.Task[None] | None = None
@@ -163,7 +159,7 @@ class SqliteStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
-        await self._binds.drain()
+        await self._reads.drain()
         if self._db is not None:
             await self._run(self.db.close)
             self._db = None
@@ -252,7 +248,7 @@ class SqliteStore:
         def do() -> bool:
             vals = (mail.account, mail.message_id, mail.subject, mail.date,
                     json.dumps(list(mail.recipients)), mail.body_text, mail.queue_id)
-            # A stub bound by an early lookup is completed; a full record is never replaced.
+            # A placeholder (a link opened early) is completed; a record is never replaced.
             cur = self.db.execute(
                 "UPDATE mails SET recorded=1, account=?, message_id=?, subject=?, date=?, "
                 "recipients=?, body_text=?, queue_id=? WHERE mail_id=? AND recorded=0",
@@ -265,11 +261,14 @@ class SqliteStore:
                 "VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?)",
                 (mail.mail_id,) + vals + (mail.created_at,))
             return cur.rowcount == 1
-        self.memo.forget(mail.mail_id)
+        self.memo.recorded(mail.mail_id, None)
+        stored = False
         try:
-            return await self._run(do)
-        finally:
-            self.memo.forget(mail.mail_id)     # the record now decides who gets links
+            stored = await self._run(do)
+            return stored
+        finally:      # the record now decides who gets links: lookups read it from memory
+            self.memo.recorded(mail.mail_id, MailState(
+                mail.account, frozenset(r.lower() for r in mail.recipients)) if stored else None)
 
     def _get_mail(self, mail_id: str) -> Mail | None:
         row = self.db.execute("SELECT * FROM mails WHERE mail_id=?", (mail_id,)).fetchone()
@@ -290,77 +289,30 @@ class SqliteStore:
     async def lookup_context(self, account: str, mail_id: str) -> LookupContext:
         return self.memo.context(account, mail_id)
 
-    # --- links
+    async def lookup_mail(self, mail_id: str, account: str) -> MailState:
+        return await self._reads.submit((mail_id, account))
 
-    async def get_or_create_link(self, link: Link) -> Link:
-        def do() -> Link:
-            self.db.execute("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)",
-                            (link.token_hash, link.mail_id, link.recipient, link.created_at,
-                             link.expires_at))
-            row = self.db.execute("SELECT * FROM links WHERE mail_id=? AND recipient=?",
-                                  (link.mail_id, link.recipient)).fetchone()
-            return _link(row)
-        return await self._run(do)
+    def _read_batch(self, reqs: list[ReadRequest]) -> list[MailState | BaseException]:
+        """One SELECT for every mail of the batch; a mail with no row yet: no record."""
+        ids = list({mail_id for mail_id, _ in reqs})
+        found: dict[str, MailState] = {}
+        for i in range(0, len(ids), 500):          # below SQLite's host-parameter limit
+            chunk = ids[i:i + 500]
+            for row in self.db.execute(
+                    "SELECT mail_id, account, recorded, recipients FROM mails WHERE mail_id IN "
+                    f"({','.join('?' * len(chunk))})", chunk):
+                found[row["mail_id"]] = MailState(row["account"], frozenset(
+                    r.lower() for r in json.loads(row["recipients"])) if row["recorded"]
+                    else None)
+        return [found.get(mail_id) or MailState(account, None) for mail_id, account in reqs]
 
-    async def bind_links(self, mail_id: str, account: str, now: float,
-                         links: list[Link]) -> BoundMail:
-        return await self._binds.submit((mail_id, account, now, links))
-
-    def _bind_one(self, mail_id: str, account: str, now: float, links: list[Link]) -> BoundMail:
-        db = self.db
-        if db.execute("INSERT OR IGNORE INTO mails (mail_id, account, recorded, created_at) "
-                      "VALUES (?, ?, 0, ?)", (mail_id, account, now)).rowcount == 1:
-            mail = BoundMail(account, None)      # a new stub: every recipient may have a link
-        else:
-            row = db.execute("SELECT account, recorded, recipients FROM mails "
-                             "WHERE mail_id=?", (mail_id,)).fetchone()
-            mail = BoundMail(row["account"], frozenset(r.lower() for r in json.loads(
-                row["recipients"])) if row["recorded"] else None)
-        rows = [(lk.token_hash, lk.mail_id, lk.recipient, lk.created_at, lk.expires_at)
-                for lk in links if mail.allows(lk.recipient)]
-        db.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)", rows)
-        # Links of other recipients may exist too: not knowing them costs a later lookup
-        # an INSERT OR IGNORE, nothing more.
-        mail.linked.update(r[2] for r in rows)
-        return mail
-
-    def _bind_batch(self, reqs: list[BindRequest]) -> list[BoundMail | BaseException]:
-        """All in one transaction; if it fails, each alone (one bad request fails alone)."""
-        db = self.db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                out: list[BoundMail | BaseException] = [self._bind_one(*r) for r in reqs]
-                db.execute("COMMIT")
-                return out
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except Exception:
-            if len(reqs) == 1:
-                raise
-        out = []
-        for r in reqs:
-            try:
-                out.extend(self._bind_batch([r]))
-            except Exception as e:  # noqa: BLE001 - handed to that request's caller
-                out.append(e)
-        return out
-
-    def _bound(self, reqs: list[BindRequest], results: list[BoundMail | BaseException],
-               epoch: int) -> None:
-        for (mail_id, *_), res in zip(reqs, results):
-            if isinstance(res, BoundMail) and epoch == self.memo.epoch:
+    def _read_done(self, reqs: list[ReadRequest], results: list[MailState | BaseException],
+                   epoch: int) -> None:
+        if epoch != self.memo.epoch:     # a record was stored meanwhile: keep what it put
+            return
+        for (mail_id, _), res in zip(reqs, results):
+            if isinstance(res, MailState):
                 self.memo.remember(mail_id, res)
-            else:
-                self.memo.mails.pop(mail_id, None)
-
-    async def get_link(self, token_hash: str) -> Link | None:
-        def do() -> Link | None:
-            row = self.db.execute("SELECT * FROM links WHERE token_hash=?",
-                                  (token_hash,)).fetchone()
-            return _link(row) if row else None
-        return await self._run(do)
 
     # --- rooms
 

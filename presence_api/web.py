@@ -187,20 +187,17 @@ async def get_conversation(request: web.Request) -> web.StreamResponse:
 async def get_link(request: web.Request) -> web.StreamResponse:
     svc = service(request)
     token = request.match_info["token"]
+    # Verify and read only: a mail scanner that fetches the URL stores nothing. The
+    # page's WebSocket stores what the chat needs (ws.py), and its "open" frame joins
+    # the room and tells the sender.
     opened = await svc.links.open(token, svc.clock())
-    if opened.link is None:
+    if opened.link is None or opened.mail is None:
         if opened.reason == "expired":
             return render("gone.html", http_status=410, title="Link expired",
                           text="This chat link has expired.")
         return render("gone.html", http_status=404, title="No such link",
                       text="This chat link is not valid.")
-    link = opened.link
-    mail = await svc.store.get_mail(link.mail_id)
-    if mail is None:
-        return render("gone.html", http_status=404, title="No such link",
-                      text="This chat link is not valid.")
-    # Joining and telling the sender happen when the page's script says "open" over
-    # its WebSocket: a mail scanner that fetches the URL does not count as opening it.
+    link, mail = opened.link, opened.mail
     return render("link.html", title=mail.subject or "mailtalk", you=link.recipient,
                   token=token, mail=mail_view(mail, False),
                   sender_status=svc.presence.status(mail.account),

@@ -67,13 +67,12 @@ async def ws_link(request: web.Request) -> web.StreamResponse:
     svc = service(request)
     if not _origin_ok(svc, request):
         raise web.HTTPForbidden(text="bad origin")
-    opened = await svc.links.open(request.match_info["token"], svc.clock())
-    if opened.link is None:
+    # The first real open stores the mail row (a placeholder if the record has not
+    # arrived) that the room needs; lookups stored nothing.
+    opened = await svc.links.open(request.match_info["token"], svc.clock(), store_it=True)
+    if opened.link is None or opened.mail is None:
         raise web.HTTPNotFound(text="no such link")
-    link = opened.link
-    mail = await svc.store.get_mail(link.mail_id)
-    if mail is None:
-        raise web.HTTPNotFound(text="no such link")
+    link, mail = opened.link, opened.mail
     ws = await _open(svc, request)
     client = Client(ws, "link", link.recipient, svc.clock(), mail_id=link.mail_id,
                     link_expires=link.expires_at)
