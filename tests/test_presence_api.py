@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
-import sqlite3
+import re
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -12,7 +13,6 @@ from aiohttp import ClientSession, TCPConnector
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from presence_api.auth import token_hash
 from support.presence_extra import Presence, start_presence
 
 ALICE = "alice@a.test"
@@ -128,7 +128,7 @@ async def test_lookup_refusals_are_one_answer_with_the_same_work(p: Presence) ->
     assert good["status"] == "offline" and good["links"]
 
 
-async def test_lookup_before_record_binds_links_and_repeats_them(p: Presence) -> None:
+async def test_lookup_before_record_gives_links_and_repeats_them(p: Presence) -> None:
     mid = p.mail_ids.issue(ALICE)
     a = await p.lookup(ALICE, mid, ["Bob@B.Test", "carol@c.test", "junk"])
     assert set(a["links"]) == {"Bob@B.Test", "carol@c.test"}     # keys as asked
@@ -138,16 +138,27 @@ async def test_lookup_before_record_binds_links_and_repeats_them(p: Presence) ->
     # same link when asked again; bound to the recipient with its domain lowercased
     assert b["links"] == {"Bob@b.test": a["links"]["Bob@B.Test"],
                           "carol@c.test": a["links"]["carol@c.test"]}
-    r = await p.client.get(p.link_path(b["links"]["Bob@b.test"]))
+    bob = p.link_path(b["links"]["Bob@b.test"])
+    r = await p.client.get(bob)
     assert "You: Bob@b.test" in await r.text()
+    # lookups and fetching the page store nothing (a mail scanner fetches URLs) ...
+    assert await p.svc.store.get_mail(mid) is None
+    # ... the page's WebSocket (a real open) stores a placeholder of the mail
+    ws = await p.client.ws_connect("/ws" + bob, headers={"Origin": p.origin})
+    assert (await ws.receive_json())["you"] == "Bob@b.test"
+    await ws.close()
     stub = await p.svc.store.get_mail(mid)
-    assert stub is not None and not stub.recorded                  # bound to the mail
-    # the record arrives late: it completes the stub
+    assert stub is not None and not stub.recorded and stub.account == ALICE
+    # the record arrives late: it completes the placeholder
     r = await p.client.post("/api/v1/mails", headers=p.bearer(), json={
         "mail_id": mid, "account": ALICE, "recipients": ["Bob@b.test"], "subject": "Late"})
     assert r.status == 201
+    assert (await p.svc.store.get_mail(mid)).subject == "Late"  # type: ignore[union-attr]
     c = await p.lookup(ALICE, mid, ["Bob@b.test", "dave@d.test"])
     assert c["links"] == {"Bob@b.test": a["links"]["Bob@B.Test"]}  # only its recipients now
+    # and a link given before the record to someone it does not list opens no more
+    assert (await p.client.get(p.link_path(a["links"]["carol@c.test"]))).status == 404
+    assert (await p.client.get(bob)).status == 200
 
 
 async def test_lookup_after_record_gives_links_only_to_its_recipients(p: Presence) -> None:
@@ -175,16 +186,28 @@ async def test_link_is_bound_to_one_recipient_and_cannot_be_altered(p: Presence)
     assert (await p.client.get("/c/" + tampered)).status == 404
     assert (await p.client.get("/c/" + token[:-1])).status == 404
     # a token for a recipient that was never issued one (computed with the key!) is refused
-    never = p.svc.links.token(mid, "eve@e.test")
-    assert (await p.client.get("/c/" + never)).status == 404
-    # even an edited database row cannot move Bob's link to Carol
-    db = sqlite3.connect(p.svc.cfg.presence.database)
-    db.execute("DELETE FROM links WHERE recipient='carol@c.test'")
-    db.execute("UPDATE links SET recipient='carol@c.test' WHERE token_hash=?",
-               (token_hash(token),))
-    db.commit()
-    db.close()
-    assert (await p.client.get(bob)).status == 404
+    # (links are self-verifying: the mail's record is what refuses it)
+    never = p.svc.links.token(mid, ALICE, "eve@e.test")
+    assert never is not None and (await p.client.get("/c/" + never)).status == 404
+    # the recipient and the mail are inside the token, under its MAC: editing them in
+    # Bob's token (the MAC kept) makes neither Carol's link nor a link of another mail
+    raw = bytearray(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    i = raw.index(b"bob@b.test")
+    as_carol = bytes(raw[:i]) + b"carol@c.test" + bytes(raw[i + len(b"bob@b.test"):])
+    other = await p.record(ALICE, ["bob@b.test"])
+    other_raw = base64.urlsafe_b64decode(other + "=" * (-len(other) % 4))
+    other_mail = bytes(raw[:1]) + other_raw + bytes(raw[1 + len(other_raw):])
+    for forged in (as_carol, other_mail):
+        t = base64.urlsafe_b64encode(forged).rstrip(b"=").decode()
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", t)
+        assert (await p.client.get("/c/" + t)).status == 404
+    # nor does any single byte changed anywhere in it
+    for k in range(0, len(raw), 7):
+        flipped = bytearray(raw)
+        flipped[k] ^= 0x01
+        t = base64.urlsafe_b64encode(bytes(flipped)).rstrip(b"=").decode()
+        assert (await p.client.get("/c/" + t)).status == 404, k
+    assert (await p.client.get(bob)).status == 200        # and the genuine one still opens
 
 
 async def test_link_expires(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The lookup fast path: state in memory, binds in group commits (presence_api/lookup_memo.py).
+"""The lookup fast path: state in memory, shared reads, no writes (presence_api/lookup_memo.py).
 
 In-process aiohttp test server on 127.0.16.x (the presence-perf range) with real SQLite.
 """
@@ -17,11 +17,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from support.presence_extra import Clock, Presence, make_config, start_presence
 from support.wait import free_port
 
-from presence_api.auth import token_hash
-from presence_api.lookup_memo import GroupCommit
+from presence_api.lookup_memo import Batcher
 from presence_api.server import make_app
 from presence_api.service import SERVICE
-from presence_api.store import Link
+from presence_api.store import Mail
+from presence_api.store_schema import MIGRATIONS
 from presence_api.store_sqlite import SqliteStore
 
 ALICE = "alice@a.test"
@@ -43,29 +43,40 @@ async def p(tmp_path: Path) -> AsyncIterator[Presence]:
     await pres.client.close()
 
 
-def stored_links(p: Presence) -> dict[str, str]:
-    """token_hash -> recipient, read by another connection (what is committed)."""
+def table_counts(p: Presence) -> dict[str, int]:
+    """Rows per table, read by another connection (what is committed)."""
     db = sqlite3.connect(p.svc.cfg.presence.database)
     try:
-        return dict(db.execute("SELECT token_hash, recipient FROM links").fetchall())
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {n: db.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in names}
     finally:
         db.close()
 
 
-async def test_concurrent_fresh_lookups_are_stored_before_they_are_answered(p: Presence) -> None:
+async def test_concurrent_fresh_lookups_write_nothing(p: Presence) -> None:
+    """Replaces "stored before answered": links are self-verifying, a lookup stores no
+    row at all; the reads after a miss share thread hops."""
+    store = p.svc.store
+    assert isinstance(store, SqliteStore)
+    before = table_counts(p)
+    assert "links" not in before
     mids = [p.mail_ids.issue(ALICE) for _ in range(30)]
     answers = await asyncio.gather(*(p.lookup(ALICE, m, ["bob@b.test", "Carol@C.test"])
                                      for m in mids))
-    stored = stored_links(p)
     for a in answers:
         assert set(a["links"]) == {"bob@b.test", "Carol@C.test"}
-        for url in a["links"].values():
-            assert token_hash(url.rsplit("/", 1)[1]) in stored
-    assert len(stored) == 60
-    # and asked again (from memory, no write), the same links
+    assert len({u for a in answers for u in a["links"].values()}) == 60
+    assert table_counts(p) == before                 # nothing written
+    assert store._reads.batches < 30 and store._reads.largest > 1
+    # asked again (from memory, no thread hop), the same links
+    batches = store._reads.batches
     again = await p.lookup(ALICE, mids[0], ["bob@b.test", "Carol@c.test"])
     assert again["links"] == {"bob@b.test": answers[0]["links"]["bob@b.test"],
                               "Carol@c.test": answers[0]["links"]["Carol@C.test"]}
+    assert store._reads.batches == batches
+    # and each one opens, for its own recipient
+    r = await p.client.get(p.link_path(answers[7]["links"]["Carol@C.test"]))
+    assert r.status == 200 and "You: Carol@c.test" in await r.text()
 
 
 async def test_refusals_never_touch_the_database(p: Presence) -> None:
@@ -153,7 +164,7 @@ async def test_evicted_mail_state_is_read_back_with_its_record(tmp_path: Path) -
         await client.close()
 
 
-async def test_group_commit_batches_and_answers_after_the_batch() -> None:
+async def test_batcher_batches_and_answers_after_the_batch() -> None:
     gate = asyncio.Event()
     seen: list[list[int]] = []
 
@@ -162,13 +173,13 @@ async def test_group_commit_batches_and_answers_after_the_batch() -> None:
         await gate.wait()
         return [r * 10 if r != 3 else ValueError("three") for r in reqs]
 
-    gc: GroupCommit[int, int] = GroupCommit(run_batch, lambda reqs, res, epoch: None)
+    gc: Batcher[int, int] = Batcher(run_batch, lambda reqs, res, epoch: None)
     first = asyncio.ensure_future(gc.submit(0))
     await asyncio.sleep(0)                      # the first batch starts with one request
     await asyncio.sleep(0)
     rest = [asyncio.ensure_future(gc.submit(i)) for i in range(1, 6)]
     await asyncio.sleep(0.01)
-    assert not first.done() and not any(f.done() for f in rest)   # not before the commit
+    assert not first.done() and not any(f.done() for f in rest)   # not before the batch
     gate.set()
     assert await first == 0
     results = await asyncio.gather(*rest, return_exceptions=True)
@@ -178,41 +189,77 @@ async def test_group_commit_batches_and_answers_after_the_batch() -> None:
     await gc.drain()
 
 
-async def test_a_failing_bind_fails_alone(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.sqlite3")
+async def test_no_record_is_remembered_only_briefly(tmp_path: Path) -> None:
+    """A record stored by another process after a lookup's read is seen once the
+    "no record yet" answer has aged (the outbox is asynchronous)."""
+    store = SqliteStore(tmp_path / "s.sqlite3", no_record_seconds=0.3)
     await store.open()
+    other = SqliteStore(tmp_path / "s.sqlite3")
+    await other.open()
     try:
-        good = [("M" * 44, ALICE, 1.0, [Link("h1", "M" * 44, "bob@b.test", 1.0, 9.0)]),
-                ("N" * 44, ALICE, 1.0, [Link("h2", "N" * 44, "bob@b.test", 1.0, 9.0)])]
-        bad = ("O" * 44, ALICE, 1.0, [Link("h3", "no such mail", "bob@b.test", 1.0, 9.0)])
-        results = await asyncio.gather(store.bind_links(*good[0]), store.bind_links(*bad),
-                                       store.bind_links(*good[1]), return_exceptions=True)
-        assert isinstance(results[1], sqlite3.IntegrityError)
-        assert [type(r).__name__ for r in (results[0], results[2])] == ["BoundMail"] * 2
-        assert await store.get_link("h1") is not None and await store.get_link("h2") is not None
-        assert await store.get_link("h3") is None
+        mid = "M" * 44
+        first = await store.lookup_mail(mid, ALICE)
+        assert first.allowed is None and first.allows("eve@e.test")
+        assert (await store.lookup_context(ALICE, mid)).mail == first      # remembered
+        assert await other.put_mail(Mail(mid, ALICE, True, recipients=("Bob@b.test",)))
+
+        async def aged() -> bool:
+            return (await store.lookup_context(ALICE, mid)).mail is None
+        await eventually(aged, timeout=5)
+        again = await store.lookup_mail(mid, ALICE)
+        assert again.allowed == frozenset({"bob@b.test"}) and not again.allows("eve@e.test")
+        # a record keeps its place in memory (no ageing)
+        assert (await store.lookup_context(ALICE, mid)).mail == again
+        assert store.memo.mails[mid][1] == 0.0
     finally:
+        await other.close()
         await store.close()
 
 
-async def test_a_record_racing_a_bind_is_not_hidden_by_a_stale_stub(tmp_path: Path) -> None:
-    """The bind's transaction runs first (a stub), the record right after it: the stub
-    state read by the bind must not stay in memory, or eve would keep getting links."""
+async def test_a_record_racing_a_read_is_not_hidden_by_a_stale_answer(tmp_path: Path) -> None:
+    """The read runs first (no record), the record is stored right after it: the read's
+    answer must not stay in memory, or eve would keep getting links."""
     store = SqliteStore(tmp_path / "s.sqlite3")
     await store.open()
     try:
         mid = "M" * 44
-        bind = asyncio.ensure_future(store.bind_links(mid, ALICE, 1.0, [
-            Link("h-bob", mid, "bob@b.test", 1.0, 9.0), Link("h-eve", mid, "eve@e.test", 1.0, 9.0)]))
-        while store._binds.batches == 0:            # the bind's batch is in the thread
+        read = asyncio.ensure_future(store.lookup_mail(mid, ALICE))
+        while store._reads.batches == 0:            # the read's batch is in the thread
             await asyncio.sleep(0)
-        from presence_api.store import Mail
         assert await store.put_mail(Mail(mid, ALICE, True, recipients=("bob@b.test",)))
-        stub = await bind
-        assert stub.allowed is None                 # it did read the stub
-        assert mid not in store.memo.mails          # ... and was not remembered
-        again = await store.bind_links(mid, ALICE, 2.0, [])
-        assert again.allowed == frozenset({"bob@b.test"}) and not again.allows("eve@e.test")
-        assert store.memo.mails[mid] is again
+        stale = await read
+        assert stale.allowed is None                # it did read before the record
+        state = (await store.lookup_context(ALICE, mid)).mail
+        assert state is not None and state.allowed == frozenset({"bob@b.test"})
+        assert not state.allows("eve@e.test")
+    finally:
+        await store.close()
+
+
+async def test_schema_2_drops_link_rows_and_unopened_placeholders(tmp_path: Path) -> None:
+    """A version-1 database (links stored by lookups) is migrated: the link table goes,
+    placeholder mails nobody opened go, a placeholder with a room stays."""
+    path = tmp_path / "v1.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (1)")
+    db.executemany("INSERT INTO mails (mail_id, account, recorded, created_at) "
+                   "VALUES (?, ?, ?, 1.0)", [("unopened", ALICE, 0), ("opened", ALICE, 0),
+                                             ("recorded", ALICE, 1)])
+    db.execute("INSERT INTO links VALUES ('h', 'unopened', 'bob@b.test', 1.0, 9.0)")
+    db.execute("INSERT INTO members VALUES ('opened', 'bob@b.test', 2.0)")
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert await store.schema_version() == len(MIGRATIONS) >= 2
+        assert await store.get_mail("unopened") is None
+        assert await store.get_mail("opened") is not None
+        assert await store.get_mail("recorded") is not None
+        tables = await store._run(lambda: [r[0] for r in store.db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")])
+        assert "links" not in tables
     finally:
         await store.close()
