@@ -10,10 +10,17 @@ SQLite for it costs a hop to the store's worker thread, most of a lookup's time
   would tell them apart by time). Reloaded when another process (`mailtalk user`)
   changed the database;
 - the state of recent mails (`mails`, bounded, oldest first out): the sender and the
-  record's recipients, put here by `/api/v1/mails` when it stores a record, or read
-  once by the first lookup that missed. "No record yet" is kept only for
-  `no_record_seconds`: the record may arrive after the lookup (the outbox is
-  asynchronous), from this process (which then replaces the entry) or another one.
+  record's recipients, put here by `/api/v1/mails` when it stores a record, and the
+  newest records loaded at start. So a Mail-ID issued after `complete_after` that is
+  not in memory has no record: no read (records come only through this process's
+  API; one presence process per database). `complete_after` is the start's cut-off
+  and moves up with the issue time of every record evicted. An older Mail-ID is read
+  once; "no record yet" is then kept only for `no_record_seconds`, since the record
+  may still arrive (the outbox is asynchronous; a record stored here replaces it).
+
+A wrong guess could only hand out a link to an address the record does not list, and
+such a link does not open (links.py checks the record): the filter here is a courtesy,
+not the guard.
 
 Reads after a miss go through `Batcher`: the reads requested while the previous one
 runs share the next, one thread hop and one SELECT for all.
@@ -27,9 +34,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from mailtalk.mailid import MailIds
 from presence_api.store import LookupContext, MailState
 
 log = logging.getLogger("mailtalk.presence.store")
+
+# issued_at reads the Mail-ID's clear header: no key is used.
+_issued_at = MailIds(bytes(32), 1).issued_at
+# A Mail-ID may be issued up to this long after its record's clock says (mailid.py
+# accepts issue times 300 s ahead).
+CLOCK_SKEW = 300.0
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -49,6 +63,21 @@ class LookupMemo:
         # Bumped by every record stored: a read that ran concurrently may have missed it,
         # so its result is not remembered.
         self.epoch = 0
+        # Every record of a Mail-ID issued after this (unix seconds) is in `mails`.
+        self.complete_after = float("inf")      # nothing known until load()
+
+    def load(self, records: list[tuple[str, MailState]], oldest_left_out: float | None
+             ) -> None:
+        """At start: the newest records (newest first) and the creation time of the
+        newest record that did not fit (None: all did)."""
+        for mail_id, state in reversed(records[:self.max_mails]):
+            self.mails[mail_id] = (state, 0.0)
+        self.complete_after = 0.0 if oldest_left_out is None else oldest_left_out + CLOCK_SKEW
+
+    def has_no_record(self, mail_id: str) -> bool:
+        """True when the store surely holds no record of this mail (not in memory)."""
+        issued = _issued_at(mail_id)
+        return issued is not None and issued > self.complete_after
 
     def context(self, account: str, mail_id: str) -> LookupContext:
         entry = self.mails.get(mail_id)
@@ -63,7 +92,9 @@ class LookupMemo:
         mails.pop(mail_id, None)            # re-inserted: newest again
         mails[mail_id] = (mail, until)
         while len(mails) > self.max_mails:
-            del mails[next(iter(mails))]
+            old = next(iter(mails))
+            if mails.pop(old)[0].allowed is not None:      # a record leaves memory
+                self.complete_after = max(self.complete_after, _issued_at(old) or 0.0)
 
     def recorded(self, mail_id: str, mail: MailState | None) -> None:
         """A record was stored (its state) or refused as already there (None: forget)."""

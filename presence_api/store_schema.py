@@ -64,9 +64,11 @@ MIGRATIONS: list[str] = [
     );
     """,
     # 2: links are self-verifying (links.py): no link rows, and lookups no longer bind
-    # a placeholder mail; those nobody opened or wrote about go with the table.
+    # a placeholder mail; those nobody opened or wrote about go with the table. The
+    # newest records are loaded into memory at start (lookup_memo.py): by created_at.
     """
     DROP TABLE links;
+    CREATE INDEX mails_created ON mails(created_at);
     DELETE FROM mails WHERE recorded = 0
         AND NOT EXISTS (SELECT 1 FROM members WHERE members.mail_id = mails.mail_id)
         AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.mail_id = mails.mail_id);

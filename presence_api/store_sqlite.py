@@ -127,11 +127,23 @@ class SqliteStore:
     async def open(self) -> None:
         await self._run(self._open)
         self.memo.modes, self._data_version = await self._run(self._load_modes)
+        self.memo.load(*await self._run(self._load_recent))
         self._watcher = asyncio.create_task(self._watch_accounts())
 
     def _load_modes(self) -> tuple[dict[str, str], int]:
         version = self.db.execute("PRAGMA data_version").fetchone()[0]
         return dict(self.db.execute("SELECT account, mode FROM accounts").fetchall()), version
+
+    def _load_recent(self) -> tuple[list[tuple[str, MailState]], float | None]:
+        """The newest records that fit in memory, and the creation time of the newest
+        one that did not (lookups then know which Mail-IDs need no read)."""
+        n = self.memo.max_mails
+        rows = self.db.execute(
+            "SELECT mail_id, account, recipients, created_at FROM mails WHERE recorded=1 "
+            "ORDER BY created_at DESC LIMIT ?", (n + 1,)).fetchall()
+        left_out = rows[n]["created_at"] if len(rows) > n else None
+        return [(r["mail_id"], MailState(r["account"], frozenset(
+            x.lower() for x in json.loads(r["recipients"])))) for r in rows[:n]], left_out
 
     def _modes_if_changed(self) -> dict[str, str] | None:
         # data_version changes only with commits of other connections (`mailtalk user`).
@@ -290,6 +302,8 @@ class SqliteStore:
         return self.memo.context(account, mail_id)
 
     async def lookup_mail(self, mail_id: str, account: str) -> MailState:
+        if self.memo.has_no_record(mail_id):      # a new Mail-ID: nothing to read
+            return MailState(account, None)
         return await self._reads.submit((mail_id, account))
 
     def _read_batch(self, reqs: list[ReadRequest]) -> list[MailState | BaseException]:
