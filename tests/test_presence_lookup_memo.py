@@ -55,7 +55,8 @@ def table_counts(p: Presence) -> dict[str, int]:
 
 async def test_concurrent_fresh_lookups_write_nothing(p: Presence) -> None:
     """Replaces "stored before answered": links are self-verifying, a lookup stores no
-    row at all; the reads after a miss share thread hops."""
+    row at all. A Mail-ID newer than what memory covers is not even read; older ones
+    are read once, the reads sharing thread hops."""
     store = p.svc.store
     assert isinstance(store, SqliteStore)
     before = table_counts(p)
@@ -67,13 +68,23 @@ async def test_concurrent_fresh_lookups_write_nothing(p: Presence) -> None:
         assert set(a["links"]) == {"bob@b.test", "Carol@C.test"}
     assert len({u for a in answers for u in a["links"].values()}) == 60
     assert table_counts(p) == before                 # nothing written
-    assert store._reads.batches < 30 and store._reads.largest > 1
+    assert store._reads.batches == 0 and not store.memo.mails     # nothing read or kept
+    # as if older records had not fit in memory: each Mail-ID is read, reads shared
+    store.memo.complete_after = float("inf")
+    older = [p.mail_ids.issue(ALICE) for _ in range(30)]
+    read = await asyncio.gather(*(p.lookup(ALICE, m, ["bob@b.test"]) for m in older))
+    assert all(set(a["links"]) == {"bob@b.test"} for a in read)
+    assert 0 < store._reads.batches < 30 and store._reads.largest > 1
+    assert table_counts(p) == before
     # asked again (from memory, no thread hop), the same links
     batches = store._reads.batches
+    again = await p.lookup(ALICE, older[0], ["bob@b.test", "Carol@c.test"])
+    assert again["links"]["bob@b.test"] == read[0]["links"]["bob@b.test"]
+    assert store._reads.batches == batches
+    # and the same links for the same mail, whichever way it was known
     again = await p.lookup(ALICE, mids[0], ["bob@b.test", "Carol@c.test"])
     assert again["links"] == {"bob@b.test": answers[0]["links"]["bob@b.test"],
                               "Carol@c.test": answers[0]["links"]["Carol@C.test"]}
-    assert store._reads.batches == batches
     # and each one opens, for its own recipient
     r = await p.client.get(p.link_path(answers[7]["links"]["Carol@C.test"]))
     assert r.status == 200 and "You: Carol@c.test" in await r.text()
@@ -106,8 +117,10 @@ async def test_refusals_never_touch_the_database(p: Presence) -> None:
             "account": account, "mail_id": mid, "recipients": ["bob@b.test"]})
         bodies.add(await r.read())
     assert hops["n"] == 0 and len(bodies) == 1
-    # a valid fresh Mail-ID does reach the store: the count can fail
-    await p.lookup(ALICE, p.mail_ids.issue(ALICE), ["bob@b.test"])
+    # opening a link does reach the store: the count can fail
+    link = (await p.lookup(ALICE, known, ["bob@b.test"]))["links"]["bob@b.test"]
+    assert hops["n"] == 0
+    assert (await p.client.get(p.link_path(link))).status == 200
     assert hops["n"] >= 1
 
 
@@ -155,8 +168,9 @@ async def test_evicted_mail_state_is_read_back_with_its_record(tmp_path: Path) -
         first = await p.record(ALICE, ["bob@b.test"])
         a = await p.lookup(ALICE, first, ["bob@b.test", "eve@e.test"])
         assert set(a["links"]) == {"bob@b.test"}
-        await p.lookup(ALICE, p.mail_ids.issue(ALICE), ["x@x.test"])    # evicts `first`
+        await p.record(ALICE, ["x@x.test"])                              # evicts `first`
         assert first not in store.memo.mails and len(store.memo.mails) == 1
+        assert not store.memo.has_no_record(first)      # it must be read, not guessed
         b = await p.lookup(ALICE, first, ["bob@b.test", "eve@e.test"])
         assert b["links"] == {"bob@b.test": a["links"]["bob@b.test"]}
         assert client.server.app[SERVICE].store is store
@@ -194,6 +208,7 @@ async def test_no_record_is_remembered_only_briefly(tmp_path: Path) -> None:
     "no record yet" answer has aged (the outbox is asynchronous)."""
     store = SqliteStore(tmp_path / "s.sqlite3", no_record_seconds=0.3)
     await store.open()
+    store.memo.complete_after = float("inf")       # as if records had not fit in memory
     other = SqliteStore(tmp_path / "s.sqlite3")
     await other.open()
     try:
@@ -221,6 +236,7 @@ async def test_a_record_racing_a_read_is_not_hidden_by_a_stale_answer(tmp_path: 
     answer must not stay in memory, or eve would keep getting links."""
     store = SqliteStore(tmp_path / "s.sqlite3")
     await store.open()
+    store.memo.complete_after = float("inf")       # as if records had not fit in memory
     try:
         mid = "M" * 44
         read = asyncio.ensure_future(store.lookup_mail(mid, ALICE))
@@ -234,6 +250,52 @@ async def test_a_record_racing_a_read_is_not_hidden_by_a_stale_answer(tmp_path: 
         assert not state.allows("eve@e.test")
     finally:
         await store.close()
+
+
+async def test_newest_records_are_loaded_at_start(tmp_path: Path) -> None:
+    """After a restart, lookups know the newest records without a read; a Mail-ID
+    older than the newest record that did not fit is read."""
+    path = tmp_path / "s.sqlite3"
+    ids = MailIdsForTest()
+    first = SqliteStore(path)
+    await first.open()
+    try:
+        for i, mid in enumerate(ids.mids):
+            await first.put_mail(Mail(mid, ALICE, True, recipients=("bob@b.test",),
+                                      created_at=ids.t0 + 100 * i))
+    finally:
+        await first.close()
+    store = SqliteStore(path, cache_mails=2)
+    await store.open()
+    try:
+        assert list(store.memo.mails) == ids.mids[1:]           # the two newest, oldest first
+        assert store.memo.complete_after == ids.t0 + 300        # created_at left out + skew
+        newest = (await store.lookup_context(ALICE, ids.mids[2])).mail
+        assert newest is not None and not newest.allows("eve@e.test")
+        assert not store.memo.has_no_record(ids.mids[0])        # issued at t0: read it
+        state = await store.lookup_mail(ids.mids[0], ALICE)
+        assert store._reads.batches == 1 and not state.allows("eve@e.test")
+        assert store.memo.has_no_record(ids.fresh)              # issued later: no read
+        assert (await store.lookup_mail(ids.fresh, ALICE)).allowed is None
+        assert store._reads.batches == 1
+    finally:
+        await store.close()
+
+
+class MailIdsForTest:
+    """Three Mail-IDs issued 100 s apart from t0, and one issued 1000 s after."""
+
+    def __init__(self) -> None:
+        from mailtalk.mailid import MailIds
+        self.t0 = float(int(time.time()) - 5000)
+        now = [self.t0]
+        m = MailIds(b"k" * 32, 30, clock=lambda: now[0])
+        self.mids = []
+        for i in range(3):
+            now[0] = self.t0 + 100 * i
+            self.mids.append(m.issue(ALICE))
+        now[0] = self.t0 + 1000
+        self.fresh = m.issue(ALICE)
 
 
 async def test_schema_2_drops_link_rows_and_unopened_placeholders(tmp_path: Path) -> None:
