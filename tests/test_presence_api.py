@@ -12,7 +12,6 @@ import pytest
 from aiohttp import ClientSession, TCPConnector
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
-
 from support.presence_extra import Presence, start_presence
 
 ALICE = "alice@a.test"
