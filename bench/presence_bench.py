@@ -15,11 +15,12 @@ Targets, all asking "is this sender there?" about `--accounts` accounts:
                   bench/ejabberd_peer.py), users registered, `--online` of them online
                   over XMPP.
   mailtalk        `POST /api/v1/lookup` with valid Mail-IDs (made with the site key the
-                  service uses) that were looked up before: links exist (read path);
+                  service uses) that were looked up before (a retried delivery);
                   `--online` of the accounts have a page's WebSocket open (online).
   mailtalk-fresh  the same with a Mail-ID never seen before in every request: what a
                   receiving MTA really sends, one lookup per delivered mail (the
-                  service binds the mail and creates the recipient's link: write path).
+                  service verifies the Mail-ID and makes the recipient's self-verifying
+                  link; since 450eb61 it stores nothing, see docs/presence.md).
   aiohttp-floor   a reference, not a peer: a minimal aiohttp app with a fixed answer
                   (bench/floor_server.py), the cost of any one-process aiohttp service
                   here before any work of its own.
