@@ -75,11 +75,12 @@ def outbox_api_token(site_key: bytes) -> str:
     return derive_key(site_key, "outbox-api").hex()
 
 
-def _b64(b: bytes) -> str:
+def b64url(b: bytes) -> str:
+    """Unpadded base64url: the alphabet of Mail-IDs and link tokens (A-Z a-z 0-9 - _)."""
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode("ascii")
 
 
-def _unb64(s: str) -> bytes | None:
+def unb64url(s: str) -> bytes | None:
     try:
         return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
     except (ValueError, TypeError):
@@ -106,7 +107,7 @@ class MailIds:
 
     def issue(self, account: str) -> str:
         head = _HEAD.pack(_VERSION, int(self._clock())) + secrets.token_bytes(_RANDOM_BYTES)
-        return _b64(head + self._tag(account, head))
+        return b64url(head + self._tag(account, head))
 
     def verify(self, account: str, token: str) -> bool:
         """True only for a Mail-ID this site issued for `account` that has not expired.
@@ -114,7 +115,7 @@ class MailIds:
         Every rejection path computes one HMAC, so a forged, a wrong and an unknown
         account's Mail-ID cost the same time.
         """
-        raw = _unb64(token) if is_well_formed(token) else None
+        raw = unb64url(token) if is_well_formed(token) else None
         if raw is None or len(raw) != _TOKEN_BYTES:
             raw = bytes(_TOKEN_BYTES)      # still spend the HMAC: same time as a real check
         head, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
@@ -124,7 +125,7 @@ class MailIds:
         return good and version == _VERSION and -300 <= age <= self._lifetime
 
     def issued_at(self, token: str) -> float | None:
-        raw = _unb64(token) if is_well_formed(token) else None
+        raw = unb64url(token) if is_well_formed(token) else None
         if raw is None or len(raw) != _TOKEN_BYTES:
             return None
         return float(_HEAD.unpack_from(raw)[1])

@@ -19,13 +19,12 @@ sender. Once the record is stored, a link opens only for one of its recipients.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import re
 from dataclasses import dataclass
 
-from mailtalk.mailid import MailIds, derive_key
+from mailtalk.mailid import MailIds, b64url, derive_key, unb64url
 from presence_api.store import Mail, Store
 
 LINK_PATH = "/c/"
@@ -42,17 +41,6 @@ _MIN_BYTES = 1 + _MAIL_ID_BYTES + 1 + 1 + 1 + _MAC_BYTES
 _MAX_BYTES = 1 + _MAIL_ID_BYTES + 1 + 2 * ADDRESS_MAX_BYTES + _MAC_BYTES
 _MIN_CHARS, _MAX_CHARS = -(-_MIN_BYTES * 4 // 3), -(-_MAX_BYTES * 4 // 3)   # unpadded
 TOKEN_RE = re.compile(rf"[A-Za-z0-9_-]{{{_MIN_CHARS},{_MAX_CHARS}}}")
-
-
-def _b64(b: bytes) -> str:
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode("ascii")
-
-
-def _unb64(s: str) -> bytes | None:
-    try:
-        return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
-    except (ValueError, TypeError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -88,13 +76,13 @@ class Links:
     def token(self, mail_id: str, sender: str, recipient: str) -> str | None:
         """The token for this recipient of this (verified) mail; None if the addresses
         are too long for a link or the Mail-ID is not one of ours in form."""
-        raw = _unb64(mail_id)
+        raw = unb64url(mail_id)
         s, r = sender.encode("utf-8"), recipient.encode("utf-8")
         if (raw is None or len(raw) != _MAIL_ID_BYTES or not 0 < len(s) <= ADDRESS_MAX_BYTES
                 or not 0 < len(r) <= ADDRESS_MAX_BYTES):
             return None
         body = bytes([_VERSION]) + raw + bytes([len(s)]) + s + r
-        return _b64(body + self._mac(body))
+        return b64url(body + self._mac(body))
 
     def url(self, mail_id: str, sender: str, recipient: str) -> str | None:
         token = self.token(mail_id, sender, recipient)
@@ -106,13 +94,13 @@ class Links:
     def verify(self, token: str, now: float) -> tuple[Link | None, str]:
         """(link, "") for a genuine unexpired token, else (None, "unknown" | "expired").
         No I/O."""
-        raw = _unb64(token) if TOKEN_RE.fullmatch(token) else None
+        raw = unb64url(token) if TOKEN_RE.fullmatch(token) else None
         if raw is None or not _MIN_BYTES <= len(raw) <= _MAX_BYTES or raw[0] != _VERSION:
             return None, "unknown"
         body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         if not hmac.compare_digest(self._mac(body), mac):
             return None, "unknown"
-        mail_id = _b64(body[1:1 + _MAIL_ID_BYTES])
+        mail_id = b64url(body[1:1 + _MAIL_ID_BYTES])
         n = body[1 + _MAIL_ID_BYTES]
         rest = body[2 + _MAIL_ID_BYTES:]
         try:      # the MAC holds, so these are what token() wrote; decode strictly anyway
