@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -21,6 +22,12 @@ log = logging.getLogger("mailtalk.filter.reinject")
 REPLY_MAX_LINES = 100          # a reply longer than this is a broken peer
 REPLY_LINE_MAX = 4096
 XFORWARD_LINE_MAX = 500        # below RFC 5321's 512 octets with CRLF
+# Idle connections kept between transactions. A fresh connection to the re-injection
+# smtpd costs its greeting and EHLO. An idle one holds one of that smtpd's processes
+# (receiver-master.cf: maxproc 10) away from anyone else, so few, and for a short time:
+# 2 s, as Postfix's own smtp_connection_cache_time_limit; a timer closes them.
+POOL_MAX_IDLE = 4
+POOL_IDLE_SECONDS = 2.0
 _STUFF = re.compile(rb"(?m)^\.")   # a dot after every LF, as the receiver splits lines there
 _XTEXT_SAFE = re.compile(r"[!-~]+")
 
@@ -60,6 +67,9 @@ class ReinjectClient:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self.extensions: dict[str, str] = {}     # EHLO keyword -> its parameters
+        # A MAIL was accepted and no DATA reply or RSET has ended it yet: only then does
+        # a client's RSET need a round trip here (Postfix sends one before every reuse).
+        self.in_transaction = False
 
     @property
     def connected(self) -> bool:
@@ -149,6 +159,7 @@ class ReinjectClient:
         else:
             replies = [await self.command(line) for line in lines]
         refused = next((r for r in replies[:-1] if not r.ok), None)
+        self.in_transaction = replies[-1].ok
         return refused, replies[-1]
 
     def _mail_line(self, sender: str, options: Iterable[str]) -> bytes:
@@ -160,7 +171,9 @@ class ReinjectClient:
         return line_b
 
     async def mail(self, sender: str, options: Iterable[str]) -> Reply:
-        return await self.command(self._mail_line(sender, options))
+        reply = await self.command(self._mail_line(sender, options))
+        self.in_transaction = reply.ok
+        return reply
 
     def _offers_option(self, option: str) -> bool:
         key = option.split("=", 1)[0].upper()
@@ -174,14 +187,22 @@ class ReinjectClient:
         reply = await self.command(b"DATA")
         if reply.code != 354:
             return reply
+        return await self.data_body(message)
+
+    async def data_body(self, message: bytes) -> Reply:
+        """After a 354: the message dot-stuffed, the final dot, and the final reply."""
         body = _STUFF.sub(b"..", message)
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
         await self._send(body + b".\r\n")
-        return await self._read_reply()
+        reply = await self._read_reply()
+        self.in_transaction = False
+        return reply
 
     async def rset(self) -> Reply:
-        return await self.command(b"RSET")
+        reply = await self.command(b"RSET")
+        self.in_transaction = False
+        return reply
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
@@ -200,3 +221,70 @@ class ReinjectClient:
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.transport.abort()
+
+    def quit_nowait(self) -> None:
+        """QUIT and close without waiting for the reply (an idle pooled connection)."""
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None and not writer.is_closing():
+            writer.write(b"QUIT\r\n")
+            writer.close()
+
+    def idle_ok(self) -> bool:
+        """Connected, and nothing arrived while idle (a 421 or EOF means it is stale)."""
+        return (self.connected and not self.in_transaction and self._reader is not None
+                and not self._reader.at_eof()
+                and not self._reader._buffer)    # noqa: SLF001 - no public peek
+
+
+class ReinjectPool:
+    """Idle re-injection connections, reused across Postfix sessions (newest first)."""
+
+    def __init__(self, host: str, port: int, timeout: float, helo: str,
+                 max_idle: int = POOL_MAX_IDLE, idle_seconds: float = POOL_IDLE_SECONDS) -> None:
+        self.host, self.port, self.timeout, self.helo = host, port, timeout, helo
+        self.max_idle, self.idle_seconds = max_idle, idle_seconds
+        self._idle: list[tuple[float, ReinjectClient]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def get(self) -> tuple[ReinjectClient, bool]:
+        """A connection in the EHLO'd state, and whether it was reused from the pool."""
+        self._prune()
+        while self._idle:
+            _, client = self._idle.pop()
+            if client.idle_ok():
+                return client, True
+            client.abort()
+        client = ReinjectClient(self.host, self.port, self.timeout, self.helo)
+        await client.connect()
+        return client, False
+
+    def put(self, client: ReinjectClient) -> None:
+        """Keep a connection that is between transactions, or QUIT it if the pool is full."""
+        self._prune()
+        if client.idle_ok() and len(self._idle) < self.max_idle:
+            self._idle.append((time.monotonic(), client))
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(
+                    self.idle_seconds, self._on_timer)
+        else:
+            client.quit_nowait()
+
+    def _prune(self) -> None:
+        cutoff = time.monotonic() - self.idle_seconds
+        while self._idle and self._idle[0][0] <= cutoff:
+            self._idle.pop(0)[1].quit_nowait()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._prune()
+        if self._idle:     # the oldest left expires idle_seconds after it was put
+            delay = self._idle[0][0] + self.idle_seconds - time.monotonic()
+            self._timer = asyncio.get_running_loop().call_later(max(delay, 0.01),
+                                                                self._on_timer)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(c.close() for _, c in idle))
