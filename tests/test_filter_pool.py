@@ -1,0 +1,98 @@
+"""Re-injection connections are held per transaction and pooled briefly (filter-perf).
+
+Real SMTP on loopback: our filter (aiosmtpd), a re-injection sink we control
+(aiosmtpd) and smtplib as Postfix. The presence lookup is a fake (as in
+test_filter_smtp.py): DNS and HTTP are covered by the discovery tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator
+
+import pytest
+
+from mailtalk.config import parse_text
+from mailtalk_milter import filter as filt
+from support import free_port
+from support.filter_extra import SinkHandler, send, start_sink
+from test_filter_receiving import CLAIM, FakeLookup, msg
+
+HOST = "127.0.18.2"
+SINK_HOST = "127.0.18.3"
+XFWD = "NAME=mx.a.example ADDR=192.0.2.7 PROTO=ESMTP HELO=mx.a.example IDENT=4FQX5678ZZ SOURCE=REMOTE"
+
+
+class Setup:
+    def __init__(self, running: filt.Running, sink: SinkHandler) -> None:
+        self.running, self.sink = running, sink
+        self.sessions: list[Any] = []          # the sink's server side of each connection
+
+    async def send(self, rcpts: list[str]) -> Any:
+        return await asyncio.to_thread(send, HOST, self.running.port, "alice@a.example",
+                                       rcpts, msg(*CLAIM), xforward=XFWD)
+
+    def open_sessions(self) -> int:
+        return sum(1 for s in self.sessions
+                   if s.transport is not None and not s.transport.is_closing())
+
+
+async def wait_for(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def s() -> AsyncIterator[Setup]:
+    sink_server, sink, sink_port = await start_sink(SINK_HOST)
+    cfg = parse_text(f"""
+[filter]
+listen = "{HOST}:{free_port(HOST)}"
+reinject = "{SINK_HOST}:{sink_port}"
+reinject_timeout = 5
+""", "test")
+    running = await filt.start(cfg, asyncio.Event(), lookup=FakeLookup("online"))
+    setup = Setup(running, sink)
+    ehlo = sink.handle_EHLO
+
+    async def counting_ehlo(server: Any, session: Any, envelope: Any, hostname: str,
+                            responses: list[str]) -> list[str]:
+        setup.sessions.append(server)   # aiosmtpd reads this signature: keep it explicit
+        return await ehlo(server, session, envelope, hostname, responses)
+    sink.handle_EHLO = counting_ehlo  # type: ignore[method-assign]
+    yield setup
+    await running.close()
+    sink_server.close()
+
+
+async def test_sessions_one_after_another_reuse_one_connection(s: Setup) -> None:
+    for _ in range(3):
+        r = await s.send(["bob@b.example"])
+        assert r.data is not None and r.data[0] == 250
+    assert len(s.sink.got) == 3
+    assert len(s.sessions) == 1             # one greeting and EHLO for three mails
+    assert all(g.xforward for g in s.sink.got)    # XFORWARD still in every transaction
+
+
+async def test_idle_connection_is_closed_after_the_idle_time(s: Setup) -> None:
+    s.running.handler.pool.idle_seconds = 0.3
+    r = await s.send(["bob@b.example"])
+    assert r.data is not None and r.data[0] == 250
+    assert s.open_sessions() == 1            # pooled, still open
+    await wait_for(lambda: s.open_sessions() == 0)
+
+
+async def test_connection_closed_by_the_server_while_idle_is_replaced(s: Setup) -> None:
+    r = await s.send(["bob@b.example"])
+    assert r.data is not None and r.data[0] == 250
+    first = s.sessions[0]
+    await first.push("421 4.4.2 sink.test Error: timeout exceeded")
+    first.transport.close()
+    await asyncio.sleep(0)                    # let nothing else happen: no fixed wait
+    r = await s.send(["bob@b.example", "carol@b.example"])
+    assert r.mail[0] == 250
+    assert r.data is not None and r.data[0] == 250
+    assert len(s.sessions) == 2
+    assert sorted(g.rcpts[0] for g in s.sink.got[1:]) == ["bob@b.example", "carol@b.example"]
