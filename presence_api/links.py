@@ -95,7 +95,10 @@ class Links:
         """(link, "") for a genuine unexpired token, else (None, "unknown" | "expired").
         No I/O."""
         raw = unb64url(token) if TOKEN_RE.fullmatch(token) else None
-        if raw is None or not _MIN_BYTES <= len(raw) <= _MAX_BYTES or raw[0] != _VERSION:
+        # One spelling per link: base64's last character can carry unused bits, and a
+        # token that differs only there must not open (re-encoding gives the one spelling).
+        if (raw is None or not _MIN_BYTES <= len(raw) <= _MAX_BYTES or raw[0] != _VERSION
+                or b64url(raw) != token):
             return None, "unknown"
         body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         if not hmac.compare_digest(self._mac(body), mac):

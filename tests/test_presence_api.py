@@ -254,3 +254,21 @@ async def test_lookup_answers_online_while_a_page_is_connected(p: Presence) -> N
         assert (await p.lookup(ALICE, mid, []))["status"] == "online"
     finally:
         await ws.close()
+
+
+async def test_a_token_has_one_spelling(p: Presence) -> None:
+    """base64's last character may carry unused bits: a variant that decodes to the same
+    bytes is still not the link (regression: the one-character tamper check above was
+    flaky when the changed character differed only in those bits)."""
+    mid = await p.record(ALICE, ["bob@b.test"])
+    url = (await p.lookup(ALICE, mid, ["bob@b.test"]))["links"]["bob@b.test"]
+    token = p.link_path(url).rsplit("/", 1)[1]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    unused_bits = {2: 4, 3: 2}.get(len(token) % 4, 0)
+    assert unused_bits, "this recipient's token happens to end on a byte boundary"
+    last = alphabet.index(token[-1])
+    variant = token[:-1] + alphabet[last ^ 1]         # flip an unused low bit
+    assert base64.urlsafe_b64decode(variant + "=" * (-len(variant) % 4)) == \
+        base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    assert (await p.client.get("/c/" + variant)).status == 404
+    assert (await p.client.get("/c/" + token)).status == 200
