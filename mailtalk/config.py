@@ -51,12 +51,6 @@ def _pos_float(v: Any) -> float:
     return float(v)
 
 
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError(f"expected true or false, got {type(v).__name__}")
-    return v
-
-
 def _str_list(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise ValueError("expected a list of strings")

@@ -252,10 +252,3 @@ class Discoverer:
             while len(self._cache) > DNS_CACHE_MAX_ENTRIES:
                 self._cache.popitem(last=False)
         return result
-
-    def forget(self, domain: str | None = None) -> None:
-        """Drop one cached domain, or all."""
-        if domain is None:
-            self._cache.clear()
-        else:
-            self._cache.pop(domain.lower().rstrip("."), None)

@@ -157,6 +157,3 @@ class PresenceHub:
                 await self.sweep()
             except Exception:
                 log.exception("presence sweep failed")
-
-    def connected_count(self) -> int:
-        return sum(len(v) for v in self.clients.values())
