@@ -217,6 +217,8 @@ class FilterConfig:
     max_message_size: int
     lookup_concurrency_per_domain: int
     reinject_timeout: float
+    reinject_idle_connections: int
+    reinject_idle_seconds: float
     mode: str                  # "smtp" (Postfix content filter) or "milter" (Sendmail)
     milter_socket: str         # where the receiving milter listens (mode = "milter")
 
@@ -288,6 +290,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "max_message_size": (_int_min(1024), D.MAX_MESSAGE_SIZE),
         "lookup_concurrency_per_domain": (_int_min(1), D.LOOKUP_CONCURRENCY_PER_DOMAIN),
         "reinject_timeout": (_pos_float, D.REINJECT_TIMEOUT),
+        "reinject_idle_connections": (_int_min(0), D.REINJECT_IDLE_CONNECTIONS),
+        "reinject_idle_seconds": (_pos_float, D.REINJECT_IDLE_SECONDS),
         "mode": (lambda v: _one_of(v, ("smtp", "milter")), D.FILTER_MODE),
         "milter_socket": (parse_milter_socket, D.FILTER_MILTER_SOCKET),
     },

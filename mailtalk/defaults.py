@@ -29,6 +29,13 @@ LOOKUP_TIMEOUT = 2.0                          # seconds; the whole DNS + HTTP lo
 MAX_MESSAGE_SIZE = 50 * 1024 * 1024           # >= Postfix's message_size_limit (10240000)
 LOOKUP_CONCURRENCY_PER_DOMAIN = 8
 REINJECT_TIMEOUT = 60.0
+# Idle re-injection connections kept between mails, and for how long. Each holds one
+# of the re-injection smtpd's processes; the filter never holds more connections than
+# mails in flight, which the `mailtalk` transport's maxproc bounds (10 in
+# deploy/postfix/receiver-master.cf, as the smtpd's): keeping that many idle means a
+# connection is made only when more mails are in flight than ever before.
+REINJECT_IDLE_CONNECTIONS = 10
+REINJECT_IDLE_SECONDS = 2.0                   # as Postfix's smtp_connection_cache_time_limit
 FILTER_MODE = "smtp"                          # "smtp": content filter; "milter": Sendmail
 FILTER_MILTER_SOCKET = "inet:8895@127.0.0.1"  # the receiving milter (mode = "milter")
 

@@ -12,7 +12,8 @@ Nothing is lost and nothing bounces because of us:
   timeout, a broken connection or an exception of ours is a 4xx: Postfix keeps the mail
   and retries. Groups already delivered before such a failure are remembered (queue ID,
   recipient, digest of the message) and skipped on the retry, so no one gets it twice.
-- aiosmtpd's own exception reply would be a 500 (a bounce): `handle_exception` gives 451.
+- aiosmtpd's own exception reply would be a 500 (a bounce): `handle_exception` gives 451
+  (`filter_smtp.py`, the SMTP side, as the 452 for a message over the size limit).
 """
 
 from __future__ import annotations
@@ -22,31 +23,21 @@ import hashlib
 import logging
 import socket
 import time
-from typing import Any, AnyStr
+from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import Envelope, Session
 
 from mailtalk.config import Config, FilterConfig
 from mailtalk_milter import receiving
+from mailtalk_milter.filter_smtp import REPLY_TEMPFAIL, XFORWARD_ATTRS, FilterEnvelope, FilterSMTP
 from mailtalk_milter.reinject import ReinjectClient, ReinjectError, ReinjectPool, Reply
 
 log = logging.getLogger("mailtalk.filter")
 
-XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
-REPLY_TEMPFAIL = "451 4.3.0 Error: mailtalk filter failed; try again later"
 REPLY_REINJECT_DOWN = "451 4.4.1 Error: re-injection unavailable; try again later"
-# aiosmtpd refuses a message over data_size_limit with 552 (a bounce). Postfix already
-# accepted that mail, so a size limit of ours must defer it, never bounce it.
-REPLY_TOO_BIG = "452 4.3.4 Error: message larger than [filter] max_message_size; try again later"
 DELIVERED_TTL = 3 * 86400      # remember partial deliveries this long (seconds)
 DELIVERED_MAX = 100_000        # and at most this many recipients
 DRAIN_SECONDS = 10.0           # on stop: how long messages in flight may finish
-
-
-class FilterEnvelope(Envelope):
-    def __init__(self) -> None:
-        super().__init__()
-        self.xforward: dict[str, str] = {}
 
 
 class Delivered:
@@ -68,90 +59,6 @@ class Delivered:
         self._seen[key] = time.monotonic()
 
 
-class FilterSMTP(SMTP):
-    """aiosmtpd's SMTP plus XFORWARD, one re-injection connection, and 451 on errors."""
-
-    def __init__(self, handler: "FilterHandler", **kw: Any) -> None:
-        # A line may be as long as the whole message: long lines must pass, and an
-        # aiosmtpd "500 Line too long" would be a 5xx of our own making.
-        self.line_length_limit = max(kw.get("data_size_limit") or 0, 1001)
-        super().__init__(handler, **kw)
-        self.upstream: ReinjectClient | None = None
-        self.upstream_reused = False     # taken from the pool: may have gone stale
-        self.early_data: asyncio.Task[Reply] | None = None   # DATA sent on ahead, see smtp_DATA
-        handler.sessions.add(self)
-
-    def _create_envelope(self) -> FilterEnvelope:
-        return FilterEnvelope()
-
-    async def push(self, status: AnyStr) -> None:
-        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
-        if text.startswith("552 "):      # aiosmtpd's own size refusals, at MAIL or DATA
-            env = self.envelope
-            ident = env.xforward.get("IDENT", "-") if isinstance(env, FilterEnvelope) else "-"
-            log.error("%s: message over [filter] max_message_size (%d bytes): deferred; "
-                      "keep it at least Postfix's message_size_limit", ident,
-                      self.data_size_limit or 0)
-            status = REPLY_TOO_BIG    # type: ignore[assignment]
-        await super().push(status)
-
-    async def smtp_DATA(self, arg: str | None) -> None:
-        """For a single recipient, send DATA to the re-injection server as soon as Postfix
-        sends its DATA: its 354 round trip then overlaps reading the message and the
-        lookup (one round trip less per mail). The 354 is consumed in FilterHandler._data;
-        if aiosmtpd never calls it (no RCPT, too big, hang-up) the connection is dropped,
-        as a transaction in the DATA phase cannot be taken back."""
-        up, env = self.upstream, self.envelope
-        if (up is not None and up.in_transaction and arg is None
-                and len(set(env.rcpt_tos)) == 1):
-            self.early_data = asyncio.ensure_future(up.command(b"DATA"))
-        try:
-            await super().smtp_DATA(arg)
-        finally:
-            task, self.early_data = self.early_data, None
-            if task is not None:              # not consumed by handle_DATA
-                self.drop_upstream()
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-
-    async def smtp_XFORWARD(self, arg: str | None) -> None:
-        """Postfix's XFORWARD (XFORWARD_README): client attributes, before MAIL."""
-        env = self.envelope
-        assert isinstance(env, FilterEnvelope)
-        if env.mail_from:
-            await self.push("503 5.5.1 Error: MAIL transaction in progress")
-            return
-        if not arg:
-            await self.push("501 5.5.4 Syntax: XFORWARD attribute=value...")
-            return
-        attrs: dict[str, str] = {}
-        for item in arg.split():
-            name, sep, value = item.partition("=")
-            if not sep or name.upper() not in XFORWARD_ATTRS:
-                await self.push(f"501 5.5.4 Bad XFORWARD attribute name: {name[:40]}")
-                return
-            attrs[name.upper()] = value
-        env.xforward.update(attrs)
-        await self.push("250 2.0.0 Ok")
-
-    async def handle_exception(self, error: Exception) -> str:
-        log.error("unexpected error in the SMTP session: %s: %s",
-                  type(error).__name__, error, exc_info=error)
-        self.drop_upstream()
-        self._set_rset_state()
-        return REPLY_TEMPFAIL
-
-    def drop_upstream(self) -> None:
-        if self.upstream is not None:
-            self.upstream.abort()
-            self.upstream = None
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self.drop_upstream()
-        self.event_handler.sessions.discard(self)
-        super().connection_lost(error)
-
-
 def _own(reply: Reply) -> str:
     """A next-hop reply for Postfix: 2xx/4xx/5xx pass as they are, anything else 451."""
     return reply.smtp() if 200 <= reply.code < 600 and reply.code // 100 != 3 else REPLY_TEMPFAIL
@@ -165,7 +72,8 @@ class FilterHandler:
         self.helo = helo or socket.gethostname()
         self.delivered = Delivered()
         self.pool = ReinjectPool(cfg.reinject.host, cfg.reinject.port, cfg.reinject_timeout,
-                                 self.helo)
+                                 self.helo, cfg.reinject_idle_connections,
+                                 cfg.reinject_idle_seconds)
         self.sessions: set[FilterSMTP] = set()
         self.busy = 0            # messages between DATA and our reply
 
@@ -174,7 +82,8 @@ class FilterHandler:
         session.host_name = hostname
         server.drop_upstream()                      # EHLO resets: a fresh transaction
         # PIPELINING: Postfix then sends MAIL, RCPT... and DATA without waiting for each
-        # reply; aiosmtpd answers them in order, one at a time, as RFC 2920 wants.
+        # reply; aiosmtpd answers them in order; FilterSMTP.push writes
+        # the replies to one such group together.
         return responses[:-1] + ["250-PIPELINING", "250-XFORWARD " + " ".join(XFORWARD_ATTRS),
                                  responses[-1]]
 
@@ -292,6 +201,9 @@ class FilterHandler:
         done = {r for r in envelope.rcpt_tos if qid != "-" and self.delivered.has((qid, r, digest))}
         groups = [(h, [r for r in rs if r not in done]) for h, rs in prepared.groups()]
         groups = [(h, rs) for h, rs in groups if rs]
+        one_transaction = early is not None or (len(groups) == 1 and not done)
+        if not one_transaction or not groups:     # else one line once it is re-injected
+            log.info("%s: %s", qid, prepared.summary)
         if done:
             log.info("%s: %d recipient(s) re-injected on an earlier try: skipped", qid, len(done))
         up = server.upstream
@@ -302,17 +214,19 @@ class FilterHandler:
                 server.early_data = None
                 reply = await early       # the 354 (or a refusal) of the DATA sent ahead
                 if reply.code != 354:
+                    log.info("%s: %s; DATA refused by the re-injection server: %s", qid,
+                             prepared.summary, reply)
                     return _own(reply)
                 if not groups:            # already re-injected on an earlier try
                     server.drop_upstream()     # the only way out of the DATA phase
                     return "250 2.0.0 Ok: re-injected"
                 reply = await up.data_body(prepared.message_with(groups[0][0]))
-                log.info("%s: re-injected to %d recipient(s): %s", qid, len(groups[0][1]), reply)
+                log.info("%s: %s; re-injected: %s", qid, prepared.summary, reply)
                 return _own(reply)
-            if len(groups) == 1 and not done:
+            if one_transaction:
                 # The usual case: the live transaction carries every recipient.
                 reply = await up.data(prepared.message_with(groups[0][0]))
-                log.info("%s: re-injected to %d recipient(s): %s", qid, len(groups[0][1]), reply)
+                log.info("%s: %s; re-injected: %s", qid, prepared.summary, reply)
                 return _own(reply)
             await up.rset()
             for n, (header, rcpts) in enumerate(groups):
@@ -331,7 +245,7 @@ class FilterHandler:
             return "250 2.0.0 Ok: re-injected"
         except ReinjectError as e:
             server.drop_upstream()
-            log.warning("%s: re-injection failed: %s: deferred", qid, e)
+            log.warning("%s: %s; re-injection failed: %s: deferred", qid, prepared.summary, e)
             return REPLY_REINJECT_DOWN
 
     @staticmethod

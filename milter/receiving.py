@@ -187,10 +187,11 @@ async def _ask(lookup: Lookup, claim: Claim, recipients: list[str], timeout: flo
 
 async def decide(claim: Claim, recipients: Sequence[str], lookup: Lookup | None,
                  timeout: float, now: datetime, qid: str) -> dict[str, SenderOnline]:
-    """The X-Sender-Online of each recipient (lookups in chunks the API accepts)."""
+    """The X-Sender-Online of each recipient (lookups in chunks the API accepts).
+
+    Why no lookup was made (`why_unknown`) is for the caller's log line."""
     rcpts = list(dict.fromkeys(recipients))
     if claim.problem is not None or lookup is None:
-        log.info("%s: %s: unknown", qid, claim.problem or "no lookup configured")
         return {r: online_header.unknown(claim.account, now) for r in rcpts}
     chunks = [rcpts[i:i + LOOKUP_MAX_RECIPIENTS]
               for i in range(0, len(rcpts), LOOKUP_MAX_RECIPIENTS)]
@@ -211,6 +212,7 @@ class Prepared:
     rest: bytes
     removed: int
     headers: dict[str, bytes] = field(default_factory=dict)   # recipient -> field bytes
+    summary: str = ""        # "X-Sender-Online for <account>: <states> to N recipient(s)"
 
     def groups(self) -> list[tuple[bytes, list[str]]]:
         """Recipients grouped by identical header, in first-recipient order."""
@@ -222,6 +224,13 @@ class Prepared:
     def message_with(self, header: bytes) -> bytes:
         """The message as received, minus forged copies, with `header` prepended."""
         return header + b"".join(self.fields) + self.rest
+
+
+def why_unknown(claim: Claim, lookup: Lookup | None) -> str:
+    """The ` (why no lookup)` part of a log line; empty when a lookup was made."""
+    if claim.problem is not None:
+        return f" ({claim.problem})"
+    return " (no lookup configured)" if lookup is None else ""
 
 
 async def prepare(raw: bytes, recipients: Sequence[str], lookup: Lookup | None,
@@ -238,6 +247,7 @@ async def prepare(raw: bytes, recipients: Sequence[str], lookup: Lookup | None,
     for rcpt in recipients:
         prepared.headers[rcpt] = online_header.format_field(decided[rcpt], eol)
     states = sorted({h.state for h in decided.values()})
-    log.info("%s: %s for %s: %s to %d recipient(s)", qid, HDR_ONLINE,
-             claim.account or "-", "/".join(states), len(decided))
+    # Logged by the caller with what became of the mail: one line per mail.
+    prepared.summary = (f"{HDR_ONLINE} for {claim.account or '-'}: {'/'.join(states)}"
+                        f"{why_unknown(claim, lookup)} to {len(decided)} recipient(s)")
     return prepared

@@ -121,7 +121,8 @@ class ReceivingMilter(Milter.Base):
         decided = self._run(receiving.decide(claim, [rcpt], self.engine.lookup,
                                              self.engine.timeout, now, qid), qid, claim, now)
         h = decided[rcpt]
-        log.info("%s: %s for %s: %s to %s", qid, HDR_ONLINE, claim.account or "-", h.state, rcpt)
+        log.info("%s: %s for %s: %s%s to %s", qid, HDR_ONLINE, claim.account or "-", h.state,
+                 receiving.why_unknown(claim, self.engine.lookup), rcpt)
         return online_header.format_value(h)
 
     def _run(self, coro: Any, qid: str, claim: receiving.Claim,

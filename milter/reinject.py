@@ -22,12 +22,6 @@ log = logging.getLogger("mailtalk.filter.reinject")
 REPLY_MAX_LINES = 100          # a reply longer than this is a broken peer
 REPLY_LINE_MAX = 4096
 XFORWARD_LINE_MAX = 500        # below RFC 5321's 512 octets with CRLF
-# Idle connections kept between transactions. A fresh connection to the re-injection
-# smtpd costs its greeting and EHLO. An idle one holds one of that smtpd's processes
-# (receiver-master.cf: maxproc 10) away from anyone else, so few, and for a short time:
-# 2 s, as Postfix's own smtp_connection_cache_time_limit; a timer closes them.
-POOL_MAX_IDLE = 4
-POOL_IDLE_SECONDS = 2.0
 _STUFF = re.compile(rb"(?m)^\.")   # a dot after every LF, as the receiver splits lines there
 _XTEXT_SAFE = re.compile(r"[!-~]+")
 
@@ -56,7 +50,10 @@ class Reply:
 
 
 def _printable(b: bytes) -> str:
-    return re.sub(r"[^\x20-\x7e]", "?", b.decode("utf-8", errors="replace"))
+    text = b.decode("utf-8", errors="replace")
+    if text.isascii() and text.isprintable():      # every reply Postfix gives
+        return text
+    return re.sub(r"[^\x20-\x7e]", "?", text)
 
 
 class ReinjectClient:
@@ -96,21 +93,24 @@ class ReinjectClient:
             self.extensions[keyword.upper()] = params.upper()
 
     async def _read_reply(self) -> Reply:
+        # asyncio.timeout, not wait_for: wait_for makes a task per line (Python 3.11).
         assert self._reader is not None
         lines: list[str] = []
         code = 0
         try:
-            while len(lines) < REPLY_MAX_LINES:
-                raw = await asyncio.wait_for(self._reader.readline(), self.timeout)
-                if not raw.endswith(b"\n"):
-                    raise ReinjectError("connection closed by the re-injection server")
-                if len(raw) < 4 or not raw[:3].isdigit() or raw[3:4] not in (b" ", b"-", b"\r", b"\n"):
-                    raise ReinjectError(f"malformed reply line {_printable(raw[:80])!r}")
-                code = int(raw[:3])
-                lines.append(_printable(raw[4:].rstrip(b"\r\n")))
-                if raw[3:4] != b"-":
-                    return Reply(code, tuple(lines))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.timeout):
+                while len(lines) < REPLY_MAX_LINES:
+                    raw = await self._reader.readline()
+                    if not raw.endswith(b"\n"):
+                        raise ReinjectError("connection closed by the re-injection server")
+                    if (len(raw) < 4 or not raw[:3].isdigit()
+                            or raw[3:4] not in (b" ", b"-", b"\r", b"\n")):
+                        raise ReinjectError(f"malformed reply line {_printable(raw[:80])!r}")
+                    code = int(raw[:3])
+                    lines.append(_printable(raw[4:].rstrip(b"\r\n")))
+                    if raw[3:4] != b"-":
+                        return Reply(code, tuple(lines))
+        except TimeoutError:
             raise ReinjectError(f"no reply within {self.timeout:g}s") from None
         except (OSError, asyncio.LimitOverrunError, ValueError) as e:
             raise ReinjectError(f"reading a reply: {e}") from None
@@ -122,8 +122,10 @@ class ReinjectClient:
         assert self._writer is not None
         try:
             self._writer.write(data)
-            await asyncio.wait_for(self._writer.drain(), self.timeout)
-        except asyncio.TimeoutError:
+            if self._writer.transport.get_write_buffer_size():   # else drain() is a no-op
+                async with asyncio.timeout(self.timeout):
+                    await self._writer.drain()
+        except TimeoutError:
             raise ReinjectError(f"cannot send within {self.timeout:g}s") from None
         except OSError as e:
             raise ReinjectError(f"sending: {e}") from None
@@ -237,10 +239,15 @@ class ReinjectClient:
 
 
 class ReinjectPool:
-    """Idle re-injection connections, reused across Postfix sessions (newest first)."""
+    """Idle re-injection connections, reused across Postfix sessions (newest first).
+
+    A fresh connection costs the re-injection smtpd a process's session set-up, its
+    greeting and our EHLO; an idle one holds that process from anyone else. So at most
+    `max_idle` (`[filter] reinject_idle_connections`), each for `idle_seconds`; a
+    timer closes them."""
 
     def __init__(self, host: str, port: int, timeout: float, helo: str,
-                 max_idle: int = POOL_MAX_IDLE, idle_seconds: float = POOL_IDLE_SECONDS) -> None:
+                 max_idle: int, idle_seconds: float) -> None:
         self.host, self.port, self.timeout, self.helo = host, port, timeout, helo
         self.max_idle, self.idle_seconds = max_idle, idle_seconds
         self._idle: list[tuple[float, ReinjectClient]] = []

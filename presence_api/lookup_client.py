@@ -126,9 +126,10 @@ class PresenceLookup:
                      *, queue_id: str = "-") -> LookupResult:
         """Presence of `account` and a chat link per recipient; never raises."""
         who = _printable(account)
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._lookup(account, mail_id, recipients, queue_id)
+                return await self._lookup(account, mail_id, recipients, queue_id, started)
         except TimeoutError:
             log.info("%s: lookup of %s: no answer within %ss: unknown",
                      queue_id, who, self._timeout)
@@ -163,7 +164,7 @@ class PresenceLookup:
         return LookupResult("unknown", "unknown", account, self._now(), {})
 
     async def _lookup(self, account: str, mail_id: str, recipients: list[str],
-                      queue_id: str) -> LookupResult:
+                      queue_id: str, started: float) -> LookupResult:
         acct = normalize_account(account) if isinstance(account, str) else None
         if acct is None or not isinstance(mail_id, str) or not is_well_formed(mail_id):
             raise LookupFailed("malformed account or Mail-ID")
@@ -183,8 +184,8 @@ class PresenceLookup:
         for st, _, chunk_links in answers:
             if st != "unknown":
                 links.update(chunk_links)
-        log.debug("%s: lookup of %s: %s, %d of %d links", queue_id, acct, status,
-                  len(links), len(wanted))
+        log.debug("%s: lookup of %s: %s, %d of %d links in %.1f ms", queue_id, acct, status,
+                  len(links), len(wanted), 1000 * (time.monotonic() - started))
         return LookupResult(STATE_OF_STATUS[status], status, account, checked, links)
 
     async def _coalesced(self, endpoint: Endpoint, domain: str, account: str, mail_id: str,
