@@ -11,7 +11,8 @@ Nothing is lost and nothing bounces because of us:
   links differ), and 250 is answered only when every group was accepted. A 4xx, a
   timeout, a broken connection or an exception of ours is a 4xx: Postfix keeps the mail
   and retries. Groups already delivered before such a failure are remembered (queue ID,
-  recipient, digest of the message) and skipped on the retry, so no one gets it twice.
+  recipient, digest of the message; on disk, `delivered.py`, so a restart of the filter
+  forgets nothing) and skipped on the retry, so no one gets it twice.
 - aiosmtpd's own exception reply would be a 500 (a bounce): `handle_exception` gives 451
   (`filter_smtp.py`, the SMTP side, as the 452 for a message over the size limit).
 """
@@ -29,34 +30,15 @@ from aiosmtpd.smtp import Envelope, Session
 
 from mailtalk.config import Config, FilterConfig
 from mailtalk_milter import receiving
+from mailtalk_milter.delivered import FILE_NAME as DELIVERED_FILE_NAME
+from mailtalk_milter.delivered import DeliveredStore
 from mailtalk_milter.filter_smtp import REPLY_TEMPFAIL, XFORWARD_ATTRS, FilterEnvelope, FilterSMTP
 from mailtalk_milter.reinject import ReinjectClient, ReinjectError, ReinjectPool, Reply
 
 log = logging.getLogger("mailtalk.filter")
 
 REPLY_REINJECT_DOWN = "451 4.4.1 Error: re-injection unavailable; try again later"
-DELIVERED_TTL = 3 * 86400      # remember partial deliveries this long (seconds)
-DELIVERED_MAX = 100_000        # and at most this many recipients
 DRAIN_SECONDS = 10.0           # on stop: how long messages in flight may finish
-
-
-class Delivered:
-    """Recipients already re-injected for a queue ID, in case Postfix retries the mail."""
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[str, str, bytes], float] = {}
-
-    def has(self, key: tuple[str, str, bytes]) -> bool:
-        t = self._seen.get(key)
-        return t is not None and time.monotonic() - t < DELIVERED_TTL
-
-    def add(self, key: tuple[str, str, bytes]) -> None:
-        if len(self._seen) >= DELIVERED_MAX:
-            cutoff = time.monotonic() - DELIVERED_TTL
-            self._seen = {k: t for k, t in self._seen.items() if t > cutoff}
-            while len(self._seen) >= DELIVERED_MAX:
-                self._seen.pop(next(iter(self._seen)))
-        self._seen[key] = time.monotonic()
 
 
 def _own(reply: Reply) -> str:
@@ -66,11 +48,12 @@ def _own(reply: Reply) -> str:
 
 class FilterHandler:
     def __init__(self, cfg: FilterConfig, lookup: receiving.Lookup | None,
-                 helo: str | None = None) -> None:
+                 helo: str | None = None, delivered: DeliveredStore | None = None) -> None:
         self.cfg = cfg
         self.lookup = lookup
         self.helo = helo or socket.gethostname()
-        self.delivered = Delivered()
+        # Recipients re-injected before a deferral (None: in memory only).
+        self.delivered = delivered if delivered is not None else DeliveredStore(None)
         self.pool = ReinjectPool(cfg.reinject.host, cfg.reinject.port, cfg.reinject_timeout,
                                  self.helo, cfg.reinject_idle_connections,
                                  cfg.reinject_idle_seconds)
@@ -197,8 +180,10 @@ class FilterHandler:
             raw, envelope.rcpt_tos, self.lookup, self.cfg.lookup_timeout,
             xforward_ident=envelope.xforward.get("IDENT"))
         qid = prepared.qid
-        digest = hashlib.sha256(raw).digest()
-        done = {r for r in envelope.rcpt_tos if qid != "-" and self.delivered.has((qid, r, digest))}
+        done: set[str] = set()
+        if qid != "-" and self.delivered.may_have(qid):   # rare: a retry after a partial delivery
+            done = await self.delivered.delivered(qid, hashlib.sha256(raw).digest(),
+                                                  envelope.rcpt_tos)
         groups = [(h, [r for r in rs if r not in done]) for h, rs in prepared.groups()]
         groups = [(h, rs) for h, rs in groups if rs]
         one_transaction = early is not None or (len(groups) == 1 and not done)
@@ -228,21 +213,30 @@ class FilterHandler:
                 reply = await up.data(prepared.message_with(groups[0][0]))
                 log.info("%s: %s; re-injected: %s", qid, prepared.summary, reply)
                 return _own(reply)
-            await up.rset()
-            for n, (header, rcpts) in enumerate(groups):
-                reply = await self._one_transaction(up, envelope, rcpts,
-                                                    prepared.message_with(header))
-                if not reply.ok:
-                    log.warning("%s: group %d/%d (%s) refused: %s", qid, n + 1, len(groups),
-                                ", ".join(rcpts), reply)
-                    if n == 0 and not done and reply.code >= 500:
-                        return _own(reply)     # nothing delivered: the next hop's own 5xx
-                    return REPLY_TEMPFAIL if reply.code >= 500 else _own(reply)
-                for r in rcpts:
-                    if qid != "-":
-                        self.delivered.add((qid, r, digest))
-                log.info("%s: re-injected to %s: %s", qid, ", ".join(rcpts), reply)
-            return "250 2.0.0 Ok: re-injected"
+            sent: list[str] = []          # re-injected in this try
+            all_sent = False
+            try:
+                await up.rset()
+                for n, (header, rcpts) in enumerate(groups):
+                    reply = await self._one_transaction(up, envelope, rcpts,
+                                                        prepared.message_with(header))
+                    if not reply.ok:
+                        log.warning("%s: group %d/%d (%s) refused: %s", qid, n + 1,
+                                    len(groups), ", ".join(rcpts), reply)
+                        if n == 0 and not done and reply.code >= 500:
+                            return _own(reply)     # nothing delivered: the next hop's own 5xx
+                        return REPLY_TEMPFAIL if reply.code >= 500 else _own(reply)
+                    sent.extend(rcpts)
+                    log.info("%s: re-injected to %s: %s", qid, ", ".join(rcpts), reply)
+                all_sent = True
+                return "250 2.0.0 Ok: re-injected"
+            finally:
+                # Deferred (a refusal, an error, Postfix gone) after some recipients were
+                # re-injected: remember them before Postfix hears the 4xx. Those of an
+                # earlier try again too, so that they live as long as the retries go on.
+                if not all_sent and (sent or done) and qid != "-":
+                    await self.delivered.record(qid, hashlib.sha256(raw).digest(),
+                                                [*done, *sent])
         except ReinjectError as e:
             server.drop_upstream()
             log.warning("%s: %s; re-injection failed: %s: deferred", qid, prepared.summary, e)
@@ -285,6 +279,7 @@ class Running:
             s.drop_upstream()
         await self.server.wait_closed()
         await self.handler.pool.close()
+        await self.handler.delivered.close()
         if self._owns_lookup and self._lookup is not None:
             await self._lookup.close()
         log.info("filter stopped")
@@ -312,7 +307,9 @@ async def start(cfg: Config, stop: asyncio.Event, *,
     owns = lookup is None
     if owns:
         lookup = make_lookup(cfg)
-    handler = FilterHandler(fc, lookup)
+    delivered = DeliveredStore(cfg.site.state_dir / DELIVERED_FILE_NAME)
+    await delivered.open()
+    handler = FilterHandler(fc, lookup, delivered=delivered)
     if logging.getLogger("mail.log").level == logging.NOTSET:
         logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd: a line per command
     loop = asyncio.get_running_loop()
@@ -322,8 +319,12 @@ async def start(cfg: Config, stop: asyncio.Event, *,
                           decode_data=False, hostname=handler.helo,
                           ident="mailtalk filter", loop=loop)
 
-    server = await loop.create_server(factory, host=fc.listen.host, port=fc.listen.port,
-                                      reuse_address=True)
+    try:
+        server = await loop.create_server(factory, host=fc.listen.host, port=fc.listen.port,
+                                          reuse_address=True)
+    except BaseException:
+        await delivered.close()
+        raise
     running = Running(server, handler, lookup, owns)
     log.info("filter listening on %s:%d, re-injecting to %s", fc.listen.host, running.port,
              fc.reinject)

@@ -6,6 +6,7 @@ DNS and HTTP, which the discovery engineer's tests cover."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
@@ -32,10 +33,14 @@ class Harness:
 
 
 async def _harness(lookup: FakeLookup, reinject_port: int | None = None,
-                   lookup_timeout: float = 2.0) -> tuple[Harness, list]:
+                   lookup_timeout: float = 2.0, state_dir: Path | None = None
+                   ) -> tuple[Harness, list]:
+    """`state_dir`: where the filter keeps its record of partial deliveries (made only
+    when a test defers one; None: the default state dir)."""
     sink_server, sink, sink_port = await start_sink(SINK_HOST)
     port = free_port(HOST)
-    cfg = parse_text(f"""
+    site = f'[site]\nstate_dir = "{state_dir}"\n' if state_dir else ""
+    cfg = parse_text(f"""{site}
 [filter]
 listen = "{HOST}:{port}"
 reinject = "{SINK_HOST}:{reinject_port or sink_port}"
@@ -47,8 +52,8 @@ reinject_timeout = 5
 
 
 @pytest.fixture
-async def h() -> AsyncIterator[Harness]:
-    harness, things = await _harness(FakeLookup("online"))
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    harness, things = await _harness(FakeLookup("online"), state_dir=tmp_path)
     yield harness
     await things[0].close()
     things[1].close()
