@@ -100,7 +100,9 @@ class Bench:
         filter_port = free_port(FILTER)
         self.flt = MailtalkService(self.base, {
             "site": {"log_level": os.environ.get("FILTER_LOG", "info")},
-            "filter": {"listen": f"{FILTER}:{filter_port}", "reinject": f"{MX}:{reinject}"},
+            "filter": {"listen": f"{FILTER}:{filter_port}", "reinject": f"{MX}:{reinject}",
+                       **({"lookup_concurrency_per_domain": self.args.lookup_concurrency}
+                          if self.args.lookup_concurrency else {})},
             "dns": {"nameservers": [self.dns.nameserver]}}, subcommand="filter", name="filter")
         self.flt.start()
         # receiver-master.cf as shipped (the `mailtalk` transport and the re-injection
@@ -196,6 +198,8 @@ async def client_only(args: argparse.Namespace) -> int:
     try:
         await client.lookup(accounts[-1], site.mail_ids.issue(accounts[-1]), ["bob@b.test"])
 
+        cpu: dict[str, list[float]] = {"client": [0.0, 0.0], "server": [0.0, 0.0]}
+
         async def rate(first: int, ask) -> tuple[float, set]:  # type: ignore[no-untyped-def]
             jobs = [(a, site.mail_ids.issue(a)) for a in accounts[first:first + n]]
             gate = asyncio.Semaphore(args.sessions)
@@ -203,8 +207,11 @@ async def client_only(args: argparse.Namespace) -> int:
             async def one(a: str, m: str):  # type: ignore[no-untyped-def]
                 async with gate:
                     return await ask(a, m)
-            start = time.perf_counter()
+            start, own0, server0 = time.perf_counter(), time.process_time(), cpu_seconds(site.pid)
             got = await asyncio.gather(*(one(a, m) for a, m in jobs))
+            which = 0 if ask is via_client else 1
+            cpu["client"][which] += time.process_time() - own0
+            cpu["server"][which] += cpu_seconds(site.pid) - server0
             return n / (time.perf_counter() - start), set(got)
 
         async def via_client(a: str, m: str) -> str:
@@ -228,6 +235,10 @@ async def client_only(args: argparse.Namespace) -> int:
     print(f"{n} lookups x2, {args.sessions} in flight: PresenceLookup {r_client:.0f}/s "
           f"(answers {sorted(states)}), bare aiohttp POST {r_raw:.0f}/s "
           f"(answers {sorted(statuses)}), load average {os.getloadavg()[0]:.2f}")
+    per = {k: [1000 * t / (2 * n) for t in v] for k, v in cpu.items()}
+    print(f"CPU per lookup: PresenceLookup {per['client'][0]:.3f} ms + service "
+          f"{per['server'][0]:.3f} ms; bare POST {per['client'][1]:.3f} ms + service "
+          f"{per['server'][1]:.3f} ms")
     return 0
 
 
@@ -280,6 +291,9 @@ async def main() -> int:
     p.add_argument("--configs", default=",".join(CONFIGS),
                    help="comma-separated subset to run (e.g. mailtalk, for profiling); "
                         "ratios need floor")
+    p.add_argument("--lookup-concurrency", type=int, default=0,
+                   help="the filter's [filter] lookup_concurrency_per_domain "
+                        "(default: the filter's default)")
     p.add_argument("--client-only", action="store_true",
                    help="measure the lookup client alone against the presence service")
     args = p.parse_args()

@@ -1,4 +1,5 @@
-"""The JSON API: POST /api/v1/mails (this site's milter) and POST /api/v1/lookup (public).
+"""The JSON API: POST /api/v1/mails (this site's milter), POST /api/v1/lookup and its
+batch form POST /api/v1/lookups (public).
 
 Lookup answers must not tell a valid Mail-ID from a wrong, forged or expired one or
 from an unknown account, by content or by time: every path does one HMAC verify
@@ -10,6 +11,7 @@ self-verifying (links.py) and stored only when opened.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -19,7 +21,8 @@ from typing import Any
 from aiohttp import web
 
 from mailtalk.accounts import account_domain, normalize_account
-from mailtalk.constants import API_LOOKUP, API_MAILS, LOOKUP_MAX_RECIPIENTS
+from mailtalk.constants import (API_LOOKUP, API_LOOKUPS, API_MAILS, LOOKUP_BATCH_MAX,
+                                LOOKUP_MAX_RECIPIENTS)
 from mailtalk.mailid import is_well_formed
 from presence_api.service import client_ip, service
 from presence_api.store import Mail
@@ -145,23 +148,24 @@ async def post_mails(request: web.Request) -> web.Response:
                              status=201 if stored else 200)
 
 
-# --- POST /api/v1/lookup
+# --- POST /api/v1/lookup and /api/v1/lookups
 
-async def post_lookup(request: web.Request) -> web.Response:
-    svc = service(request)
-    if not svc.lookup_limiter.hit(client_ip(request)):
-        return web.json_response({"error": "too many lookups"}, status=429,
-                                 headers={"Retry-After": "60"})
-    body = await _json(request)
-    if body is None:
-        return _bad("expected a JSON object")
+def _lookup_error(body: Any) -> str | None:
+    """What is malformed in one lookup request (a client's bug: 400), or None."""
+    if not isinstance(body, dict):
+        return "expected a JSON object"
     account_in, mail_id, rcpts = body.get("account"), body.get("mail_id"), body.get("recipients")
     if not isinstance(account_in, str) or not isinstance(mail_id, str) or len(mail_id) > 64:
-        return _bad("account and mail_id: expected strings")
+        return "account and mail_id: expected strings"
     if not isinstance(rcpts, list) or len(rcpts) > LOOKUP_MAX_RECIPIENTS:
-        return _bad(f"recipients: expected a list of at most {LOOKUP_MAX_RECIPIENTS}")
+        return f"recipients: expected a list of at most {LOOKUP_MAX_RECIPIENTS}"
+    return None
 
-    now = svc.clock()
+
+async def _lookup_answer(svc: Any, body: dict[str, Any], now: float,
+                         ip: str) -> dict[str, Any]:
+    """The answer to one well-formed lookup request (see _lookup_error)."""
+    account_in, mail_id, rcpts = body["account"], body["mail_id"], body["recipients"]
     account = norm_account(account_in) if len(account_in) <= 320 else None
     # The same work on every path: one HMAC, one store call (memory only).
     valid = svc.mail_ids.verify(account or "", mail_id)
@@ -170,7 +174,7 @@ async def post_lookup(request: web.Request) -> web.Response:
     if (not valid or account is None or ctx.mode is None
             or account_domain(account) not in svc.cfg.domains.names
             or (mail is not None and mail.account != account)):
-        return _answer({"status": "unknown", "checked": _checked(now), "links": {}})
+        return {"status": "unknown", "checked": _checked(now), "links": {}}
 
     status = svc.presence.status(account, ctx.mode)
     # The record may not be here yet (the outbox is asynchronous): the verified Mail-ID
@@ -182,7 +186,7 @@ async def post_lookup(request: web.Request) -> web.Response:
     if mail is None:
         mail = await svc.store.lookup_mail(mail_id, account)
         if mail.account != account:
-            return _answer({"status": "unknown", "checked": _checked(now), "links": {}})
+            return {"status": "unknown", "checked": _checked(now), "links": {}}
     links: dict[str, str] = {}
     made: dict[str, str | None] = {}         # recipient as bound -> URL
     for r in rcpts:
@@ -195,9 +199,47 @@ async def post_lookup(request: web.Request) -> web.Response:
             links[r] = url
     if log.isEnabledFor(logging.DEBUG):
         log.debug("lookup of %s for mail %s from %s: %s, %d links", account, mail_id,
-                  client_ip(request), status, len(links))
-    return _answer({"status": status, "checked": _checked(now), "links": links})
+                  ip, status, len(links))
+    return {"status": status, "checked": _checked(now), "links": links}
+
+
+def _too_many() -> web.Response:
+    return web.json_response({"error": "too many lookups"}, status=429,
+                             headers={"Retry-After": "60"})
+
+
+async def post_lookup(request: web.Request) -> web.Response:
+    svc = service(request)
+    ip = client_ip(request)
+    if not svc.lookup_limiter.hit(ip):
+        return _too_many()
+    body = await _json(request)
+    if (error := _lookup_error(body)) is not None:
+        return _bad(error)
+    assert body is not None
+    return _answer(await _lookup_answer(svc, body, svc.clock(), ip))
+
+
+async def post_lookups(request: web.Request) -> web.Response:
+    """Several lookups in one request: a receiving hook sends those that queued up
+    behind its requests in flight to this site. Each is one lookup, answered and
+    rate-limited exactly as POST /api/v1/lookup would; the answers keep the order."""
+    svc = service(request)
+    ip = client_ip(request)
+    body = await _json(request)
+    items = body.get("lookups") if body is not None else None
+    if not isinstance(items, list) or not 1 <= len(items) <= LOOKUP_BATCH_MAX:
+        return _bad(f"lookups: expected a list of 1 to {LOOKUP_BATCH_MAX} lookups")
+    for i, item in enumerate(items):
+        if (error := _lookup_error(item)) is not None:
+            return _bad(f"lookups[{i}]: {error}")
+    if not svc.lookup_limiter.hit(ip, len(items)):
+        return _too_many()
+    now = svc.clock()
+    answers = await asyncio.gather(*(_lookup_answer(svc, item, now, ip) for item in items))
+    return _answer({"answers": list(answers)})
 
 
 def routes() -> list[web.AbstractRouteDef]:
-    return [web.post(API_MAILS, post_mails), web.post(API_LOOKUP, post_lookup)]
+    return [web.post(API_MAILS, post_mails), web.post(API_LOOKUP, post_lookup),
+            web.post(API_LOOKUPS, post_lookups)]

@@ -1,18 +1,25 @@
 """The receiving hook's question to the sender domain's presence service.
 
 `PresenceLookup.lookup(account, mail_id, recipients)` finds the account domain's
-presence service through DNS (`discovery`), POSTs `{"account", "mail_id",
-"recipients"}` to `<api>/api/v1/lookup` and returns a `LookupResult`. It never
-raises (CancelledError excepted): every failure (no record, bad record, DNS or HTTP
-error, timeout, oversize or malformed answer) is `unknown` with no links, and the
-whole lookup, DNS and HTTP together, is bounded by `[filter] lookup_timeout`.
+presence service through DNS (`discovery`), asks it for `{"account", "mail_id",
+"recipients"}` and returns a `LookupResult`. It never raises (CancelledError
+excepted): every failure (no record, bad record, DNS or HTTP error, timeout, oversize
+or malformed answer) is `unknown` with no links, and the whole lookup, DNS and HTTP
+together, is bounded by `[filter] lookup_timeout`.
 
 Safety: a returned link is kept only if it has the scheme, host and port of the
 endpoint that the account's own domain publishes in DNS; links are never taken from
-the mail. Answers are capped at `LOOKUP_RESPONSE_MAX_BYTES`, requests at
-`LOOKUP_MAX_RECIPIENTS` recipients (more are split), concurrent requests per
-account domain at `[filter] lookup_concurrency_per_domain`, and identical lookups in
-flight share one request.
+the mail. Answers are capped at `LOOKUP_RESPONSE_MAX_BYTES` a lookup, requests at
+`LOOKUP_MAX_RECIPIENTS` recipients (more are split), requests in flight to one account
+domain at `[filter] lookup_concurrency_per_domain`, and identical lookups in flight
+share one answer.
+
+Batching: a lookup is sent at once while fewer than that many requests to its domain
+are in flight. Lookups that arrive while they all are, or in the same turn of the
+event loop, wait for the next request and go in it together (POST /api/v1/lookups, up
+to `LOOKUP_BATCH_MAX`). Under load most lookups then share a request: the HTTP work
+per lookup, on both sides, falls with the load instead of growing with it. A site that
+answers 404 there (an older version) is asked one lookup per request for an hour.
 
 A recipient without a link in `links` (its link was refused, or the service gave
 none) gets no `chat=`; MISSION.md's grammar then calls for `unknown` for that one.
@@ -21,14 +28,13 @@ none) gets no `chat=`; MISSION.md's grammar then calls for `unknown` for that on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -36,7 +42,8 @@ import aiohttp
 from mailtalk import __version__
 from mailtalk.accounts import account_domain, normalize_account
 from mailtalk.config import Config
-from mailtalk.constants import API_LOOKUP, LOOKUP_MAX_RECIPIENTS, LOOKUP_RESPONSE_MAX_BYTES
+from mailtalk.constants import (API_LOOKUP, API_LOOKUPS, LOOKUP_BATCH_MAX,
+                                LOOKUP_MAX_RECIPIENTS, LOOKUP_RESPONSE_MAX_BYTES)
 from mailtalk.mailid import is_well_formed
 from presence_api.discovery import Discoverer, Endpoint
 
@@ -47,6 +54,8 @@ STATUSES = ("online", "away", "busy", "offline", "unknown")
 STATE_OF_STATUS = {"online": "yes", "away": "yes", "busy": "yes", "offline": "no",
                    "unknown": "unknown"}
 LINK_MAX_CHARS = 2048
+NO_BATCH_SECONDS = 3600.0      # after a 404 on the batch endpoint, ask one by one this long
+_JSON = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -65,10 +74,28 @@ class LookupFailed(Exception):
     """Why a lookup gave `unknown`: logged, never raised out of `lookup`."""
 
 
+class _Requeue(Exception):
+    """The service has no batch endpoint: ask the batch's lookups again, one by one."""
+
+
 @dataclass
-class _Gate:
-    sem: asyncio.Semaphore
-    users: int = 0              # holders and waiters; the gate is dropped at 0
+class _Pending:
+    """One lookup request waiting for, or in, a request to its site."""
+    body: dict[str, Any]        # {"account", "mail_id", "recipients"}
+    future: asyncio.Future[_Answer]
+
+
+@dataclass
+class _Site:
+    """Requests to one domain's presence service (one published endpoint)."""
+    endpoint: Endpoint
+    queue: list[_Pending] = field(default_factory=list)
+    in_flight: int = 0          # requests
+    pump_scheduled: bool = False
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and not self.in_flight and not self.pump_scheduled
 
 
 def _clean_link(url: Any) -> str | None:
@@ -117,8 +144,11 @@ class PresenceLookup:
                                          clock=clock or time.monotonic)
         self._session = session
         self._own_session = session is None
-        self._gates: dict[str, _Gate] = {}
-        self._inflight: dict[tuple[Any, ...], asyncio.Task[_Answer]] = {}
+        self._sites: dict[tuple[str, str], _Site] = {}    # (domain, api) -> its requests
+        self._inflight: dict[tuple[Any, ...], asyncio.Future[_Answer]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()         # requests being sent
+        self._no_batch: dict[str, float] = {}               # api -> batch again after
+        self._closed = False
 
     # --- public
 
@@ -143,17 +173,24 @@ class PresenceLookup:
         return self._unknown(account)
 
     async def close(self) -> None:
-        for task in list(self._inflight.values()):
+        self._closed = True
+        for task in list(self._tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for site in self._sites.values():
+            for pending in site.queue:
+                if not pending.future.done():
+                    pending.future.set_exception(LookupFailed("lookup client closed"))
+        self._sites.clear()
         self._inflight.clear()
         if self._own_session and self._session is not None:
             await self._session.close()
         self._session = None
 
-    def gate_users(self, domain: str) -> int:
-        """Requests to `domain` running or waiting for the per-domain cap (for tests)."""
-        gate = self._gates.get(domain)
-        return gate.users if gate else 0
+    def pending(self, domain: str) -> tuple[int, int]:
+        """(requests in flight, lookups waiting) to `domain`'s service (for tests)."""
+        sites = [v for (d, _), v in self._sites.items() if d == domain]
+        return sum(v.in_flight for v in sites), sum(len(v.queue) for v in sites)
 
     # --- internals
 
@@ -175,8 +212,11 @@ class PresenceLookup:
         wanted = list(dict.fromkeys(r for r in recipients if isinstance(r, str) and r))
         chunks = [wanted[i:i + LOOKUP_MAX_RECIPIENTS]
                   for i in range(0, len(wanted), LOOKUP_MAX_RECIPIENTS)] or [[]]
-        answers = await asyncio.gather(
-            *(self._coalesced(found.endpoint, domain, acct, mail_id, c) for c in chunks))
+        if len(chunks) == 1:           # the usual case: no task for gather to make
+            answers = [await self._coalesced(found.endpoint, domain, acct, mail_id, chunks[0])]
+        else:
+            answers = list(await asyncio.gather(
+                *(self._coalesced(found.endpoint, domain, acct, mail_id, c) for c in chunks)))
         status, checked, _ = answers[0]
         if status == "unknown":
             return LookupResult("unknown", "unknown", account, checked, {})
@@ -190,36 +230,76 @@ class PresenceLookup:
 
     async def _coalesced(self, endpoint: Endpoint, domain: str, account: str, mail_id: str,
                          chunk: list[str]) -> _Answer:
-        # Identical lookups in flight share one request. The shield keeps one
-        # caller's timeout from cancelling the request the others wait for; the
-        # request itself is bounded by the session timeout.
+        # Identical lookups in flight share one answer. The shield keeps one caller's
+        # timeout from cancelling the future the others wait for; the request itself
+        # is bounded by the session timeout.
         key = (endpoint.api, account, mail_id, tuple(chunk))
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._post(endpoint, domain, account, mail_id, chunk))
-            self._inflight[key] = task
-            task.add_done_callback(functools.partial(self._done, key))
-        return await asyncio.shield(task)
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._inflight[key] = future
+            future.add_done_callback(functools.partial(self._done, key))
+            site = self._sites.get((domain, endpoint.api))
+            if site is None:
+                site = self._sites[(domain, endpoint.api)] = _Site(endpoint)
+            site.queue.append(_Pending(
+                {"account": account, "mail_id": mail_id, "recipients": chunk}, future))
+            self._schedule_pump(domain, site)
+        return await asyncio.shield(future)
 
-    def _done(self, key: tuple[Any, ...], task: asyncio.Task[Any]) -> None:
-        if self._inflight.get(key) is task:
+    def _done(self, key: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
+        if self._inflight.get(key) is future:
             del self._inflight[key]
-        if not task.cancelled():
-            task.exception()         # retrieved: no "never retrieved" warning if all left
+        if not future.cancelled():
+            future.exception()       # retrieved: no "never retrieved" warning if all left
 
-    @contextlib.asynccontextmanager
-    async def _gate(self, domain: str) -> AsyncIterator[None]:
-        gate = self._gates.get(domain)
-        if gate is None:
-            gate = self._gates[domain] = _Gate(asyncio.Semaphore(self._cap))
-        gate.users += 1
+    def _schedule_pump(self, domain: str, site: _Site) -> None:
+        # At the end of this turn of the loop: lookups made in the same turn go together.
+        if not site.pump_scheduled:
+            site.pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump, domain, site)
+
+    def _pump(self, domain: str, site: _Site) -> None:
+        """Start requests for waiting lookups, while fewer than the cap are in flight."""
+        site.pump_scheduled = False
+        if self._closed:
+            return
+        batch_max = 1 if self._no_batch.get(site.endpoint.api, 0) > time.monotonic() \
+            else LOOKUP_BATCH_MAX
+        while site.queue and site.in_flight < self._cap:
+            batch, site.queue = site.queue[:batch_max], site.queue[batch_max:]
+            site.in_flight += 1
+            task = asyncio.ensure_future(self._send(domain, site, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if site.idle and self._sites.get((domain, site.endpoint.api)) is site:
+            del self._sites[(domain, site.endpoint.api)]
+
+    async def _send(self, domain: str, site: _Site, batch: list[_Pending]) -> None:
+        answers: list[_Answer | Exception] = []
         try:
-            async with gate.sem:
-                yield
+            if len(batch) == 1:
+                answers = [await self._post_one(site.endpoint, batch[0].body)]
+            else:
+                answers = await self._post_batch(site, batch)
+                log.debug("%s: %d lookups in one request", site.endpoint.api, len(batch))
+        except _Requeue:               # asked again, one by one, in their turn
+            site.queue[:0] = [p for p in batch if not p.future.done()]
+        except asyncio.CancelledError:  # closing
+            answers = [LookupFailed("lookup client closed")] * len(batch)
+            raise
+        except Exception as e:         # the request as a whole: every lookup in it
+            answers = [e] * len(batch)
         finally:
-            gate.users -= 1
-            if gate.users == 0 and self._gates.get(domain) is gate:
-                del self._gates[domain]
+            site.in_flight -= 1
+            for pending, answer in zip(batch, answers):
+                if pending.future.done():
+                    continue
+                if isinstance(answer, Exception):
+                    pending.future.set_exception(answer)
+                else:
+                    pending.future.set_result(answer)
+            self._pump(domain, site)
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -231,29 +311,55 @@ class PresenceLookup:
                 headers={"User-Agent": f"mailtalk/{__version__}"})
         return self._session
 
-    async def _post(self, endpoint: Endpoint, domain: str, account: str, mail_id: str,
-                    chunk: list[str]) -> _Answer:
-        body = {"account": account, "mail_id": mail_id, "recipients": chunk}
-        url = endpoint.api + API_LOOKUP
-        async with self._gate(domain):
-            session = self._get_session()
-            async with session.post(url, json=body, allow_redirects=False,
-                                    timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
-                if resp.status != 200:
-                    raise LookupFailed(f"{url}: HTTP {resp.status}")
-                too_big = f"{url}: answer larger than {LOOKUP_RESPONSE_MAX_BYTES} bytes"
-                if (resp.content_length or 0) > LOOKUP_RESPONSE_MAX_BYTES:
+    async def _request(self, url: str, body: dict[str, Any], cap: int) -> tuple[int, Any]:
+        """POST body; (HTTP status, the JSON answer or None), the answer capped at `cap`."""
+        session = self._get_session()
+        async with session.post(url, data=json.dumps(body).encode(), allow_redirects=False,
+                                headers=_JSON) as resp:
+            if resp.status != 200:
+                return resp.status, None
+            too_big = f"{url}: answer larger than {cap} bytes"
+            if (resp.content_length or 0) > cap:
+                raise LookupFailed(too_big)
+            data = bytearray()
+            async for part in resp.content.iter_chunked(16384):
+                data += part
+                if len(data) > cap:
                     raise LookupFailed(too_big)
-                data = bytearray()
-                async for part in resp.content.iter_chunked(16384):
-                    data += part
-                    if len(data) > LOOKUP_RESPONSE_MAX_BYTES:
-                        raise LookupFailed(too_big)
         try:
-            payload = json.loads(bytes(data))
+            return 200, json.loads(bytes(data))
         except ValueError:
             raise LookupFailed(f"{url}: answer is not JSON") from None
-        return self._parse(payload, endpoint, chunk, url)
+
+    async def _post_one(self, endpoint: Endpoint, body: dict[str, Any]) -> _Answer:
+        url = endpoint.api + API_LOOKUP
+        status, payload = await self._request(url, body, LOOKUP_RESPONSE_MAX_BYTES)
+        if status != 200:
+            raise LookupFailed(f"{url}: HTTP {status}")
+        return self._parse(payload, endpoint, body["recipients"], url)
+
+    async def _post_batch(self, site: _Site, batch: list[_Pending]
+                          ) -> list[_Answer | Exception]:
+        endpoint = site.endpoint
+        url = endpoint.api + API_LOOKUPS
+        status, payload = await self._request(url, {"lookups": [p.body for p in batch]},
+                                              LOOKUP_RESPONSE_MAX_BYTES * len(batch))
+        if status in (404, 405):       # an older presence service: one by one, for a while
+            log.info("%s: HTTP %d: asking one lookup per request for an hour", url, status)
+            self._no_batch[endpoint.api] = time.monotonic() + NO_BATCH_SECONDS
+            raise _Requeue()
+        if status != 200:
+            raise LookupFailed(f"{url}: HTTP {status}")
+        answers = payload.get("answers") if isinstance(payload, dict) else None
+        if not isinstance(answers, list) or len(answers) != len(batch):
+            raise LookupFailed(f"{url}: answers do not match the lookups asked")
+        out: list[_Answer | Exception] = []
+        for pending, answer in zip(batch, answers):
+            try:
+                out.append(self._parse(answer, endpoint, pending.body["recipients"], url))
+            except LookupFailed as e:
+                out.append(e)
+        return out
 
     def _parse(self, payload: Any, endpoint: Endpoint, chunk: list[str],
                url: str) -> _Answer:

@@ -28,10 +28,10 @@ class RateLimiter:
             self._start = now
             self._counts.clear()
 
-    def hit(self, key: str) -> bool:
-        """Count one event for `key`; False when it is over the limit."""
+    def hit(self, key: str, events: int = 1) -> bool:
+        """Count `events` events for `key`; False when that goes over the limit."""
         self._roll()
-        n = self._counts.get(key, 0) + 1
+        n = self._counts.get(key, 0) + events
         self._counts[key] = n
         return n <= self.limit
 

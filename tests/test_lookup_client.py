@@ -201,20 +201,90 @@ async def test_identical_lookups_in_flight_share_one_request(client, remote):
 
 
 async def test_concurrent_requests_per_domain_are_capped(client, remote):
+    # `remote` is an older service: no batch endpoint (404). Beyond the cap of 2,
+    # lookups wait; the batch they would have gone in is refused, and they are asked
+    # again one by one, never more than 2 at once.
     async def held(request, body):
         await remote.release.wait()
         return web.json_response({"status": "online", "links": {}})
     remote.handler = held
     tasks = [asyncio.ensure_future(client.lookup("alice@a.test", mail_id(), ["bob@b.test"]))
              for _ in range(5)]
-    await until(lambda: client.gate_users("a.test") == 5 and remote.in_flight == 2,
-                what="2 requests running and 3 waiting")
+    await until(lambda: client.pending("a.test") == (2, 3) and remote.in_flight == 2,
+                what="2 requests running and 3 lookups waiting")
     assert len(remote.requests) == 2
     remote.release.set()
     results = await asyncio.gather(*tasks)
     assert all(r.state == "yes" for r in results)
     assert remote.max_in_flight == 2 and len(remote.requests) == 5
-    assert client.gate_users("a.test") == 0
+    assert client.pending("a.test") == (0, 0)
+
+
+@pytest.fixture
+async def batching_remote(remote_port):
+    r = await FakeRemote(REMOTE_HOST, remote_port, batch=True).start()
+    yield r
+    await r.stop()
+
+
+async def test_lookups_waiting_behind_the_cap_go_in_one_batch(client, batching_remote):
+    remote = batching_remote
+
+    async def held(request, body):
+        await remote.release.wait()
+        return web.json_response(remote.answer(body))
+    remote.handler = held
+    first = []
+    for n in (1, 2):       # one by one: made in one turn, they would share a request
+        first.append(asyncio.ensure_future(
+            client.lookup("alice@a.test", mail_id(), ["bob@b.test"])))
+        await until(lambda: remote.in_flight == n, what=f"{n} requests running")
+    later = {f"r{i}@b.test": asyncio.ensure_future(
+        client.lookup("alice@a.test", mail_id(), [f"r{i}@b.test"])) for i in range(5)}
+    await until(lambda: client.pending("a.test") == (2, 5), what="5 lookups waiting")
+    remote.release.set()
+    for rcpt, task in later.items():            # each its own answer, from one batch
+        res = await task
+        assert res.state == "yes" and res.links == {rcpt: remote.link(rcpt)}
+    assert all(r.state == "yes" for r in await asyncio.gather(*first))
+    assert len(remote.requests) == 2
+    assert [len(b) for b in remote.batches] == [5]
+
+
+async def test_lookups_made_in_one_turn_share_a_request(client, batching_remote):
+    await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])     # DNS now cached
+    batching_remote.requests.clear()
+    results = await asyncio.gather(*(client.lookup(f"u{i}@a.test", mail_id(), ["bob@b.test"])
+                                     for i in range(4)))
+    assert all(r.state == "yes" for r in results)
+    assert batching_remote.requests == [] and [len(b) for b in batching_remote.batches] == [4]
+
+
+async def test_one_bad_answer_in_a_batch_is_unknown_for_that_lookup_only(client,
+                                                                         batching_remote):
+    remote = batching_remote
+
+    async def mixed(request, body):
+        answers = [remote.answer(x) for x in body["lookups"]]
+        answers[1] = {"status": "dancing", "links": {}}
+        answers[2]["links"] = {"bob@b.test": "https://evil.test/c/x"}   # off the origin
+        return web.json_response({"answers": answers})
+    remote.batch_handler = mixed
+    await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])     # DNS now cached
+    results = await asyncio.gather(*(client.lookup(f"u{i}@a.test", mail_id(), ["bob@b.test"])
+                                     for i in range(3)))
+    assert [r.state for r in results] == ["yes", "unknown", "yes"]
+    assert results[0].links and not results[2].links
+
+
+async def test_a_batch_answer_that_does_not_match_is_unknown_for_all(client, batching_remote):
+    async def short(request, body):
+        return web.json_response({"answers": [batching_remote.answer(body["lookups"][0])]})
+    batching_remote.batch_handler = short
+    await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])     # DNS now cached
+    results = await asyncio.gather(*(client.lookup(f"u{i}@a.test", mail_id(), ["bob@b.test"])
+                                     for i in range(3)))
+    assert [r.state for r in results] == ["unknown"] * 3
 
 
 async def test_more_than_100_recipients_are_split(client, remote):
