@@ -5,16 +5,20 @@
 exits 0 when nothing failed, 1 otherwise. It asks the DNS through `[dns]
 nameservers` as the receiving filters of other sites will, fetches
 `<public_url>/openapi.json`, probes the milter socket with a milter option
-negotiation, reads the SMTP greeting of the filter and of the re-injection service,
-and, where `postconf` exists, looks for our lines in Postfix's config
-(`MAIL_CONFIG=/etc/postfix-x mailtalk check` for another Postfix instance).
+negotiation, reads the SMTP greeting of the filter and of the re-injection service
+(with `[filter] mode = "milter"`: probes `[filter] milter_socket` as a milter
+instead; `listen` and `reinject` are unused then), and, where `postconf` exists,
+looks for our lines in Postfix's config (`MAIL_CONFIG=/etc/postfix-x mailtalk check`
+for another Postfix instance).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import stat
 import struct
 import sys
 from dataclasses import dataclass
@@ -194,6 +198,16 @@ def _milter_address(sock: str) -> tuple[int, str | tuple[str, int]]:
 def _probe_milter(sock: str) -> str | None:
     """Open the milter socket and negotiate options as an MTA does; None if a milter answers."""
     family, addr = _milter_address(sock)
+    if family == socket.AF_UNIX:
+        assert isinstance(addr, str)
+        try:
+            mode = os.stat(addr).st_mode
+        except FileNotFoundError:
+            return f"no socket at {addr}"
+        except OSError as e:
+            return f"cannot look at {addr}: {e.strerror or e}"
+        if not stat.S_ISSOCK(mode):
+            return f"{addr} is not a socket"
     optneg = b"O" + struct.pack(">III", 6, 0x1FF, 0x1FFFFF)
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -237,7 +251,16 @@ async def _check_sockets(cfg: Config) -> list[Finding]:
                         f"(or `mailtalk run`)"))
     else:
         out.append(skip("milter: no [milter] section"))
-    if cfg.has("filter"):
+    if cfg.has("filter") and cfg.filter.mode == "milter":
+        # Sendmail's form: the receiving milter; no SMTP listener, nothing re-injected.
+        sock = cfg.filter.milter_socket
+        err = await asyncio.to_thread(_probe_milter, sock)
+        out.append(ok(f"receiving milter answers on {sock} ([filter] milter_socket)")
+                   if err is None else
+                   fail(f"receiving milter on {sock} ([filter] milter_socket): {err}; start "
+                        f"`mailtalk filter` (or `mailtalk run`); until then Sendmail (F=T) "
+                        f"defers mail, Postfix does what milter_default_action says"))
+    elif cfg.has("filter"):
         err = await asyncio.to_thread(_probe_smtp, cfg.filter.listen)
         out.append(ok(f"filter answers on {cfg.filter.listen}") if err is None else
                    fail(f"filter on {cfg.filter.listen}: {err}; start `mailtalk filter` "

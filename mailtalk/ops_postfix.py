@@ -1,5 +1,9 @@
 """`mailtalk check`'s look at Postfix: are our milter and content-filter lines there?
 
+With `[filter] mode = "milter"` the receiving side is a milter too: it must be in
+`smtpd_milters`, and a `content_filter` to `[filter] listen` is a mistake (nothing
+listens there, so Postfix would defer every mail).
+
 Reads the configuration with `postconf` (main.cf values, `-P` for master.cf `-o`
 overrides, `-M` for the services), so it sees what Postfix sees. `MAIL_CONFIG`
 in the environment points postconf at another instance's config directory.
@@ -83,12 +87,27 @@ def _hostport_matches(dest: str, hp: HostPort) -> bool:
     return m is not None and m.group(1) == hp.host and int(m.group(2)) == hp.port
 
 
-def _check_milter(cfg: Config, main: dict[str, str],
-                  overrides: list[tuple[str, str, str, str]]) -> list[Finding]:
-    forms = _milter_forms(cfg.milter.socket, main.get("queue_directory", ""))
+def _milter_places(sock: str, main: dict[str, str],
+                   overrides: list[tuple[str, str, str, str]]) -> list[str]:
+    """Where `smtpd_milters` names the milter socket `sock`: main.cf, master.cf -o."""
+    forms = _milter_forms(sock, main.get("queue_directory", ""))
     places = [("main.cf", main.get("smtpd_milters", ""))]
     places += [(f"master.cf {s}/{t}", v) for s, t, p, v in overrides if p == "smtpd_milters"]
-    where = [w for w, v in places if forms & set(_MILTER_TOKEN.findall(v))]
+    return [w for w, v in places if forms & set(_MILTER_TOKEN.findall(v))]
+
+
+def _content_filters(main: dict[str, str], overrides: list[tuple[str, str, str, str]],
+                     hp: HostPort) -> list[tuple[str, str]]:
+    """(where, value) of every content_filter that delivers to `hp`."""
+    places = [("main.cf", main.get("content_filter", ""))]
+    places += [(f"master.cf {s}/{t}", v) for s, t, p, v in overrides
+               if p == "content_filter" and v]
+    return [(w, v) for w, v in places if v and _hostport_matches(v.partition(":")[2], hp)]
+
+
+def _check_milter(cfg: Config, main: dict[str, str],
+                  overrides: list[tuple[str, str, str, str]]) -> list[Finding]:
+    where = _milter_places(cfg.milter.socket, main, overrides)
     postfix_form = _postfix_form(cfg.milter.socket, main.get("queue_directory", ""))
     if not where:
         return [("FAIL", f"Postfix: no smtpd_milters entry for {cfg.milter.socket}: add "
@@ -111,11 +130,7 @@ def _check_filter(cfg: Config, main: dict[str, str],
                   overrides: list[tuple[str, str, str, str]],
                   services: list[tuple[str, str]]) -> list[Finding]:
     out: list[Finding] = []
-    places = [("main.cf", "", main.get("content_filter", ""))]
-    places += [(f"master.cf {s}/{t}", s, v) for s, t, p, v in overrides
-               if p == "content_filter" and v]
-    hits = [(w, v) for w, _, v in places
-            if v and _hostport_matches(v.partition(":")[2], cfg.filter.listen)]
+    hits = _content_filters(main, overrides, cfg.filter.listen)
     if not hits:
         out.append(("FAIL", f"Postfix: no content_filter to {cfg.filter.listen}: add "
                     f"`content_filter = mailtalk:[{cfg.filter.listen.host}]:"
@@ -150,6 +165,29 @@ def _check_filter(cfg: Config, main: dict[str, str],
     return out
 
 
+def _check_receiving_milter(cfg: Config, main: dict[str, str],
+                            overrides: list[tuple[str, str, str, str]]) -> list[Finding]:
+    """`[filter] mode = "milter"`: the receiving milter in smtpd_milters, no content_filter."""
+    sock = cfg.filter.milter_socket
+    out: list[Finding] = []
+    where = _milter_places(sock, main, overrides)
+    if where:
+        out.append(("ok", f"Postfix: smtpd_milters has the receiving milter {sock} "
+                    f"({', '.join(where)})"))
+    else:
+        form = _postfix_form(sock, main.get("queue_directory", ""))
+        out.append(("FAIL", f"Postfix: no smtpd_milters entry for the receiving milter {sock} "
+                    f"([filter] mode = \"milter\"): add `smtpd_milters = {form}` to main.cf "
+                    f"(or `-o smtpd_milters=...` on the smtpd that receives mail from other "
+                    f"sites in master.cf), then `postfix reload`; or, on Postfix, use the "
+                    f"content filter (mode = \"smtp\", deploy/postfix/)"))
+    for w, value in _content_filters(main, overrides, cfg.filter.listen):
+        out.append(("FAIL", f"Postfix: content_filter = {value} ({w}), but [filter] mode = "
+                    f"\"milter\": nothing listens on {cfg.filter.listen}, so Postfix defers "
+                    f"every mail: remove that content_filter, or set mode = \"smtp\""))
+    return out
+
+
 def check(cfg: Config) -> list[Finding]:
     if not (cfg.has("milter") or cfg.has("filter")):
         return [("skip", "Postfix: no [milter] or [filter] section here")]
@@ -165,6 +203,8 @@ def check(cfg: Config) -> list[Finding]:
     out: list[Finding] = []
     if cfg.has("milter"):
         out += _check_milter(cfg, main, overrides)
-    if cfg.has("filter"):
+    if cfg.has("filter") and cfg.filter.mode == "milter":
+        out += _check_receiving_milter(cfg, main, overrides)
+    elif cfg.has("filter"):
         out += _check_filter(cfg, main, overrides, services)
     return out

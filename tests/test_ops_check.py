@@ -209,7 +209,10 @@ async def test_milter_probe_over_unix_socket_and_a_wrong_server(tmp_path):
         err = await asyncio.to_thread(ops._probe_milter, f"inet:{smtp.port}@{HOST}")
         assert err == "something answers, but not a milter"
         missing = await asyncio.to_thread(ops._probe_milter, f"unix:{tmp_path}/none.sock")
-        assert missing is not None and "FileNotFoundError" in missing
+        assert missing == f"no socket at {tmp_path}/none.sock"
+        (tmp_path / "plain").write_text("")
+        plain = await asyncio.to_thread(ops._probe_milter, f"unix:{tmp_path}/plain")
+        assert plain == f"{tmp_path}/plain is not a socket"
     finally:
         smtp.stop()
         server.close()
@@ -231,3 +234,106 @@ async def test_receiving_only_host_checks_that_its_resolver_answers(tmp_path, mo
     finally:
         hole.close()
         dns.stop()
+
+
+# --- [filter] mode = "milter" (Sendmail's form): the receiving milter, not SMTP
+
+def milter_mode_config(path: Path, milter_socket: str, listen_port: int) -> Path:
+    """A receiving-only host running the milter form; `listen` is unused (nothing there)."""
+    path.write_text(f'[filter]\nmode = "milter"\nmilter_socket = "{milter_socket}"\n'
+                    f'listen = "{HOST}:{listen_port}"\nreinject = "{HOST}:{listen_port}"\n')
+    return path
+
+
+def postfix_conf(tmp_path: Path, main: list[str], master: list[str] | None = None) -> Path:
+    d = tmp_path / "postfix"
+    d.mkdir()
+    (d / "main.cf").write_text("\n".join(main) + "\n")
+    (d / "master.cf").write_text("\n".join(master or ["smtp inet n - n - - smtpd"]) + "\n")
+    return d
+
+
+async def test_milter_mode_probes_the_milter_socket_and_expects_it_in_smtpd_milters(
+        tmp_path, monkeypatch):
+    port, unused = free_port(HOST), free_port(HOST)
+    server = await asyncio.start_server(_fake_milter, HOST, port)
+    monkeypatch.setenv("MAIL_CONFIG", str(postfix_conf(
+        tmp_path, ["milter_default_action = accept"],
+        ["smtp inet n - n - - smtpd", f"  -o smtpd_milters=inet:{HOST}:{port}"])))
+    try:
+        cfg = load_file(milter_mode_config(tmp_path / "m.toml", f"inet:{port}@{HOST}", unused))
+        findings = await ops.run_checks(cfg)
+    finally:
+        server.close()
+    text = "\n".join(map(str, findings))
+    assert [f for f in findings if f.state == "FAIL"] == [], text
+    assert (f"ok   receiving milter answers on inet:{port}@{HOST} ([filter] milter_socket)"
+            in text.splitlines())
+    assert (f"ok   Postfix: smtpd_milters has the receiving milter inet:{port}@{HOST} "
+            f"(master.cf smtp/inet)") in text.splitlines()
+    # Neither the unused SMTP port nor a re-injection service nor a content_filter.
+    for absent in (f"{HOST}:{unused}", "re-injection", "content_filter", "filter answers"):
+        assert absent not in text, text
+
+
+async def test_milter_mode_over_a_unix_socket(tmp_path, monkeypatch):
+    path = tmp_path / "recv.sock"
+    server = await asyncio.start_unix_server(_fake_milter, str(path))
+    monkeypatch.setenv("MAIL_CONFIG", str(postfix_conf(
+        tmp_path, [f"smtpd_milters = unix:{path}"])))
+    try:
+        cfg = load_file(milter_mode_config(tmp_path / "m.toml", f"unix:{path}", free_port(HOST)))
+        findings = await ops.run_checks(cfg)
+        server.close()
+        await server.wait_closed()
+        path.unlink()
+        gone = await ops._check_sockets(cfg)
+    finally:
+        server.close()
+    text = "\n".join(map(str, findings))
+    assert [f for f in findings if f.state == "FAIL"] == [], text
+    assert f"ok   receiving milter answers on unix:{path} ([filter] milter_socket)" in text
+    assert f"smtpd_milters has the receiving milter unix:{path} (main.cf)" in text
+    assert [str(f) for f in gone if f.state == "FAIL"] == [
+        f"FAIL receiving milter on unix:{path} ([filter] milter_socket): no socket at {path}; "
+        f"start `mailtalk filter` (or `mailtalk run`); until then Sendmail (F=T) defers mail, "
+        f"Postfix does what milter_default_action says"]
+
+
+def test_milter_mode_with_content_filter_lines_says_what_to_do(tmp_path):
+    """The Postfix lines of the content filter, left in place in milter mode: nothing
+    listens on [filter] listen, so Postfix would defer every mail."""
+    port, listen = free_port(HOST), free_port(HOST)
+    conf = postfix_conf(tmp_path, [f"content_filter = mailtalk:[{HOST}]:{listen}"],
+                        ["smtp inet n - n - - smtpd", "mailtalk unix - - n - 10 smtp"])
+    cfg = milter_mode_config(tmp_path / "m.toml", f"inet:{port}@{HOST}", listen)
+    r = mailtalk("-c", str(cfg), "check", env={"MAIL_CONFIG": str(conf)})
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert any(line.startswith(f"FAIL receiving milter on inet:{port}@{HOST} "
+                               f"([filter] milter_socket): ") for line in lines), r.stdout
+    assert (f"FAIL Postfix: no smtpd_milters entry for the receiving milter "
+            f"inet:{port}@{HOST} ([filter] mode = \"milter\"): add `smtpd_milters = "
+            f"inet:{HOST}:{port}` to main.cf") in r.stdout
+    assert (f"FAIL Postfix: content_filter = mailtalk:[{HOST}]:{listen} (main.cf), but "
+            f"[filter] mode = \"milter\": nothing listens on {HOST}:{listen}, so Postfix "
+            f"defers every mail: remove that content_filter") in r.stdout
+    assert not any(line.startswith(("FAIL filter on", "FAIL re-injection", "ok   filter"))
+                   for line in lines), r.stdout
+    assert "no content_filter to" not in r.stdout
+
+
+def test_milter_mode_against_the_real_receiving_milter(tmp_path):
+    """`mailtalk filter` in milter mode (libmilter through pymilter), then `mailtalk check`."""
+    from support.mailtalk import MailtalkService
+    port = free_port(HOST)
+    conf = postfix_conf(tmp_path, [f"smtpd_milters = inet:{HOST}:{port}"])
+    svc = MailtalkService(tmp_path, {"filter": {"mode": "milter",
+                                                "milter_socket": f"inet:{port}@{HOST}"}},
+                          subcommand="filter", env={"MAIL_CONFIG": str(conf)},
+                          wait_endpoints=[f"{HOST}:{port}"])
+    with svc:
+        r = svc.command("check")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"ok   receiving milter answers on inet:{port}@{HOST} ([filter] milter_socket)" in r.stdout
+    assert f"ok   Postfix: smtpd_milters has the receiving milter inet:{port}@{HOST} (main.cf)" in r.stdout
