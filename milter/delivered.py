@@ -220,7 +220,8 @@ class DeliveredStore:
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as e:
-            if getattr(e, "sqlite_errorname", "") not in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            if not getattr(e, "sqlite_errorname", "").startswith(("SQLITE_NOTADB",
+                                                                  "SQLITE_CORRUPT")):
                 raise
             assert self.path is not None
             aside = self.path.with_name(self.path.name + ".corrupt")
@@ -255,11 +256,12 @@ class DeliveredStore:
         try:
             db.executemany("INSERT OR REPLACE INTO delivered (queue_id, digest, rcpt, at) "
                            "VALUES (?, ?, ?, ?)", [(qid, digest, r, now) for r in rcpts])
+            self._prune(db)                 # in the same transaction: one fsync
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        self._prune(db)
 
     def _prune(self, db: sqlite3.Connection) -> None:
         """Drop entries past the TTL, then the oldest beyond MAX_ENTRIES."""
