@@ -172,9 +172,10 @@ async def _ask(lookup: Lookup, claim: Claim, recipients: list[str], timeout: flo
                now: datetime, qid: str) -> dict[str, SenderOnline]:
     assert claim.account is not None and claim.mail_id is not None
     try:
-        result = await asyncio.wait_for(
-            lookup.lookup(claim.account, claim.mail_id, recipients, queue_id=qid), timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):     # not wait_for: no task per mail
+            result = await lookup.lookup(claim.account, claim.mail_id, recipients,
+                                         queue_id=qid)
+    except TimeoutError:
         log.warning("%s: lookup for %s timed out after %.1fs: unknown",
                     qid, claim.account, timeout)
         result = None
@@ -193,6 +194,10 @@ async def decide(claim: Claim, recipients: Sequence[str], lookup: Lookup | None,
     rcpts = list(dict.fromkeys(recipients))
     if claim.problem is not None or lookup is None:
         return {r: online_header.unknown(claim.account, now) for r in rcpts}
+    if not rcpts:
+        return {}
+    if len(rcpts) <= LOOKUP_MAX_RECIPIENTS:      # the usual case: one request, no gather
+        return await _ask(lookup, claim, rcpts, timeout, now, qid)
     chunks = [rcpts[i:i + LOOKUP_MAX_RECIPIENTS]
               for i in range(0, len(rcpts), LOOKUP_MAX_RECIPIENTS)]
     results = await asyncio.gather(*(_ask(lookup, claim, c, timeout, now, qid) for c in chunks))

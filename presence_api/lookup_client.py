@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import yarl
 
 from mailtalk import __version__
 from mailtalk.accounts import account_domain, normalize_account
@@ -55,7 +56,6 @@ STATE_OF_STATUS = {"online": "yes", "away": "yes", "busy": "yes", "offline": "no
                    "unknown": "unknown"}
 LINK_MAX_CHARS = 2048
 NO_BATCH_SECONDS = 3600.0      # after a 404 on the batch endpoint, ask one by one this long
-_JSON = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,7 @@ class PresenceLookup:
         self._tasks: set[asyncio.Task[None]] = set()         # requests being sent
         self._no_batch: dict[str, float] = {}               # api -> batch again after
         self._closed = False
+        self._urls: dict[str, yarl.URL] = {}
 
     # --- public
 
@@ -305,27 +306,43 @@ class PresenceLookup:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=256, limit_per_host=self._cap,
                                              ttl_dns_cache=300)
+            # No cookies (a lookup carries no state), a fixed header set, and answers as
+            # they are (a compressed one would not parse: unknown): less per request.
             self._session = aiohttp.ClientSession(
-                connector=connector, trust_env=False,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-                headers={"User-Agent": f"mailtalk/{__version__}"})
+                connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=self._timeout), auto_decompress=False,
+                headers={"User-Agent": f"mailtalk/{__version__}",
+                         "Content-Type": "application/json", "Accept-Encoding": "identity"})
         return self._session
+
+    def _url(self, url: str) -> yarl.URL:
+        """The parsed URL, kept (a handful of endpoints: parsing it is per-request work)."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= 1024:
+                self._urls.clear()
+            parsed = self._urls[url] = yarl.URL(url)
+        return parsed
 
     async def _request(self, url: str, body: dict[str, Any], cap: int) -> tuple[int, Any]:
         """POST body; (HTTP status, the JSON answer or None), the answer capped at `cap`."""
         session = self._get_session()
-        async with session.post(url, data=json.dumps(body).encode(), allow_redirects=False,
-                                headers=_JSON) as resp:
+        async with session.post(self._url(url), data=json.dumps(body).encode(),
+                                allow_redirects=False) as resp:
             if resp.status != 200:
                 return resp.status, None
             too_big = f"{url}: answer larger than {cap} bytes"
-            if (resp.content_length or 0) > cap:
+            length = resp.content_length
+            if length is not None and length > cap:
                 raise LookupFailed(too_big)
-            data = bytearray()
-            async for part in resp.content.iter_chunked(16384):
-                data += part
-                if len(data) > cap:
-                    raise LookupFailed(too_big)
+            if length is not None:         # the usual case: read exactly that much
+                data = await resp.content.readexactly(length)
+            else:                          # chunked: count as it comes
+                data = bytearray()
+                async for part in resp.content.iter_chunked(16384):
+                    data += part
+                    if len(data) > cap:
+                        raise LookupFailed(too_big)
         try:
             return 200, json.loads(bytes(data))
         except ValueError:
