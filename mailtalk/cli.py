@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 
 from mailtalk import __version__, logsetup
 from mailtalk.config import Config, ConfigError, load
@@ -86,6 +87,18 @@ def _services_for(command: str, cfg: Config) -> list[str]:
     return [s for s in SERVICES if cfg.has(s)]
 
 
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """`[site] event_loop`: uvloop's loop, or None for asyncio's own (the config loader
+    has checked that an explicit "uvloop" is installed)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None              # "auto" without uvloop
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logsetup.setup(verbose=args.verbose)
@@ -106,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"section: nothing to run", file=sys.stderr)
                 return 2
             from mailtalk import runner
-            return asyncio.run(runner.serve(cfg, names))
+            with asyncio.Runner(loop_factory=loop_factory(cfg.site.event_loop)) as loop:
+                return loop.run(runner.serve(cfg, names))
         if args.command == "user":
             return _call("presence_api.usercmd", "main", cfg, args)
         if args.command == "check":

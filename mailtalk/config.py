@@ -7,6 +7,7 @@ with one line naming the file and the key: `ConfigError`.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -71,6 +72,13 @@ def _log_level(v: Any) -> str:
     s = _str(v).lower()
     if s not in _LOG_LEVELS:
         raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)}, got {v!r}")
+    return s
+
+
+def _event_loop(v: Any) -> str:
+    s = _one_of(v, ("auto", "uvloop", "asyncio"))
+    if s == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ValueError("uvloop is not installed (pip install uvloop, or \"auto\")")
     return s
 
 
@@ -190,6 +198,7 @@ class SiteConfig:
     secret_file: Path
     mail_id_lifetime_days: int
     log_level: str
+    event_loop: str            # "auto", "uvloop" or "asyncio"
 
 
 @dataclass(frozen=True)
@@ -269,6 +278,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "secret_file": (_path, _DERIVED),
         "mail_id_lifetime_days": (_int_min(1), D.MAIL_ID_LIFETIME_DAYS),
         "log_level": (_log_level, D.LOG_LEVEL),
+        "event_loop": (_event_loop, D.EVENT_LOOP),
     },
     "domains": {
         "names": (_domains, []),

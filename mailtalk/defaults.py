@@ -13,6 +13,10 @@ STATE_DIR_USER = "~/.local/state/mailtalk"    # otherwise ($XDG_STATE_HOME honou
 SECRET_FILE_NAME = "site.key"                 # under state_dir
 MAIL_ID_LIFETIME_DAYS = 30
 LOG_LEVEL = "info"
+# uvloop when it is installed (a pyproject dependency on Linux): the same asyncio API,
+# its loop and transports in C. The filter spends a third of its time in the loop and
+# in socket calls (docs/benchmarks.md).
+EVENT_LOOP = "auto"
 
 # [milter]
 MILTER_SOCKET = "inet:8894@127.0.0.1"

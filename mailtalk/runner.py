@@ -63,7 +63,9 @@ async def serve(cfg: Config, names: list[str]) -> int:
                         return 2
                     raise
                 running.append((name, await module.start(cfg, stop)))
-        log.info("mailtalk ready (%s; config: %s)", ", ".join(n for n, _ in running), cfg.source)
+        loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        log.info("mailtalk ready (%s; config: %s; event loop: %s)",
+                 ", ".join(n for n, _ in running), cfg.source, loop_name)
         _sd_notify("READY=1")
         await stop.wait()
         log.info("stopping")

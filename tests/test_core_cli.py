@@ -49,3 +49,25 @@ def test_without_any_config_every_subcommand_uses_the_embedded_defaults():
     r = subprocess.run(MAILTALK + ["dns"], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == '_mailtalk.localhost. 3600 IN TXT "v=mailtalk1; api=http://127.0.0.1:8470"'
+
+
+@pytest.mark.parametrize("choice, loop", [("auto", "uvloop"), ("asyncio", "asyncio")])
+def test_services_run_on_the_configured_event_loop(tmp_path, choice, loop):
+    # A real `mailtalk presence` process: its ready line names the loop it runs on.
+    from support.wait import free_port, wait_for
+    cfg = tmp_path / "m.toml"
+    port = free_port("127.0.10.77")
+    cfg.write_text(f'[site]\nstate_dir = "{tmp_path}/state"\nevent_loop = "{choice}"\n'
+                   f'[domains]\nnames = ["a.test"]\n'
+                   f'[presence]\nlisten = "127.0.10.77:{port}"\n'
+                   f'public_url = "http://127.0.10.77:{port}"\n')
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(MAILTALK + ["-c", str(cfg), "presence"], stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "mailtalk ready" in log.read_text(), 30, what="mailtalk ready")
+        assert f"event loop: {loop})" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -78,6 +78,7 @@ def test_embedded_defaults_run_everything_on_loopback():
     ('[dns]\nnameservers = "127.0.0.1"\n', "[dns] nameservers: expected a list of strings"),
     ('[domains]\nnames = ["bad domain"]\n', "[domains] names: not a domain name"),
     ('[site]\nlog_level = "loud"\n', "[site] log_level: expected one of"),
+    ('[site]\nevent_loop = "trio"\n', "[site] event_loop: expected one of auto, uvloop, asyncio"),
     ('[milter]\n', "[domains] names: must list at least one mail domain"),
     ('[filter\n', "not valid TOML"),
     ('filter = 1\n', "filter: expected a [filter] table"),
@@ -110,3 +111,13 @@ def test_nameservers_and_ipv6(tmp_path):
     assert cfg.dns.nameservers == (HostPort("127.0.0.53", 5353), HostPort("::1", 53), HostPort("::1", 53))
     assert cfg.filter.listen == HostPort("::1", 10025)
     assert str(cfg.filter.listen) == "[::1]:10025"
+
+
+def test_event_loop_uvloop_must_be_installed(tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "uvloop" else real(name, *a))
+    assert "[site] event_loop: uvloop is not installed" in error_of(
+        tmp_path, '[site]\nevent_loop = "uvloop"\n')
+    assert load_file(write(tmp_path, '[site]\nevent_loop = "auto"\n')).site.event_loop == "auto"
