@@ -14,12 +14,7 @@ the mail. Answers are capped at `LOOKUP_RESPONSE_MAX_BYTES` a lookup, requests a
 domain at `[filter] lookup_concurrency_per_domain`, and identical lookups in flight
 share one answer.
 
-Batching: a lookup is sent at once while fewer than that many requests to its domain
-are in flight. Lookups that arrive while they all are, or in the same turn of the
-event loop, wait for the next request and go in it together (POST /api/v1/lookups, up
-to `LOOKUP_BATCH_MAX`). Under load most lookups then share a request: the HTTP work
-per lookup, on both sides, falls with the load instead of growing with it. A site that
-answers 404 there (an older version) is asked one lookup per request for an hour.
+Requests, their cap per domain and batching: `lookup_requests.py`.
 
 A recipient without a link in `links` (its link was refused, or the service gave
 none) gets no `chat=`; MISSION.md's grammar then calls for `unknown` for that one.
@@ -29,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -38,15 +32,13 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import yarl
 
-from mailtalk import __version__
 from mailtalk.accounts import account_domain, normalize_account
 from mailtalk.config import Config
-from mailtalk.constants import (API_LOOKUP, API_LOOKUPS, LOOKUP_BATCH_MAX,
-                                LOOKUP_MAX_RECIPIENTS, LOOKUP_RESPONSE_MAX_BYTES)
+from mailtalk.constants import LOOKUP_MAX_RECIPIENTS
 from mailtalk.mailid import is_well_formed
 from presence_api.discovery import Discoverer, Endpoint
+from presence_api.lookup_requests import Answer, LookupFailed, SiteRequests
 
 log = logging.getLogger("mailtalk.lookup")
 
@@ -55,7 +47,6 @@ STATUSES = ("online", "away", "busy", "offline", "unknown")
 STATE_OF_STATUS = {"online": "yes", "away": "yes", "busy": "yes", "offline": "no",
                    "unknown": "unknown"}
 LINK_MAX_CHARS = 2048
-NO_BATCH_SECONDS = 3600.0      # after a 404 on the batch endpoint, ask one by one this long
 
 
 @dataclass(frozen=True)
@@ -67,35 +58,6 @@ class LookupResult:
     links: dict[str, str] = field(default_factory=dict)  # recipient (as given) -> chat URL
 
 
-_Answer = tuple[str, datetime, dict[str, str]]     # status, checked, links of one request
-
-
-class LookupFailed(Exception):
-    """Why a lookup gave `unknown`: logged, never raised out of `lookup`."""
-
-
-class _Requeue(Exception):
-    """The service has no batch endpoint: ask the batch's lookups again, one by one."""
-
-
-@dataclass
-class _Pending:
-    """One lookup request waiting for, or in, a request to its site."""
-    body: dict[str, Any]        # {"account", "mail_id", "recipients"}
-    future: asyncio.Future[_Answer]
-
-
-@dataclass
-class _Site:
-    """Requests to one domain's presence service (one published endpoint)."""
-    endpoint: Endpoint
-    queue: list[_Pending] = field(default_factory=list)
-    in_flight: int = 0          # requests
-    pump_scheduled: bool = False
-
-    @property
-    def idle(self) -> bool:
-        return not self.queue and not self.in_flight and not self.pump_scheduled
 
 
 def _clean_link(url: Any) -> str | None:
@@ -135,21 +97,15 @@ class PresenceLookup:
         `session`: an aiohttp session to use (not closed by `close`);
         `clock`: seconds since the epoch (default time.time), also drives DNS TTLs."""
         self._timeout = cfg.filter.lookup_timeout
-        self._cap = cfg.filter.lookup_concurrency_per_domain
         self._clock = clock or time.time
         if isinstance(resolver, Discoverer):
             self.discoverer = resolver
         else:
             self.discoverer = Discoverer(cfg.dns, resolver=resolver,
                                          clock=clock or time.monotonic)
-        self._session = session
-        self._own_session = session is None
-        self._sites: dict[tuple[str, str], _Site] = {}    # (domain, api) -> its requests
-        self._inflight: dict[tuple[Any, ...], asyncio.Future[_Answer]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()         # requests being sent
-        self._no_batch: dict[str, float] = {}               # api -> batch again after
-        self._closed = False
-        self._urls: dict[str, yarl.URL] = {}
+        self._requests = SiteRequests(self._timeout, cfg.filter.lookup_concurrency_per_domain,
+                                      self._parse, session)
+        self._inflight: dict[tuple[Any, ...], asyncio.Future[Answer]] = {}
 
     # --- public
 
@@ -174,24 +130,12 @@ class PresenceLookup:
         return self._unknown(account)
 
     async def close(self) -> None:
-        self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for site in self._sites.values():
-            for pending in site.queue:
-                if not pending.future.done():
-                    pending.future.set_exception(LookupFailed("lookup client closed"))
-        self._sites.clear()
+        await self._requests.close()
         self._inflight.clear()
-        if self._own_session and self._session is not None:
-            await self._session.close()
-        self._session = None
 
     def pending(self, domain: str) -> tuple[int, int]:
         """(requests in flight, lookups waiting) to `domain`'s service (for tests)."""
-        sites = [v for (d, _), v in self._sites.items() if d == domain]
-        return sum(v.in_flight for v in sites), sum(len(v.queue) for v in sites)
+        return self._requests.pending(domain)
 
     # --- internals
 
@@ -230,22 +174,17 @@ class PresenceLookup:
         return LookupResult(STATE_OF_STATUS[status], status, account, checked, links)
 
     async def _coalesced(self, endpoint: Endpoint, domain: str, account: str, mail_id: str,
-                         chunk: list[str]) -> _Answer:
+                         chunk: list[str]) -> Answer:
         # Identical lookups in flight share one answer. The shield keeps one caller's
         # timeout from cancelling the future the others wait for; the request itself
         # is bounded by the session timeout.
         key = (endpoint.api, account, mail_id, tuple(chunk))
         future = self._inflight.get(key)
         if future is None:
-            future = asyncio.get_running_loop().create_future()
+            future = self._requests.submit(
+                domain, endpoint, {"account": account, "mail_id": mail_id, "recipients": chunk})
             self._inflight[key] = future
             future.add_done_callback(functools.partial(self._done, key))
-            site = self._sites.get((domain, endpoint.api))
-            if site is None:
-                site = self._sites[(domain, endpoint.api)] = _Site(endpoint)
-            site.queue.append(_Pending(
-                {"account": account, "mail_id": mail_id, "recipients": chunk}, future))
-            self._schedule_pump(domain, site)
         return await asyncio.shield(future)
 
     def _done(self, key: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
@@ -254,132 +193,8 @@ class PresenceLookup:
         if not future.cancelled():
             future.exception()       # retrieved: no "never retrieved" warning if all left
 
-    def _schedule_pump(self, domain: str, site: _Site) -> None:
-        # At the end of this turn of the loop: lookups made in the same turn go together.
-        if not site.pump_scheduled:
-            site.pump_scheduled = True
-            asyncio.get_running_loop().call_soon(self._pump, domain, site)
-
-    def _pump(self, domain: str, site: _Site) -> None:
-        """Start requests for waiting lookups, while fewer than the cap are in flight."""
-        site.pump_scheduled = False
-        if self._closed:
-            return
-        batch_max = 1 if self._no_batch.get(site.endpoint.api, 0) > time.monotonic() \
-            else LOOKUP_BATCH_MAX
-        while site.queue and site.in_flight < self._cap:
-            batch, site.queue = site.queue[:batch_max], site.queue[batch_max:]
-            site.in_flight += 1
-            task = asyncio.ensure_future(self._send(domain, site, batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        if site.idle and self._sites.get((domain, site.endpoint.api)) is site:
-            del self._sites[(domain, site.endpoint.api)]
-
-    async def _send(self, domain: str, site: _Site, batch: list[_Pending]) -> None:
-        answers: list[_Answer | Exception] = []
-        try:
-            if len(batch) == 1:
-                answers = [await self._post_one(site.endpoint, batch[0].body)]
-            else:
-                answers = await self._post_batch(site, batch)
-                log.debug("%s: %d lookups in one request", site.endpoint.api, len(batch))
-        except _Requeue:               # asked again, one by one, in their turn
-            site.queue[:0] = [p for p in batch if not p.future.done()]
-        except asyncio.CancelledError:  # closing
-            answers = [LookupFailed("lookup client closed")] * len(batch)
-            raise
-        except Exception as e:         # the request as a whole: every lookup in it
-            answers = [e] * len(batch)
-        finally:
-            site.in_flight -= 1
-            for pending, answer in zip(batch, answers):
-                if pending.future.done():
-                    continue
-                if isinstance(answer, Exception):
-                    pending.future.set_exception(answer)
-                else:
-                    pending.future.set_result(answer)
-            self._pump(domain, site)
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=256, limit_per_host=self._cap,
-                                             ttl_dns_cache=300)
-            # No cookies (a lookup carries no state), a fixed header set, and answers as
-            # they are (a compressed one would not parse: unknown): less per request.
-            self._session = aiohttp.ClientSession(
-                connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=aiohttp.ClientTimeout(total=self._timeout), auto_decompress=False,
-                headers={"User-Agent": f"mailtalk/{__version__}",
-                         "Content-Type": "application/json", "Accept-Encoding": "identity"})
-        return self._session
-
-    def _url(self, url: str) -> yarl.URL:
-        """The parsed URL, kept (a handful of endpoints: parsing it is per-request work)."""
-        parsed = self._urls.get(url)
-        if parsed is None:
-            if len(self._urls) >= 1024:
-                self._urls.clear()
-            parsed = self._urls[url] = yarl.URL(url)
-        return parsed
-
-    async def _request(self, url: str, body: dict[str, Any], cap: int) -> tuple[int, Any]:
-        """POST body; (HTTP status, the JSON answer or None), the answer capped at `cap`."""
-        session = self._get_session()
-        async with session.post(self._url(url), data=json.dumps(body).encode(),
-                                allow_redirects=False) as resp:
-            if resp.status != 200:
-                return resp.status, None
-            too_big = f"{url}: answer larger than {cap} bytes"
-            length = resp.content_length
-            if length is not None and length > cap:
-                raise LookupFailed(too_big)
-            if length is not None:         # the usual case: read exactly that much
-                data = await resp.content.readexactly(length)
-            else:                          # chunked: count as it comes
-                data = bytearray()
-                async for part in resp.content.iter_chunked(16384):
-                    data += part
-                    if len(data) > cap:
-                        raise LookupFailed(too_big)
-        try:
-            return 200, json.loads(bytes(data))
-        except ValueError:
-            raise LookupFailed(f"{url}: answer is not JSON") from None
-
-    async def _post_one(self, endpoint: Endpoint, body: dict[str, Any]) -> _Answer:
-        url = endpoint.api + API_LOOKUP
-        status, payload = await self._request(url, body, LOOKUP_RESPONSE_MAX_BYTES)
-        if status != 200:
-            raise LookupFailed(f"{url}: HTTP {status}")
-        return self._parse(payload, endpoint, body["recipients"], url)
-
-    async def _post_batch(self, site: _Site, batch: list[_Pending]
-                          ) -> list[_Answer | Exception]:
-        endpoint = site.endpoint
-        url = endpoint.api + API_LOOKUPS
-        status, payload = await self._request(url, {"lookups": [p.body for p in batch]},
-                                              LOOKUP_RESPONSE_MAX_BYTES * len(batch))
-        if status in (404, 405):       # an older presence service: one by one, for a while
-            log.info("%s: HTTP %d: asking one lookup per request for an hour", url, status)
-            self._no_batch[endpoint.api] = time.monotonic() + NO_BATCH_SECONDS
-            raise _Requeue()
-        if status != 200:
-            raise LookupFailed(f"{url}: HTTP {status}")
-        answers = payload.get("answers") if isinstance(payload, dict) else None
-        if not isinstance(answers, list) or len(answers) != len(batch):
-            raise LookupFailed(f"{url}: answers do not match the lookups asked")
-        out: list[_Answer | Exception] = []
-        for pending, answer in zip(batch, answers):
-            try:
-                out.append(self._parse(answer, endpoint, pending.body["recipients"], url))
-            except LookupFailed as e:
-                out.append(e)
-        return out
-
     def _parse(self, payload: Any, endpoint: Endpoint, chunk: list[str],
-               url: str) -> _Answer:
+               url: str) -> Answer:
         if not isinstance(payload, dict) or payload.get("status") not in STATUSES:
             raise LookupFailed(f"{url}: answer has no valid status")
         checked = _parse_checked(payload.get("checked"), self._now())
