@@ -31,6 +31,10 @@ from presence_api.discovery import Endpoint
 log = logging.getLogger("mailtalk.lookup")
 
 NO_BATCH_SECONDS = 3600.0      # after a 404 on the batch endpoint, ask one by one this long
+NO_BATCH_MAX_SITES = 1024      # sites remembered so (a flood of them forgets all)
+# Recipients in one batch request, at most: a body well under the 1 MiB that aiohttp
+# servers accept by default, even with 320-character addresses.
+BATCH_MAX_RECIPIENTS = 1000
 
 Answer = tuple[str, datetime, dict[str, str]]     # status, checked, links of one lookup
 # (the answer's JSON, the endpoint asked, the recipients asked, the URL) -> Answer
@@ -126,7 +130,13 @@ class SiteRequests:
         batch_max = 1 if self._no_batch.get(site.endpoint.api, 0) > time.monotonic() \
             else LOOKUP_BATCH_MAX
         while site.queue and site.in_flight < self._cap:
-            batch, site.queue = site.queue[:batch_max], site.queue[batch_max:]
+            n, recipients = 1, len(site.queue[0].body["recipients"])
+            while n < min(batch_max, len(site.queue)):
+                recipients += len(site.queue[n].body["recipients"])
+                if recipients > BATCH_MAX_RECIPIENTS:
+                    break
+                n += 1
+            batch, site.queue = site.queue[:n], site.queue[n:]
             site.in_flight += 1
             task = asyncio.ensure_future(self._send(domain, site, batch))
             self._tasks.add(task)
@@ -221,6 +231,8 @@ class SiteRequests:
                                               LOOKUP_RESPONSE_MAX_BYTES * len(batch))
         if status in (404, 405):       # an older presence service: one by one, for a while
             log.info("%s: HTTP %d: asking one lookup per request for an hour", url, status)
+            if len(self._no_batch) >= NO_BATCH_MAX_SITES:
+                self._no_batch.clear()
             self._no_batch[endpoint.api] = time.monotonic() + NO_BATCH_SECONDS
             raise _Requeue()
         if status != 200:

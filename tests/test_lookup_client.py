@@ -300,3 +300,12 @@ async def test_dns_answer_is_cached_between_lookups(client, remote):
     await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])
     found = await client.discoverer.discover("a.test")
     assert found.cached and found.endpoint is not None
+
+
+async def test_a_batch_carries_at_most_1000_recipients(client, batching_remote):
+    await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])     # DNS now cached
+    rcpts = [f"user{i}@b.test" for i in range(100)]
+    results = await asyncio.gather(*(client.lookup(f"u{i}@a.test", mail_id(), rcpts)
+                                     for i in range(12)))
+    assert all(r.state == "yes" and len(r.links) == 100 for r in results)
+    assert sorted(len(b) for b in batching_remote.batches) == [2, 10]
