@@ -112,25 +112,13 @@ class FilterHandler:
     async def handle_MAIL(self, server: FilterSMTP, session: Session, envelope: FilterEnvelope,
                           address: str, mail_options: list[str]) -> str:
         ident = envelope.xforward.get("IDENT", "-")
-        # Postfix pipelines MAIL, RCPT and DATA; with one recipient, ours go to the
-        # re-injection server in the same write (two round trips less per mail).
-        ahead = server.single_rcpt_then_data()
-        server.rcpt_ahead = None
         for attempt in (1, 2):     # a cached connection may have timed out: reconnect once
             try:
                 up = await self._upstream(server)
-                then = ([up.rcpt_line(ahead), b"DATA"]
-                        if ahead is not None and "PIPELINING" in up.extensions else [])
-                refused, reply = await up.begin(envelope.xforward, address, mail_options,
-                                                then)
+                refused, reply = await up.begin(envelope.xforward, address, mail_options)
                 if attempt == 1 and server.upstream_reused and 421 in (
                         reply.code, refused.code if refused else 0):
                     raise ReinjectError(f"pooled connection closing: {reply}")
-                if then and reply.ok:
-                    server.rcpt_ahead = ahead
-                elif then:                     # MAIL refused: RCPT's and DATA's refusals
-                    for _ in then:
-                        await up.read_reply()
                 if refused is not None:
                     log.warning("%s: XFORWARD refused by the re-injection server: %s",
                                 ident, refused)
@@ -150,25 +138,10 @@ class FilterHandler:
     async def handle_RCPT(self, server: FilterSMTP, session: Session, envelope: FilterEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
         ident = envelope.xforward.get("IDENT", "-")
-        up, ahead, server.rcpt_ahead = server.upstream, server.rcpt_ahead, None
-        if up is None:
+        if server.upstream is None:
             return REPLY_REINJECT_DOWN
         try:
-            if ahead is None:
-                reply = await up.rcpt(address)
-            elif address != ahead:
-                # Not the recipient sent ahead: that transaction names someone Postfix
-                # did not give. Void it; Postfix retries the mail.
-                log.warning("%s: RCPT TO <%s> is not the pipelined <%s>: deferred",
-                            ident, address, ahead)
-                server.drop_upstream()
-                return REPLY_REINJECT_DOWN
-            else:
-                reply = await up.read_reply()          # of the RCPT sent with MAIL
-                if reply.ok:                           # DATA's 354 is read at DATA
-                    server.expect_early(up.read_reply())
-                else:
-                    await up.read_reply()              # DATA's refusal: no recipient
+            reply = await server.upstream.rcpt(address)
         except ReinjectError as e:
             server.drop_upstream()
             log.warning("%s: RCPT TO <%s>: %s: deferred", ident, address, e)

@@ -63,9 +63,6 @@ class FilterSMTP(SMTP):
         self.upstream: ReinjectClient | None = None
         self.upstream_reused = False     # taken from the pool: may have gone stale
         self.early_data: asyncio.Task[Reply] | None = None   # DATA sent on ahead, see smtp_DATA
-        # The recipient whose RCPT (and then DATA) went to the re-injection server with
-        # MAIL: its reply, then DATA's, are the next on that connection (filter.py).
-        self.rcpt_ahead: str | None = None
         self._held: list[bytes] = []     # replies not yet written (see push)
         handler.sessions.add(self)
 
@@ -76,27 +73,6 @@ class FilterSMTP(SMTP):
         """A whole command line is already in the input buffer (the client pipelines)."""
         buffer = getattr(self._reader, "_buffer", None)   # aiosmtpd reads it too
         return buffer is not None and b"\n" in buffer
-
-    def expect_early(self, reply: Any) -> None:
-        """The reply to a DATA sent ahead, to be read by FilterHandler._data. If the
-        session ends first, it is cancelled (connection_lost) or its error dropped."""
-        task = self.early_data = asyncio.ensure_future(reply)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    def single_rcpt_then_data(self) -> str | None:
-        """The address of `RCPT TO:<address>` when that line and then `DATA` are already
-        in the input buffer (Postfix pipelines a one-recipient mail so), else None. Only
-        a plain address without parameters, which aiosmtpd parses the same (_getaddr)."""
-        buffer = getattr(self._reader, "_buffer", None)
-        if not buffer or buffer.count(b"\n") < 2:
-            return None
-        parts = bytes(buffer).split(b"\r\n", 2)
-        if len(parts) < 3 or parts[1].upper() != b"DATA" or parts[0][:8].upper() != b"RCPT TO:":
-            return None
-        m = _PLAIN_ADDRESS.fullmatch(parts[0][8:].decode("ascii", "replace"))
-        if m is None or m.group(2):
-            return None
-        return m.group(1)
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
@@ -136,9 +112,9 @@ class FilterSMTP(SMTP):
         if aiosmtpd never calls it (no RCPT, too big, hang-up) the connection is dropped,
         as a transaction in the DATA phase cannot be taken back."""
         up, env = self.upstream, self.envelope
-        if (self.early_data is None and up is not None and up.in_transaction
-                and arg is None and len(set(env.rcpt_tos)) == 1):
-            self.expect_early(up.command(b"DATA"))
+        if (up is not None and up.in_transaction and arg is None
+                and len(set(env.rcpt_tos)) == 1):
+            self.early_data = asyncio.ensure_future(up.command(b"DATA"))
         try:
             await super().smtp_DATA(arg)
         finally:
@@ -176,14 +152,11 @@ class FilterSMTP(SMTP):
         return REPLY_TEMPFAIL
 
     def drop_upstream(self) -> None:
-        self.rcpt_ahead = None
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self.early_data is not None:
-            self.early_data.cancel()
         self.drop_upstream()
         self.event_handler.sessions.discard(self)
         super().connection_lost(error)

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
 log = logging.getLogger("mailtalk.filter.reinject")
 
@@ -150,20 +150,15 @@ class ReinjectClient:
                 lines.append("XFORWARD " + item)
         return [x.encode("ascii") for x in lines]
 
-    async def begin(self, xforward: dict[str, str], sender: str, options: Iterable[str],
-                    then: Sequence[bytes] = ()) -> tuple[Reply | None, Reply]:
+    async def begin(self, xforward: dict[str, str], sender: str,
+                    options: Iterable[str]) -> tuple[Reply | None, Reply]:
         """XFORWARD (if any) and MAIL FROM, pipelined when the server offers it (one
-        round trip). Returns (the first refused XFORWARD reply or None, MAIL's reply).
-
-        `then`: more commands for the same write (PIPELINING only), e.g. RCPT and DATA;
-        their replies are the caller's to read, in order, with `read_reply`."""
+        round trip). Returns (the first refused XFORWARD reply or None, MAIL's reply)."""
         lines = self._xforward_lines(xforward) + [self._mail_line(sender, options)]
         if "PIPELINING" in self.extensions:
-            await self._send(b"".join(line + b"\r\n" for line in [*lines, *then]))
+            await self._send(b"".join(line + b"\r\n" for line in lines))
             replies = [await self._read_reply() for _ in lines]
         else:
-            if then:
-                raise ValueError("commands sent ahead need PIPELINING")
             replies = [await self.command(line) for line in lines]
         refused = next((r for r in replies[:-1] if not r.ok), None)
         self.in_transaction = replies[-1].ok
@@ -186,19 +181,8 @@ class ReinjectClient:
         key = option.split("=", 1)[0].upper()
         return {"BODY": "8BITMIME", "SMTPUTF8": "SMTPUTF8", "SIZE": "SIZE"}.get(key, "") in self.extensions
 
-    @staticmethod
-    def rcpt_line(recipient: str) -> bytes:
-        line = f"RCPT TO:<{recipient}>".encode("utf-8", errors="surrogateescape")
-        if b"\r" in line or b"\n" in line:
-            raise ValueError("CR or LF in an SMTP command")
-        return line
-
     async def rcpt(self, recipient: str) -> Reply:
-        return await self.command(self.rcpt_line(recipient))
-
-    async def read_reply(self) -> Reply:
-        """The next reply: that of a command sent ahead with `begin(..., then=...)`."""
-        return await self._read_reply()
+        return await self.command(f"RCPT TO:<{recipient}>".encode("utf-8", errors="surrogateescape"))
 
     async def data(self, message: bytes) -> Reply:
         """DATA, the message dot-stuffed and otherwise unchanged, then the final dot."""

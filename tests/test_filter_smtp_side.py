@@ -12,7 +12,6 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from mailtalk_milter.filter_smtp import FilterSMTP
-from mailtalk_milter.reinject import ReinjectClient
 from test_filter_receiving import CLAIM, FakeLookup, msg
 from test_filter_smtp import HOST, XFWD, _harness
 
@@ -58,36 +57,11 @@ async def open_session(running: Any) -> Session:
 
 
 @pytest.fixture
-async def harness() -> Any:
-    h, things = await _harness(FakeLookup("online"))
-    yield h
+async def running() -> Any:
+    harness, things = await _harness(FakeLookup("online"))
+    yield harness.running
     await things[0].close()
     things[1].close()
-
-
-@pytest.fixture
-async def running(harness: Any) -> Any:
-    return harness.running
-
-
-class UpstreamWrites:
-    """Every write of the filter's re-injection clients (ReinjectClient._send)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.sent: list[bytes] = []
-        real = ReinjectClient._send
-
-        async def spy(client: ReinjectClient, data: bytes) -> None:
-            self.sent.append(data)
-            await real(client, data)
-        monkeypatch.setattr(ReinjectClient, "_send", spy)
-
-
-async def pipelined_mail(s: Session, sender: str, rcpt: str) -> list[bytes]:
-    """One pipelined group as Postfix sends it for one recipient; the replies."""
-    await s.send(f"XFORWARD {XFWD}\r\nMAIL FROM:<{sender}>\r\nRCPT TO:<{rcpt}>\r\n"
-                 "DATA\r\n".encode())
-    return [await read_reply(s.reader) for _ in range(4)]
 
 
 async def test_replies_to_a_pipelined_group_go_out_in_one_write(running: Any) -> None:
@@ -145,51 +119,3 @@ def test_plain_addresses_parse_as_aiosmtpd_parses_them(arg: str) -> None:
         assert ours._getaddr(arg) == theirs._getaddr(arg)
     finally:
         loop.close()
-
-
-async def test_a_one_recipient_mail_goes_upstream_in_two_writes(
-        harness: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Postfix's XFORWARD/MAIL/RCPT/DATA group for one recipient: the filter sends its
-    # XFORWARD, MAIL, RCPT and DATA to a re-injection server offering PIPELINING in one
-    # write, the message in a second.
-    harness.sink.pipelining = True
-    writes = UpstreamWrites(monkeypatch)
-    s = await open_session(harness.running)
-    replies = await pipelined_mail(s, "alice@a.example", "bob@b.example")
-    assert [r[:3] for r in replies] == [b"250", b"250", b"250", b"354"]
-    await s.send(msg(*CLAIM) + b".\r\n")
-    assert (await read_reply(s.reader)).startswith(b"250")
-    sent = [w for w in writes.sent if not w.startswith(b"EHLO ")]   # a new connection's
-    assert len(sent) == 2, sent
-    first = sent[0]
-    assert first.startswith(b"XFORWARD ") and first.endswith(
-        b"MAIL FROM:<alice@a.example>\r\nRCPT TO:<bob@b.example>\r\nDATA\r\n")
-    (got,) = harness.sink.got
-    assert got.rcpts == ["bob@b.example"] and b"X-Sender-Online: yes" in got.content
-    s.writer.close()
-
-
-@pytest.mark.parametrize("sender, rcpt, refused_at", [
-    ("alice@a.example", "rej5bob@b.example", 1),     # the next hop refuses the recipient
-    ("alice@a.example", "tmp4bob@b.example", 1),
-    ("rej5alice@a.example", "bob@b.example", 0),     # ... or the sender
-])
-async def test_a_refusal_sent_ahead_is_passed_on_and_the_next_mail_goes_through(
-        harness: Any, sender: str, rcpt: str, refused_at: int) -> None:
-    harness.sink.pipelining = True
-    s = await open_session(harness.running)
-    await s.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
-    replies = [await read_reply(s.reader) for _ in range(3)]
-    codes = [r[:1] for r in replies]
-    assert codes[refused_at] in (b"4", b"5") and codes[2] in (b"5", b"4"), replies
-    assert codes[refused_at][0] == (b"4" if "tmp4" in rcpt else b"5")[0]
-    assert harness.sink.got == []
-    # The session and its re-injection connection are back in step: a second mail.
-    await s.send(b"RSET\r\n")
-    assert (await read_reply(s.reader)).startswith(b"250")
-    replies = await pipelined_mail(s, "alice@a.example", "carol@b.example")
-    assert [r[:3] for r in replies] == [b"250", b"250", b"250", b"354"]
-    await s.send(msg(*CLAIM) + b".\r\n")
-    assert (await read_reply(s.reader)).startswith(b"250")
-    assert [g.rcpts for g in harness.sink.got] == [["carol@b.example"]]
-    s.writer.close()

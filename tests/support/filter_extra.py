@@ -32,12 +32,9 @@ class SinkSMTP(SMTP):
 
 
 class SinkHandler:
-    """Answers per recipient by local part: `rej5*` 550, `tmp4*` 450, else 250; a
-    sender `rej5*` gets 550 at MAIL.
+    """Answers per recipient by local part: `rej5*` 550, `tmp4*` 450, else 250.
 
     `data_replies` (a list) gives DATA replies in turn ("drop" hangs up instead).
-    `pipelining` offers PIPELINING, as Postfix's smtpd does; `reads` counts the
-    lines each read from the client brought, to see what came in one write.
     """
 
     def __init__(self) -> None:
@@ -45,22 +42,12 @@ class SinkHandler:
         self.data_replies: list[str] = []
         self.transactions = 0
         self.data_delay = 0.0           # seconds before answering DATA
-        self.pipelining = False
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
-        extra = ["250-PIPELINING"] if self.pipelining else []
-        return responses[:-1] + extra + ["250-XFORWARD NAME ADDR PROTO HELO IDENT SOURCE PORT",
-                                         responses[-1]]
-
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, options: list[str]) -> str:
-        if address.split("@")[0].startswith("rej5"):
-            return f"550 5.7.1 <{address}>: Sender address rejected"
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
-        return "250 2.1.0 Ok"
+        return responses[:-1] + ["250-XFORWARD NAME ADDR PROTO HELO IDENT SOURCE PORT",
+                                 responses[-1]]
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, options: list[str]) -> str:
