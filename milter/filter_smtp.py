@@ -75,6 +75,8 @@ class FilterSMTP(SMTP):
         return buffer is not None and b"\n" in buffer
 
     async def push(self, status: AnyStr) -> None:
+        # aiosmtpd's push writes at once; this one may hold the reply (see below), so it
+        # encodes as aiosmtpd does and writes itself.
         if isinstance(status, str):
             response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
         else:

@@ -172,11 +172,6 @@ class ReinjectClient:
             raise ValueError("CR or LF in an SMTP command")
         return line_b
 
-    async def mail(self, sender: str, options: Iterable[str]) -> Reply:
-        reply = await self.command(self._mail_line(sender, options))
-        self.in_transaction = reply.ok
-        return reply
-
     def _offers_option(self, option: str) -> bool:
         key = option.split("=", 1)[0].upper()
         return {"BODY": "8BITMIME", "SMTPUTF8": "SMTPUTF8", "SIZE": "SIZE"}.get(key, "") in self.extensions
