@@ -209,7 +209,7 @@ async def client_only(args: argparse.Namespace) -> int:
     import aiohttp
 
     from mailtalk.config import parse_text
-    from presence_api.lookup_client import PresenceLookup
+    from mailtalk.lookup import PresenceLookup
 
     n = args.messages
     site = MailtalkSite(PRESENCE, "a.test")

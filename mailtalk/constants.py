@@ -14,11 +14,9 @@ MAIL_ID_PATTERN = r"[A-Za-z0-9_-]{22,64}"
 # HTTP API paths of the presence service (documented in /openapi.json).
 API_MAILS = "/api/v1/mails"        # site-internal: the milter's outbox records sent mails
 API_LOOKUP = "/api/v1/lookup"      # public: receiving hooks ask for presence and links
-API_LOOKUPS = "/api/v1/lookups"    # public: several lookups in one request (same answers)
 
 # Hard safety limits.
 LOOKUP_RESPONSE_MAX_BYTES = 64 * 1024
 LOOKUP_MAX_RECIPIENTS = 100
-LOOKUP_BATCH_MAX = 50              # lookups in one POST /api/v1/lookups
 TXT_RECORD_MAX_BYTES = 2048
 DNS_CACHE_MAX_ENTRIES = 10000      # discovery cache: oldest entries dropped beyond this

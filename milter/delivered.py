@@ -47,13 +47,14 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mailtalk import sqlite
+
 log = logging.getLogger("mailtalk.filter")
 
 FILE_NAME = "filter-delivered.sqlite3"     # under [site] state_dir
 TTL = 3 * 86400              # seconds a partial delivery is remembered
 MAX_ENTRIES = 100_000        # recipients remembered, at most (file and memory alike)
 IO_TIMEOUT = 5.0             # seconds the filter waits for the file before going on
-BUSY_TIMEOUT = 2.0           # seconds SQLite waits for a lock held by another process
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS delivered (
@@ -197,15 +198,8 @@ class DeliveredStore:
 
     def _connect(self) -> sqlite3.Connection:
         assert self.path is not None
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Recipients' addresses: this user only (SQLite gives -wal/-shm this mode).
-        # Made here, not by sqlite3.connect(), which would give it the umask's mode.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT,
-                             check_same_thread=False)
+        db = sqlite.connect(self.path, synchronous="FULL")   # rare writes: fsync each one
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")    # rare writes: fsync each one
             db.executescript(_SCHEMA)
             db.execute("SELECT COUNT(*) FROM delivered").fetchone()
         except BaseException:

@@ -29,7 +29,7 @@ from typing import Any
 from aiosmtpd.smtp import Envelope, Session
 
 from mailtalk.config import Config, FilterConfig
-from mailtalk_milter import receiving
+from mailtalk import receiving
 from mailtalk_milter.delivered import FILE_NAME as DELIVERED_FILE_NAME
 from mailtalk_milter.delivered import DeliveredStore
 from mailtalk_milter.filter_smtp import REPLY_TEMPFAIL, XFORWARD_ATTRS, FilterEnvelope, FilterSMTP
@@ -64,9 +64,8 @@ class FilterHandler:
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
         server.drop_upstream()                      # EHLO resets: a fresh transaction
-        # PIPELINING: Postfix then sends MAIL, RCPT... and DATA without waiting for each
-        # reply; aiosmtpd answers them in order; FilterSMTP.push writes
-        # the replies to one such group together.
+        # PIPELINING (RFC 2920): Postfix then sends MAIL, RCPT... and DATA without
+        # waiting for each reply; aiosmtpd reads and answers them in order.
         return responses[:-1] + ["250-PIPELINING", "250-XFORWARD " + " ".join(XFORWARD_ATTRS),
                                  responses[-1]]
 
@@ -172,75 +171,64 @@ class FilterHandler:
             self.busy -= 1
 
     async def _data(self, server: FilterSMTP, envelope: FilterEnvelope) -> str:
-        early = server.early_data     # cleared once awaited; smtp_DATA cleans up otherwise
-        if server.upstream is None:       # lost at RCPT time: nothing to deliver to
+        up = server.upstream
+        if up is None:                    # lost at RCPT time: nothing to deliver to
             return REPLY_REINJECT_DOWN
         raw = envelope.original_content or b""
-        prepared = await receiving.prepare(
-            raw, envelope.rcpt_tos, self.lookup, self.cfg.lookup_timeout,
-            xforward_ident=envelope.xforward.get("IDENT"))
+        prepared = await receiving.prepare(raw, envelope.rcpt_tos, self.lookup,
+                                           xforward_ident=envelope.xforward.get("IDENT"))
         qid = prepared.qid
         done: set[str] = set()
         if qid != "-" and self.delivered.may_have(qid):   # rare: a retry after a partial delivery
             done = await self.delivered.delivered(qid, hashlib.sha256(raw).digest(),
                                                   envelope.rcpt_tos)
+            log.info("%s: %d recipient(s) re-injected on an earlier try: skipped", qid, len(done))
         groups = [(h, [r for r in rs if r not in done]) for h, rs in prepared.groups()]
         groups = [(h, rs) for h, rs in groups if rs]
-        one_transaction = early is not None or (len(groups) == 1 and not done)
-        if not one_transaction or not groups:     # else one line once it is re-injected
-            log.info("%s: %s", qid, prepared.summary)
-        if done:
-            log.info("%s: %d recipient(s) re-injected on an earlier try: skipped", qid, len(done))
-        up = server.upstream
-        if up is None:
-            return REPLY_REINJECT_DOWN
         try:
-            if early is not None:
-                server.early_data = None
-                reply = await early       # the 354 (or a refusal) of the DATA sent ahead
-                if reply.code != 354:
-                    log.info("%s: %s; DATA refused by the re-injection server: %s", qid,
-                             prepared.summary, reply)
-                    return _own(reply)
-                if not groups:            # already re-injected on an earlier try
-                    server.drop_upstream()     # the only way out of the DATA phase
-                    return "250 2.0.0 Ok: re-injected"
-                reply = await up.data_body(prepared.message_with(groups[0][0]))
-                log.info("%s: %s; re-injected: %s", qid, prepared.summary, reply)
-                return _own(reply)
-            if one_transaction:
+            if len(groups) == 1 and not done:
                 # The usual case: the live transaction carries every recipient.
                 reply = await up.data(prepared.message_with(groups[0][0]))
                 log.info("%s: %s; re-injected: %s", qid, prepared.summary, reply)
                 return _own(reply)
-            sent: list[str] = []          # re-injected in this try
-            all_sent = False
-            try:
-                await up.rset()
-                for n, (header, rcpts) in enumerate(groups):
-                    reply = await self._one_transaction(up, envelope, rcpts,
-                                                        prepared.message_with(header))
-                    if not reply.ok:
-                        log.warning("%s: group %d/%d (%s) refused: %s", qid, n + 1,
-                                    len(groups), ", ".join(rcpts), reply)
-                        if n == 0 and not done and reply.code >= 500:
-                            return _own(reply)     # nothing delivered: the next hop's own 5xx
-                        return REPLY_TEMPFAIL if reply.code >= 500 else _own(reply)
-                    sent.extend(rcpts)
-                    log.info("%s: re-injected to %s: %s", qid, ", ".join(rcpts), reply)
-                all_sent = True
-                return "250 2.0.0 Ok: re-injected"
-            finally:
-                # Deferred (a refusal, an error, Postfix gone) after some recipients were
-                # re-injected: remember them before Postfix hears the 4xx. Those of an
-                # earlier try again too, so that they live as long as the retries go on.
-                if not all_sent and (sent or done) and qid != "-":
-                    await self.delivered.record(qid, hashlib.sha256(raw).digest(),
-                                                [*done, *sent])
+            log.info("%s: %s", qid, prepared.summary)
+            return await self._per_group(up, envelope, prepared, groups, done,
+                                         hashlib.sha256(raw).digest())
         except ReinjectError as e:
             server.drop_upstream()
             log.warning("%s: %s; re-injection failed: %s: deferred", qid, prepared.summary, e)
             return REPLY_REINJECT_DOWN
+
+    async def _per_group(self, up: ReinjectClient, envelope: FilterEnvelope,
+                         prepared: receiving.Prepared, groups: list[tuple[bytes, list[str]]],
+                         done: set[str], digest: bytes) -> str:
+        """One transaction per group of recipients with the same header (their links
+        differ). 250 only when every group was accepted; a deferral after some groups
+        were re-injected records them first, so that the retry skips them."""
+        qid = prepared.qid
+        sent: list[str] = []              # re-injected in this try
+        all_sent = False
+        try:
+            await up.rset()
+            for n, (header, rcpts) in enumerate(groups):
+                reply = await self._one_transaction(up, envelope, rcpts,
+                                                    prepared.message_with(header))
+                if not reply.ok:
+                    log.warning("%s: group %d/%d (%s) refused: %s", qid, n + 1,
+                                len(groups), ", ".join(rcpts), reply)
+                    if n == 0 and not done and reply.code >= 500:
+                        return _own(reply)     # nothing delivered: the next hop's own 5xx
+                    return REPLY_TEMPFAIL if reply.code >= 500 else _own(reply)
+                sent.extend(rcpts)
+                log.info("%s: re-injected to %s: %s", qid, ", ".join(rcpts), reply)
+            all_sent = True
+            return "250 2.0.0 Ok: re-injected"
+        finally:
+            # Deferred (a refusal, an error, Postfix gone) after some recipients were
+            # re-injected: remember them before Postfix hears the 4xx. Those of an
+            # earlier try again too, so that they live as long as the retries go on.
+            if not all_sent and (sent or done) and qid != "-":
+                await self.delivered.record(qid, digest, [*done, *sent])
 
     @staticmethod
     async def _one_transaction(up: ReinjectClient, envelope: FilterEnvelope,
@@ -288,7 +276,7 @@ class Running:
 def make_lookup(cfg: Config) -> Any:
     """The real presence lookup; without it (not installed) every mail gets `unknown`."""
     try:
-        from presence_api.lookup_client import PresenceLookup
+        from mailtalk.lookup import PresenceLookup
     except ImportError as e:
         log.error("presence lookup unavailable (%s): every mail gets unknown", e)
         return None

@@ -24,7 +24,6 @@ import asyncio
 import http.client
 import json
 import logging
-import os
 import sqlite3
 import ssl
 import threading
@@ -34,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from mailtalk import sqlite
 from mailtalk.constants import API_MAILS
-from mailtalk_milter.mailrecord import MailRecord
+from mailtalk.mailrecord import MailRecord
 
 log = logging.getLogger("mailtalk.outbox")
 
@@ -87,17 +87,10 @@ class Outbox:
     thread reads and deletes; one connection, one lock."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Records hold mail text: the file (and SQLite's -wal/-shm, which copy
-        # its mode) is for this user only.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                   timeout=5.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = sqlite.connect(path)       # records hold mail text: owner only
         # No checkpoint (and its fsync) inside an insert at end-of-message: the
         # hand-over thread runs them (checkpoint()), outside the lock.
         self._db.execute("PRAGMA wal_autocheckpoint=0")
@@ -157,8 +150,7 @@ class Outbox:
         """Copy the WAL into the database file (PASSIVE: never blocks an insert).
         On a connection of its own, so that the lock is not held meanwhile."""
         if self._checkpointer is None:
-            self._checkpointer = sqlite3.connect(self.path, check_same_thread=False,
-                                                 isolation_level=None, timeout=5.0)
+            self._checkpointer = sqlite.connect(self.path)
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:

@@ -30,7 +30,9 @@ import Milter
 
 from mailtalk.config import Config, ConfigError
 from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, HDR_ONLINE
-from mailtalk_milter import libmilter_host, online_header, receiving
+from mailtalk import online_header, receiving
+from mailtalk.timefmt import utcnow
+from mailtalk_milter import libmilter_host
 
 log = logging.getLogger("mailtalk.receiving_milter")
 
@@ -111,30 +113,31 @@ class ReceivingMilter(Milter.Base):
     def _decide(self, qid: str) -> str:
         m = self.msg
         claim = receiving.read_claim(m.claim_fields)
-        now = receiving.utcnow()
+        now = utcnow()
         if len(m.recipients) != 1:
             # One copy for all: a link would reach recipients it does not name.
             log.info("%s: %d recipients in one milter transaction: %s unknown",
                      qid, len(m.recipients), HDR_ONLINE)
             return online_header.format_value(online_header.unknown(claim.account, now))
         rcpt = m.recipients[0]
-        decided = self._run(receiving.decide(claim, [rcpt], self.engine.lookup,
-                                             self.engine.timeout, now, qid), qid, claim, now)
-        h = decided[rcpt]
+        h, why = self._run(receiving.decide(claim, [rcpt], self.engine.lookup, now, qid),
+                           qid, rcpt, claim.account, now)
         log.info("%s: %s for %s: %s%s to %s", qid, HDR_ONLINE, claim.account or "-", h.state,
-                 receiving.why_unknown(claim, self.engine.lookup), rcpt)
+                 f" ({why})" if why else "", rcpt)
         return online_header.format_value(h)
 
-    def _run(self, coro: Any, qid: str, claim: receiving.Claim,
-             now: datetime) -> dict[str, online_header.SenderOnline]:
-        """Run the lookup on the asyncio loop from libmilter's thread, bounded."""
+    def _run(self, coro: Any, qid: str, rcpt: str, account: str | None,
+             now: datetime) -> tuple[online_header.SenderOnline, str]:
+        """Run the decision on the asyncio loop from libmilter's thread. The lookup
+        bounds itself; this wait only guards against a loop that is stuck or stopping."""
         future = asyncio.run_coroutine_threadsafe(coro, self.engine.loop)
         try:
-            return future.result(self.engine.timeout + 1.0)
-        except Exception as e:   # the loop is stuck or stopping: unknown, and go on
+            decided, why = future.result(self.engine.timeout + 1.0)
+            return decided[rcpt], why
+        except Exception as e:
             future.cancel()
             log.warning("%s: lookup did not finish (%s): unknown", qid, type(e).__name__)
-            return {r: online_header.unknown(claim.account, now) for r in self.msg.recipients}
+            return online_header.unknown(account, now), "the event loop did not answer"
 
     def abort(self) -> int:
         self.msg = _Message()

@@ -184,10 +184,6 @@ class ReinjectClient:
         reply = await self.command(b"DATA")
         if reply.code != 354:
             return reply
-        return await self.data_body(message)
-
-    async def data_body(self, message: bytes) -> Reply:
-        """After a 354: the message dot-stuffed, the final dot, and the final reply."""
         body = _STUFF.sub(b"..", message)
         if not body.endswith(b"\r\n"):
             body += b"\r\n"

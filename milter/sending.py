@@ -33,7 +33,7 @@ from mailtalk.config import Config, ConfigError, DomainsConfig
 from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, OUR_HEADERS
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
 from mailtalk_milter import libmilter_host, milter_socket
-from mailtalk_milter.mailrecord import (HEADERS_MAX_BYTES, BodyBuffer, MailRecord,
+from mailtalk.mailrecord import (HEADERS_MAX_BYTES, BodyBuffer, MailRecord,
                                         make_record, raw_body_cap)
 from mailtalk_milter.outbox import Handover, Outbox
 

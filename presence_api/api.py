@@ -1,9 +1,9 @@
-"""The JSON API: POST /api/v1/mails (this site's milter), POST /api/v1/lookup and its
-batch form POST /api/v1/lookups (public).
+"""The JSON API: POST /api/v1/mails (this site's milter) and POST /api/v1/lookup
+(public).
 
 Lookup answers must not tell a valid Mail-ID from a wrong, forged or expired one or
 from an unknown account, by content or by time: every path does one HMAC verify
-and one store call (`lookup_context`, from memory, the same dict lookups whatever the
+and one memo look-up (`LookupMemo.context`, the same dict look-ups whatever the
 account) before deciding, and all refusals share one answer. Only a verified Mail-ID
 of an existing account goes further. A lookup writes nothing: links are
 self-verifying (links.py) and stored only when opened.
@@ -11,19 +11,17 @@ self-verifying (links.py) and stored only when opened.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
 
 from mailtalk.accounts import account_domain, normalize_account
-from mailtalk.constants import (API_LOOKUP, API_LOOKUPS, API_MAILS, LOOKUP_BATCH_MAX,
-                                LOOKUP_MAX_RECIPIENTS)
+from mailtalk.constants import API_LOOKUP, API_MAILS, LOOKUP_MAX_RECIPIENTS
 from mailtalk.mailid import is_well_formed
+from mailtalk.timefmt import rfc3339
 from presence_api.service import client_ip, service
 from presence_api.store import Mail
 
@@ -34,21 +32,6 @@ MAX_SUBJECT = 2000
 MAX_HEADER_FIELD = 1000
 MAX_BODY_TEXT = 512 * 1024
 MAX_RECORD_RECIPIENTS = 1000
-
-
-def rfc3339(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-_last_second: list[Any] = [None, ""]
-
-
-def _checked(t: float) -> str:
-    """rfc3339(t), formatted once per second (every lookup answer carries it)."""
-    s = int(t)
-    if _last_second[0] != s:
-        _last_second[:] = [s, rfc3339(s)]
-    return str(_last_second[1])
 
 
 def _answer(obj: dict[str, Any], status: int = 200) -> web.Response:
@@ -141,14 +124,14 @@ async def post_mails(request: web.Request) -> web.Response:
     existing = await svc.store.get_mail(mail.mail_id)
     if existing is not None and existing.account != mail.account:
         return _bad("mail_id: belongs to another account")
-    stored = await svc.store.put_mail(mail)
+    stored = await svc.lookups.put_mail(mail)
     log.info("%s: mail %s of %s %s (%d recipients)", queue_id, mail.mail_id, mail.account,
              "recorded" if stored else "already recorded", len(mail.recipients))
     return web.json_response({"mail_id": mail.mail_id, "stored": stored},
                              status=201 if stored else 200)
 
 
-# --- POST /api/v1/lookup and /api/v1/lookups
+# --- POST /api/v1/lookup
 
 def _lookup_error(body: Any) -> str | None:
     """What is malformed in one lookup request (a client's bug: 400), or None."""
@@ -167,26 +150,26 @@ async def _lookup_answer(svc: Any, body: dict[str, Any], now: float,
     """The answer to one well-formed lookup request (see _lookup_error)."""
     account_in, mail_id, rcpts = body["account"], body["mail_id"], body["recipients"]
     account = norm_account(account_in) if len(account_in) <= 320 else None
-    # The same work on every path: one HMAC, one store call (memory only).
+    # The same work on every path: one HMAC, one memo look-up (memory only).
     valid = svc.mail_ids.verify(account or "", mail_id)
-    ctx = await svc.store.lookup_context(account or "", mail_id if is_well_formed(mail_id) else "")
+    ctx = svc.lookups.context(account or "", mail_id if is_well_formed(mail_id) else "")
     mail = ctx.mail
     if (not valid or account is None or ctx.mode is None
             or account_domain(account) not in svc.cfg.domains.names
             or (mail is not None and mail.account != account)):
-        return {"status": "unknown", "checked": _checked(now), "links": {}}
+        return {"status": "unknown", "checked": rfc3339(now), "links": {}}
 
     status = svc.presence.status(account, ctx.mode)
     # The record may not be here yet (the outbox is asynchronous): the verified Mail-ID
     # proves the mail, so every recipient asked gets a link. Once the record is known
-    # (in memory, or read once: `lookup_mail`), only its recipients do. Keys are the
+    # (in memory, or read once: `LookupMemo.mail_state`), only its recipients do. Keys are the
     # recipients exactly as asked (the hook matches on them); each link names the
     # recipient with its domain lowercased, so Bob@B.example and Bob@b.example get the
     # same link. Nothing is written: the link is an HMAC, stored only when opened.
     if mail is None:
-        mail = await svc.store.lookup_mail(mail_id, account)
+        mail = await svc.lookups.mail_state(mail_id, account)
         if mail.account != account:
-            return {"status": "unknown", "checked": _checked(now), "links": {}}
+            return {"status": "unknown", "checked": rfc3339(now), "links": {}}
     links: dict[str, str] = {}
     made: dict[str, str | None] = {}         # recipient as bound -> URL
     for r in rcpts:
@@ -200,7 +183,7 @@ async def _lookup_answer(svc: Any, body: dict[str, Any], now: float,
     if log.isEnabledFor(logging.DEBUG):
         log.debug("lookup of %s for mail %s from %s: %s, %d links", account, mail_id,
                   ip, status, len(links))
-    return {"status": status, "checked": _checked(now), "links": links}
+    return {"status": status, "checked": rfc3339(now), "links": links}
 
 
 def _too_many() -> web.Response:
@@ -220,26 +203,5 @@ async def post_lookup(request: web.Request) -> web.Response:
     return _answer(await _lookup_answer(svc, body, svc.clock(), ip))
 
 
-async def post_lookups(request: web.Request) -> web.Response:
-    """Several lookups in one request: a receiving hook sends those that queued up
-    behind its requests in flight to this site. Each is one lookup, answered and
-    rate-limited exactly as POST /api/v1/lookup would; the answers keep the order."""
-    svc = service(request)
-    ip = client_ip(request)
-    body = await _json(request)
-    items = body.get("lookups") if body is not None else None
-    if not isinstance(items, list) or not 1 <= len(items) <= LOOKUP_BATCH_MAX:
-        return _bad(f"lookups: expected a list of 1 to {LOOKUP_BATCH_MAX} lookups")
-    for i, item in enumerate(items):
-        if (error := _lookup_error(item)) is not None:
-            return _bad(f"lookups[{i}]: {error}")
-    if not svc.lookup_limiter.hit(ip, len(items)):
-        return _too_many()
-    now = svc.clock()
-    answers = await asyncio.gather(*(_lookup_answer(svc, item, now, ip) for item in items))
-    return _answer({"answers": list(answers)})
-
-
 def routes() -> list[web.AbstractRouteDef]:
-    return [web.post(API_MAILS, post_mails), web.post(API_LOOKUP, post_lookup),
-            web.post(API_LOOKUPS, post_lookups)]
+    return [web.post(API_MAILS, post_mails), web.post(API_LOOKUP, post_lookup)]

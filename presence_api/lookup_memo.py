@@ -22,20 +22,22 @@ A wrong guess could only hand out a link to an address the record does not list,
 such a link does not open (links.py checks the record): the filter here is a courtesy,
 not the guard.
 
-Reads after a miss go through `Batcher`: the reads requested while the previous one
-runs share the next, one thread hop and one SELECT for all.
+The memo wraps a `Store` and uses only its storage methods, so that any back end
+serves it. Writes that lookups must see at once (records, account modes) go through
+it; what other processes write is picked up by `watch_accounts` and by the brief
+life of "no record yet".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable
 
 from mailtalk.mailid import MailIds
-from presence_api.store import LookupContext, MailState
+from presence_api.store import LookupContext, Mail, MailState, Store
 
 log = logging.getLogger("mailtalk.presence.store")
 
@@ -45,16 +47,17 @@ _issued_at = MailIds(bytes(32), 1).issued_at
 # accepts issue times 300 s ahead).
 CLOCK_SKEW = 300.0
 
-Req = TypeVar("Req")
-Res = TypeVar("Res")
-
 
 class LookupMemo:
     """Accounts' modes and recent mails' state. Loop thread only."""
 
-    def __init__(self, max_mails: int, no_record_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: Store, max_mails: int, no_record_seconds: float,
+                 accounts_reload: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
         self.max_mails = max(1, max_mails)
+        self.accounts_reload = accounts_reload
+        self._data_version = 0
+        self._watcher: asyncio.Task[None] | None = None
         self.no_record_seconds = no_record_seconds
         self._clock = clock
         self.modes: dict[str, str] = {}
@@ -66,13 +69,42 @@ class LookupMemo:
         # Every record of a Mail-ID issued after this (unix seconds) is in `mails`.
         self.complete_after = float("inf")      # nothing known until load()
 
-    def load(self, records: list[tuple[str, MailState]], oldest_left_out: float | None
-             ) -> None:
-        """At start: the newest records (newest first) and the creation time of the
-        newest record that did not fit (None: all did)."""
-        for mail_id, state in reversed(records[:self.max_mails]):
+    async def open(self) -> None:
+        """Load every account's mode and the newest records; watch for other writers."""
+        self._data_version = await self.store.data_version()
+        self.modes = await self.store.account_modes()
+        rows = await self.store.recent_mail_states(self.max_mails + 1)
+        for mail_id, state, _ in reversed(rows[:self.max_mails]):
             self.mails[mail_id] = (state, 0.0)
-        self.complete_after = 0.0 if oldest_left_out is None else oldest_left_out + CLOCK_SKEW
+        # A record that did not fit: Mail-IDs issued up to its time must be read.
+        left_out = rows[self.max_mails][2] if len(rows) > self.max_mails else None
+        self.complete_after = 0.0 if left_out is None else left_out + CLOCK_SKEW
+        self._watcher = asyncio.create_task(self._watch_accounts())
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+    async def _watch_accounts(self) -> None:
+        """`mailtalk user` changes accounts from another process: reload the modes."""
+        while True:
+            await asyncio.sleep(self.accounts_reload)
+            try:
+                version = await self.store.data_version()
+                if version == self._data_version:
+                    continue
+                modes = await self.store.account_modes()
+            except Exception:
+                log.exception("reloading accounts failed")
+                continue
+            self._data_version = version
+            log.info("accounts changed by another process: %d loaded", len(modes))
+            self.modes = modes
+
+    # --- what lookups ask (api.py)
 
     def has_no_record(self, mail_id: str) -> bool:
         """True when the store surely holds no record of this mail (not in memory)."""
@@ -85,6 +117,17 @@ class LookupMemo:
             entry = None          # "no record yet" has aged: read again
         return LookupContext(self.modes.get(account), entry[0] if entry else None)
 
+    async def mail_state(self, mail_id: str, account: str) -> MailState:
+        """The state of a mail not in memory: read once and remembered. `account` is
+        the verified sender, used when there is no row."""
+        if self.has_no_record(mail_id):      # a new Mail-ID: nothing to read
+            return MailState(account, None)
+        epoch = self.epoch
+        state = await self.store.mail_state(mail_id) or MailState(account, None)
+        if epoch == self.epoch:              # else a record was stored meanwhile: keep it
+            self.remember(mail_id, state)
+        return state
+
     def remember(self, mail_id: str, mail: MailState) -> None:
         """A recorded mail stays while there is room; one with no record only briefly."""
         until = 0.0 if mail.allowed is not None else self._clock() + self.no_record_seconds
@@ -96,72 +139,36 @@ class LookupMemo:
             if mails.pop(old)[0].allowed is not None:      # a record leaves memory
                 self.complete_after = max(self.complete_after, _issued_at(old) or 0.0)
 
-    def recorded(self, mail_id: str, mail: MailState | None) -> None:
-        """A record was stored (its state) or refused as already there (None: forget)."""
+    # --- writes that lookups must see at once
+
+    async def put_mail(self, mail: Mail) -> bool:
+        """Store the milter's record; from now on it decides who gets links."""
         self.epoch += 1
-        if mail is None:
-            self.mails.pop(mail_id, None)
-        else:
-            self.remember(mail_id, mail)
+        stored = await self.store.put_mail(mail)
+        self.epoch += 1
+        if stored:
+            state: MailState | None = MailState(
+                mail.account, frozenset(r.lower() for r in mail.recipients))
+        else:                     # already there: the record as it was first stored
+            state = await self.store.mail_state(mail.mail_id)
+        if state is not None:
+            self.remember(mail.mail_id, state)
+        return stored
+
+    async def create_account(self, account: str, password_hash: str, now: float) -> bool:
+        created = await self.store.create_account(account, password_hash, now)
+        if created:
+            self.modes[account] = "auto"
+        return created
+
+    async def remove_account(self, account: str) -> bool:
+        removed = await self.store.remove_account(account)
+        self.modes.pop(account, None)
+        return removed
+
+    async def set_mode(self, account: str, mode: str) -> None:
+        await self.store.set_mode(account, mode)
+        if account in self.modes:
+            self.modes[account] = mode
 
 
-class Batcher(Generic[Req, Res]):
-    """Runs requests in batches: `run_batch(list)` (one call in the store's thread)
-    returns one result, or the exception that request raised, per request.
-
-    No timer: a request made while no batch runs starts one at the loop's next turn
-    (gathering the requests of this turn); requests made while a batch runs wait for
-    it and go together in the next."""
-
-    def __init__(self, run_batch: Callable[[list[Req]], Awaitable[list[Res | BaseException]]],
-                 on_done: Callable[[list[Req], list[Res | BaseException], int], None]
-                 ) -> None:
-        self._run_batch = run_batch
-        self._on_done = on_done          # (requests, results, epoch at start): loop side
-        self._queue: list[tuple[Req, asyncio.Future[Res]]] = []
-        self._task: asyncio.Task[None] | None = None
-        self.epoch: Callable[[], int] = lambda: 0
-        self.batches = 0                 # for tests and diagnostics
-        self.largest = 0
-
-    async def submit(self, req: Req) -> Res:
-        fut: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
-        self._queue.append((req, fut))
-        if self._task is None:
-            self._task = asyncio.create_task(self._flush())
-        return await fut
-
-    async def _flush(self) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                reqs = [r for r, _ in batch]
-                epoch = self.epoch()
-                self.batches += 1
-                self.largest = max(self.largest, len(batch))
-                try:
-                    results = await self._run_batch(reqs)
-                except BaseException as e:      # the thread failed as a whole
-                    results = [e] * len(reqs)
-                    if isinstance(e, asyncio.CancelledError):
-                        for _, fut in batch:
-                            fut.cancel()
-                        raise
-                try:
-                    self._on_done(reqs, results, epoch)
-                except Exception:           # bookkeeping only: never strand the callers
-                    log.exception("after a batch of %d", len(reqs))
-                for (_, fut), res in zip(batch, results):
-                    if fut.done():              # its caller went away (cancelled)
-                        continue
-                    if isinstance(res, BaseException):
-                        fut.set_exception(res)
-                    else:
-                        fut.set_result(res)
-        finally:
-            self._task = None
-
-    async def drain(self) -> None:
-        """Wait until every submitted request is answered (before closing the store)."""
-        while self._task is not None:
-            await asyncio.shield(self._task)

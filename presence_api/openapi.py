@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from mailtalk import __version__
-from mailtalk.constants import (API_LOOKUP, API_LOOKUPS, API_MAILS, LOOKUP_BATCH_MAX,
+from mailtalk.constants import (API_LOOKUP, API_MAILS,
                                 LOOKUP_MAX_RECIPIENTS)
 from presence_api.service import service
 
@@ -71,20 +71,6 @@ def document(public_url: str) -> dict[str, Any]:
                             "description": "recipient (domain lowercased) -> chat link"},
                     },
                 },
-                "LookupBatch": {
-                    "type": "object",
-                    "required": ["lookups"],
-                    "properties": {"lookups": {
-                        "type": "array", "minItems": 1, "maxItems": LOOKUP_BATCH_MAX,
-                        "items": {"$ref": "#/components/schemas/LookupRequest"}}},
-                },
-                "LookupBatchAnswer": {
-                    "type": "object",
-                    "required": ["answers"],
-                    "properties": {"answers": {
-                        "type": "array", "description": "One per lookup, in their order",
-                        "items": {"$ref": "#/components/schemas/LookupAnswer"}}},
-                },
                 "Error": _ERROR,
             },
         },
@@ -115,24 +101,6 @@ def document(public_url: str) -> dict[str, Any]:
                     "200": {"description": "The answer", "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/LookupAnswer"}}}},
                     "400": {"description": "Malformed request"},
-                    "429": {"description": "Too many lookups from this client"},
-                },
-            }},
-            API_LOOKUPS: {"post": {
-                "summary": "Several lookups in one request",
-                "description": "Each lookup is answered exactly as by POST " + API_LOOKUP
-                               + " and counts as one against the client's rate limit. "
-                               "Receiving hooks send the lookups that queued up behind "
-                               "their requests in flight to this site. A site that "
-                               "answers 404 here is asked one lookup per request.",
-                "operationId": "lookupBatch",
-                "security": [],
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/LookupBatch"}}}},
-                "responses": {
-                    "200": {"description": "The answers", "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/LookupBatchAnswer"}}}},
-                    "400": {"description": "Malformed request (any of its lookups)"},
                     "429": {"description": "Too many lookups from this client"},
                 },
             }},

@@ -19,12 +19,14 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from mailtalk import defaults as D
 from mailtalk.config import Config, ConfigError
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
 from presence_api import api, openapi, web as pages, ws
 from presence_api.auth import Auth
 from presence_api.chat import ChatHub
 from presence_api.links import Links
+from presence_api.lookup_memo import LookupMemo
 from presence_api.presence import PresenceHub
 from presence_api.ratelimit import RateLimiter
 from presence_api.service import SERVICE, Service
@@ -57,6 +59,8 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
     presence = PresenceHub(p.idle_away_seconds, clock)
     svc = Service(
         cfg=cfg, store=store, clock=clock,
+        lookups=LookupMemo(store, D.LOOKUP_CACHE_MAILS, D.LOOKUP_NO_RECORD_SECONDS,
+                           D.ACCOUNTS_RELOAD_SECONDS),
         mail_ids=MailIds(key, cfg.site.mail_id_lifetime_days, clock=clock),
         outbox_token=outbox_api_token(key),
         auth=Auth(store, key, p.session_lifetime_hours * 3600, p.login_attempts_per_minute,
@@ -78,6 +82,7 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
 
     async def on_startup(app: web.Application) -> None:
         await store.open()
+        await svc.lookups.open()
         # Away is a matter of time passing: look a few times per idle period.
         interval = max(0.5, min(10.0, p.idle_away_seconds / 4))
         sweeper.append(asyncio.create_task(presence.run_sweeper(interval)))
@@ -94,6 +99,7 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        await svc.lookups.close()
         await store.close()
 
     app.on_startup.append(on_startup)

@@ -14,6 +14,7 @@ from mailtalk.mailid import MailIds
 from presence_api.auth import Auth
 from presence_api.chat import ChatHub
 from presence_api.links import Links
+from presence_api.lookup_memo import LookupMemo
 from presence_api.presence import PresenceHub
 from presence_api.ratelimit import RateLimiter
 from presence_api.store import Store
@@ -23,6 +24,7 @@ from presence_api.store import Store
 class Service:
     cfg: Config
     store: Store
+    lookups: LookupMemo
     clock: Callable[[], float]
     mail_ids: MailIds
     outbox_token: str

@@ -2,7 +2,8 @@
 
 Web, chat and API code talk only to `Store`; `store_sqlite.SqliteStore` is the one
 back end today. A PostgreSQL back end (several processes) implements the same
-methods; nothing above this line changes. Every method is a coroutine so that a
+methods; nothing above this line changes. A store is storage only: what lookups keep
+in memory is `lookup_memo.LookupMemo`, which any back end serves through these methods. Every method is a coroutine so that a
 network database fits as well as SQLite run in a worker thread.
 """
 
@@ -69,10 +70,9 @@ class MailState:
 
 @dataclass(frozen=True, slots=True)
 class LookupContext:
-    """What one lookup needs, in one store call on every path (the same work for all).
-
-    Served from memory: `mode` is None when there is no such account; `mail` is None
-    when the store holds no state of that mail in memory (then `lookup_mail` reads it)."""
+    """What one lookup needs, from memory on every path (the same work for all):
+    `mode` is None when there is no such account; `mail` is None when the memo holds
+    no state of that mail (then `LookupMemo.mail_state` reads it)."""
     mode: str | None
     mail: MailState | None
 
@@ -90,6 +90,11 @@ class Store(Protocol):
     async def list_accounts(self) -> list[Account]: ...
     async def remove_account(self, account: str) -> bool: ...
     async def set_mode(self, account: str, mode: str) -> None: ...
+    async def account_modes(self) -> dict[str, str]:
+        """Every account's presence mode."""
+
+    async def data_version(self) -> int:
+        """A number that changes when another process changed the database."""
 
     # sessions (the token's hash only; the cookie holds the token)
     async def create_session(self, token_hash: str, account: str, expires_at: float) -> None: ...
@@ -107,13 +112,11 @@ class Store(Protocol):
         now) if none arrived yet. Called when a link is opened, never by lookups."""
 
     async def get_mail(self, mail_id: str) -> Mail | None: ...
-    async def lookup_context(self, account: str, mail_id: str) -> LookupContext:
-        """From memory, no I/O: the same cost for every account and Mail-ID."""
+    async def mail_state(self, mail_id: str) -> MailState | None:
+        """What a lookup needs of a mail row (None: no row)."""
 
-    async def lookup_mail(self, mail_id: str, account: str) -> MailState:
-        """A mail's state read from the store (a read only, shared with concurrent
-        calls) and remembered for later lookups; a mail with no row yet is remembered
-        only briefly. `account` is the verified sender, used when there is no row."""
+    async def recent_mail_states(self, limit: int) -> list[tuple[str, MailState, float]]:
+        """(mail_id, state, created_at) of the newest records, newest first."""
 
     # rooms (one per Mail-ID)
     async def join(self, mail_id: str, address: str, now: float) -> bool:

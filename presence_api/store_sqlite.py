@@ -1,32 +1,24 @@
 """SQLite back end of `store.Store`: the embedded default, one file, no server.
 
-sqlite3 blocks, so every call runs in one dedicated worker thread (a single-thread
-executor): the event loop never waits on the disk, and one connection used by one
-thread needs no locking. Lookups are the exception: `lookup_context` answers from
-memory, and the reads after a miss (`lookup_mail`) share thread hops (lookup_memo.py).
-Lookups never write. The schema is created and migrated at `open()` from the
-numbered steps in MIGRATIONS (store_schema.py), recorded in `schema_version`.
+Every call runs in the connection's worker thread (mailtalk/sqlite.py). Storage
+only: what lookups keep in memory lives in lookup_memo.py. The schema is created and
+migrated at `open()` from the numbered steps in MIGRATIONS (store_schema.py),
+recorded in `schema_version`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import os
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailtalk import defaults as D
-from presence_api.lookup_memo import Batcher, LookupMemo
+from mailtalk import sqlite
 from presence_api.store import (
     Account,
     Conversation,
-    LookupContext,
     Mail,
     MailState,
     Message,
@@ -35,8 +27,7 @@ from presence_api.store_schema import MIGRATIONS
 
 log = logging.getLogger("mailtalk.presence.store")
 T = TypeVar("T")
-# (mail_id, verified sender) of one lookup's read
-ReadRequest = tuple[str, str]
+
 
 def sqlite_path(database: str) -> Path:
     """`/path`, `sqlite:///path` (or `sqlite:////path`) -> Path. Other URLs are the
@@ -54,6 +45,13 @@ def _mail(row: sqlite3.Row) -> Mail:
                 queue_id=row["queue_id"], created_at=row["created_at"])
 
 
+def _state(row: sqlite3.Row) -> MailState:
+    """What a lookup needs of a mail row (a placeholder allows every recipient)."""
+    allowed = (frozenset(r.lower() for r in json.loads(row["recipients"]))
+               if row["recorded"] else None)
+    return MailState(row["account"], allowed)
+
+
 def _account(row: sqlite3.Row) -> Account:
     return Account(row["account"], row["password_hash"], row["mode"], row["created_at"])
 
@@ -63,22 +61,13 @@ def _message(row: sqlite3.Row) -> Message:
 
 
 class SqliteStore:
-    def __init__(self, path: Path | str, cache_mails: int = D.LOOKUP_CACHE_MAILS,
-                 accounts_reload: float = D.ACCOUNTS_RELOAD_SECONDS,
-                 no_record_seconds: float = D.LOOKUP_NO_RECORD_SECONDS) -> None:
+    def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presence-sqlite")
-        self.memo = LookupMemo(cache_mails, no_record_seconds)
-        self._reads: Batcher[ReadRequest, MailState] = Batcher(
-            lambda reqs: self._run(self._read_batch, reqs), self._read_done)
-        self._reads.epoch = lambda: self.memo.epoch
-        self._accounts_reload = accounts_reload
-        self._data_version = 0
-        self._watcher: asyncio.Task[None] | None = None
+        self._worker = sqlite.Worker("presence-sqlite")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return await self._worker.run(fn, *args)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -88,17 +77,9 @@ class SqliteStore:
     # --- lifecycle
 
     def _open(self) -> None:
-        if str(self.path) != ":memory:":
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Password and session hashes: owner only. SQLite gives its -wal and -shm
-            # files the database file's mode.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        db = sqlite.connect(self.path)     # password and session hashes: owner only
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA busy_timeout=5000")
         self._db = db
         self._migrate()
 
@@ -126,56 +107,17 @@ class SqliteStore:
 
     async def open(self) -> None:
         await self._run(self._open)
-        self.memo.modes, self._data_version = await self._run(self._load_modes)
-        self.memo.load(*await self._run(self._load_recent))
-        self._watcher = asyncio.create_task(self._watch_accounts())
-
-    def _load_modes(self) -> tuple[dict[str, str], int]:
-        version = self.db.execute("PRAGMA data_version").fetchone()[0]
-        return dict(self.db.execute("SELECT account, mode FROM accounts").fetchall()), version
-
-    def _load_recent(self) -> tuple[list[tuple[str, MailState]], float | None]:
-        """The newest records that fit in memory, and the creation time of the newest
-        one that did not (lookups then know which Mail-IDs need no read)."""
-        n = self.memo.max_mails
-        rows = self.db.execute(
-            "SELECT mail_id, account, recipients, created_at FROM mails WHERE recorded=1 "
-            "ORDER BY created_at DESC LIMIT ?", (n + 1,)).fetchall()
-        left_out = rows[n]["created_at"] if len(rows) > n else None
-        return [(r["mail_id"], MailState(r["account"], frozenset(
-            x.lower() for x in json.loads(r["recipients"])))) for r in rows[:n]], left_out
-
-    def _modes_if_changed(self) -> dict[str, str] | None:
-        # data_version changes only with commits of other connections (`mailtalk user`).
-        if self.db.execute("PRAGMA data_version").fetchone()[0] == self._data_version:
-            return None
-        modes, self._data_version = self._load_modes()
-        return modes
-
-    async def _watch_accounts(self) -> None:
-        while True:
-            await asyncio.sleep(self._accounts_reload)
-            try:
-                modes = await self._run(self._modes_if_changed)
-            except Exception:
-                log.exception("%s: reloading accounts failed", self.path)
-                continue
-            if modes is not None:
-                log.info("%s: accounts changed by another process: %d loaded",
-                         self.path, len(modes))
-                self.memo.modes = modes
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
-        await self._reads.drain()
         if self._db is not None:
             await self._run(self.db.close)
             self._db = None
-        self._pool.shutdown(wait=True)
+        self._worker.shutdown()
+
+    async def data_version(self) -> int:
+        # Changes only with commits of other connections (`mailtalk user`).
+        return int(await self._run(
+            lambda: self.db.execute("PRAGMA data_version").fetchone()[0]))
 
     async def schema_version(self) -> int:
         return await self._run(lambda: self.db.execute(
@@ -188,10 +130,7 @@ class SqliteStore:
             cur = self.db.execute("INSERT OR IGNORE INTO accounts (account, password_hash, "
                                   "created_at) VALUES (?, ?, ?)", (account, password_hash, now))
             return cur.rowcount == 1
-        created = await self._run(do)
-        if created:
-            self.memo.modes[account] = "auto"
-        return created
+        return await self._run(do)
 
     async def set_password(self, account: str, password_hash: str) -> bool:
         def do() -> bool:
@@ -218,15 +157,15 @@ class SqliteStore:
             self.db.execute("DELETE FROM sessions WHERE account=?", (account,))
             return self.db.execute("DELETE FROM accounts WHERE account=?",
                                    (account,)).rowcount == 1
-        removed = await self._run(do)
-        self.memo.modes.pop(account, None)
-        return removed
+        return await self._run(do)
 
     async def set_mode(self, account: str, mode: str) -> None:
-        changed = await self._run(lambda: self.db.execute(
-            "UPDATE accounts SET mode=? WHERE account=?", (mode, account)).rowcount)
-        if changed:
-            self.memo.modes[account] = mode
+        await self._run(lambda: self.db.execute(
+            "UPDATE accounts SET mode=? WHERE account=?", (mode, account)))
+
+    async def account_modes(self) -> dict[str, str]:
+        return await self._run(lambda: dict(self.db.execute(
+            "SELECT account, mode FROM accounts").fetchall()))
 
     # --- sessions
 
@@ -273,14 +212,7 @@ class SqliteStore:
                 "VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?)",
                 (mail.mail_id,) + vals + (mail.created_at,))
             return cur.rowcount == 1
-        self.memo.recorded(mail.mail_id, None)
-        stored = False
-        try:
-            stored = await self._run(do)
-            return stored
-        finally:      # the record now decides who gets links: lookups read it from memory
-            self.memo.recorded(mail.mail_id, MailState(
-                mail.account, frozenset(r.lower() for r in mail.recipients)) if stored else None)
+        return await self._run(do)
 
     def _get_mail(self, mail_id: str) -> Mail | None:
         row = self.db.execute("SELECT * FROM mails WHERE mail_id=?", (mail_id,)).fetchone()
@@ -298,35 +230,18 @@ class SqliteStore:
             return mail
         return await self._run(do)
 
-    async def lookup_context(self, account: str, mail_id: str) -> LookupContext:
-        return self.memo.context(account, mail_id)
+    async def mail_state(self, mail_id: str) -> MailState | None:
+        def do() -> MailState | None:
+            row = self.db.execute("SELECT account, recorded, recipients FROM mails "
+                                  "WHERE mail_id=?", (mail_id,)).fetchone()
+            return _state(row) if row else None
+        return await self._run(do)
 
-    async def lookup_mail(self, mail_id: str, account: str) -> MailState:
-        if self.memo.has_no_record(mail_id):      # a new Mail-ID: nothing to read
-            return MailState(account, None)
-        return await self._reads.submit((mail_id, account))
-
-    def _read_batch(self, reqs: list[ReadRequest]) -> list[MailState | BaseException]:
-        """One SELECT for every mail of the batch; a mail with no row yet: no record."""
-        ids = list({mail_id for mail_id, _ in reqs})
-        found: dict[str, MailState] = {}
-        for i in range(0, len(ids), 500):          # below SQLite's host-parameter limit
-            chunk = ids[i:i + 500]
-            for row in self.db.execute(
-                    "SELECT mail_id, account, recorded, recipients FROM mails WHERE mail_id IN "
-                    f"({','.join('?' * len(chunk))})", chunk):
-                found[row["mail_id"]] = MailState(row["account"], frozenset(
-                    r.lower() for r in json.loads(row["recipients"])) if row["recorded"]
-                    else None)
-        return [found.get(mail_id) or MailState(account, None) for mail_id, account in reqs]
-
-    def _read_done(self, reqs: list[ReadRequest], results: list[MailState | BaseException],
-                   epoch: int) -> None:
-        if epoch != self.memo.epoch:     # a record was stored meanwhile: keep what it put
-            return
-        for (mail_id, _), res in zip(reqs, results):
-            if isinstance(res, MailState):
-                self.memo.remember(mail_id, res)
+    async def recent_mail_states(self, limit: int) -> list[tuple[str, MailState, float]]:
+        return await self._run(lambda: [(r["mail_id"], _state(r), r["created_at"]) for r in
+                                        self.db.execute(
+            "SELECT mail_id, account, recorded, recipients, created_at FROM mails "
+            "WHERE recorded=1 ORDER BY created_at DESC LIMIT ?", (limit,))])
 
     # --- rooms
 

@@ -145,7 +145,7 @@ async def post_status(request: web.Request) -> web.StreamResponse:
     mode = str(form.get("mode", ""))
     if mode not in MODES:
         raise web.HTTPBadRequest(text="mode: one of " + ", ".join(MODES))
-    await svc.store.set_mode(sess[0], mode)
+    await svc.lookups.set_mode(sess[0], mode)
     await svc.presence.set_mode(sess[0], mode)
     raise web.HTTPSeeOther("/")
 

@@ -113,7 +113,7 @@ async def _frame(svc: Service, client: Client, frame: dict[str, Any]) -> None:
         mode = frame.get("mode")
         if mode not in MODES:
             raise ChatError("bad_mode")
-        await svc.store.set_mode(client.identity, str(mode))
+        await svc.lookups.set_mode(client.identity, str(mode))
         await svc.presence.set_mode(client.identity, str(mode))
     else:
         raise ChatError("bad_frame")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from presence_api.discovery import BadRecord, Discoverer, choose_record, parse_record
+from mailtalk.discovery import BadRecord, Discoverer, choose_record, parse_record
 from support.discovery_extra import DNS_HOST, CountingResolver, Dnsmasq, make_config
 from support.wait import free_udp_port
 

@@ -23,7 +23,7 @@ from mailtalk_milter import filter as filt
 from mailtalk_milter.delivered import DeliveredStore
 from support import free_port
 from support.filter_extra import SinkHandler, send, start_sink
-from test_filter_receiving import CLAIM, FakeLookup, msg
+from support.fake_lookup import CLAIM, FakeLookup, msg
 
 HOST = "127.0.19.2"
 SINK_HOST = "127.0.19.3"

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import dkim
 
-from mailtalk_milter import receiving
+from mailtalk import headers
 from support.filter_extra import send
-from test_filter_receiving import CLAIM, FakeLookup
-from test_filter_smtp import _harness
+from support.fake_lookup import CLAIM, FakeLookup
+from support.filter_harness import start_filter
 
 DOMAIN, SELECTOR = b"a.example", b"sel"
 
@@ -61,7 +61,7 @@ async def test_dkim_signature_still_verifies_after_the_filter(tmp_path: Path) ->
         return txt if name == b"sel._domainkey.a.example." else b""
 
     assert dkim.verify(raw, dnsfunc=dns)
-    harness, things = await _harness(FakeLookup("online"))
+    harness, things = await start_filter(FakeLookup("online"))
     try:
         r = await asyncio.to_thread(
             send, "127.0.13.2", harness.running.port, "ålice@a.example", ["bob@b.example"], raw,
@@ -73,7 +73,7 @@ async def test_dkim_signature_still_verifies_after_the_filter(tmp_path: Path) ->
     out = harness.sink.got[0].content
     assert out != raw and b"forged" not in out and b"chat=<https://chat.a.example/c/bob>" in out
     assert dkim.verify(out, dnsfunc=dns)
-    sig_fields = [f for f in receiving.split_message(out)[0]
-                  if receiving.field_name(f) == b"dkim-signature"]
+    sig_fields = [f for f in headers.split_message(out)[0]
+                  if headers.field_name(f) == b"dkim-signature"]
     h_tag = re.search(rb"h=([^;]+)", re.sub(rb"\s", b"", sig_fields[0])).group(1).lower()
     assert b"x-sender-online" not in h_tag.split(b":")

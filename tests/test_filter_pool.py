@@ -17,7 +17,7 @@ from mailtalk.config import parse_text
 from mailtalk_milter import filter as filt
 from support import free_port
 from support.filter_extra import SinkHandler, send, start_sink
-from test_filter_receiving import CLAIM, FakeLookup, msg
+from support.fake_lookup import CLAIM, FakeLookup, msg
 
 HOST = "127.0.18.2"
 SINK_HOST = "127.0.18.3"

@@ -12,57 +12,29 @@ from typing import AsyncIterator
 import pytest
 
 from mailtalk.config import parse_text
+from mailtalk.lookup import PresenceLookup
 from mailtalk_milter import filter as filt
-from mailtalk_milter import online_header, receiving
+from mailtalk import headers, online_header, receiving
 from support import free_port
 from support.filter_extra import SinkHandler, send, start_sink
-from test_filter_receiving import CLAIM, MAIL_ID, FakeLookup, msg
+from support.filter_harness import HOST, SINK_HOST, XFWD, Harness, start_filter
+from support.fake_lookup import CLAIM, MAIL_ID, FakeLookup, msg
+from support.static_dns import StaticResolver
 
-HOST = "127.0.13.2"
-SINK_HOST = "127.0.13.3"
-XFWD = "NAME=mx.a.example ADDR=192.0.2.7 PROTO=ESMTP HELO=mx.a.example IDENT=4FQX1234ZZ SOURCE=REMOTE"
-
-
-class Harness:
-    def __init__(self, running: filt.Running, sink: SinkHandler, lookup: FakeLookup) -> None:
-        self.running, self.sink, self.lookup = running, sink, lookup
-
-    async def send(self, rcpts: list[str], data: bytes, **kw) -> object:
-        return await asyncio.to_thread(send, HOST, self.running.port, "alice@a.example",
-                                       rcpts, data, **kw)
-
-
-async def _harness(lookup: FakeLookup, reinject_port: int | None = None,
-                   lookup_timeout: float = 2.0, state_dir: Path | None = None
-                   ) -> tuple[Harness, list]:
-    """`state_dir`: where the filter keeps its record of partial deliveries (made only
-    when a test defers one; None: the default state dir)."""
-    sink_server, sink, sink_port = await start_sink(SINK_HOST)
-    port = free_port(HOST)
-    site = f'[site]\nstate_dir = "{state_dir}"\n' if state_dir else ""
-    cfg = parse_text(f"""{site}
-[filter]
-listen = "{HOST}:{port}"
-reinject = "{SINK_HOST}:{reinject_port or sink_port}"
-lookup_timeout = {lookup_timeout}
-reinject_timeout = 5
-""", "test")
-    running = await filt.start(cfg, asyncio.Event(), lookup=lookup)
-    return Harness(running, sink, lookup), [running, sink_server]
-
+SILENT_HOST = "127.0.13.9"
 
 @pytest.fixture
 async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    harness, things = await _harness(FakeLookup("online"), state_dir=tmp_path)
+    harness, things = await start_filter(FakeLookup("online"), state_dir=tmp_path)
     yield harness
     await things[0].close()
     things[1].close()
 
 
 def online_of(content: bytes) -> list[online_header.SenderOnline]:
-    fields, _ = receiving.split_message(content)
-    return [online_header.parse_value(receiving.field_value(f)) for f in fields
-            if receiving.field_name(f) == b"x-sender-online"]
+    fields, _ = headers.split_message(content)
+    return [online_header.parse_value(headers.field_value(f)) for f in fields
+            if headers.field_name(f) == b"x-sender-online"]
 
 
 async def test_unknown_mail_goes_in_one_transaction_with_xforward(h: Harness) -> None:
@@ -115,7 +87,7 @@ async def test_4xx_at_data_is_4xx_and_broken_connection_is_451(h: Harness) -> No
 
 
 async def test_dead_reinjection_is_451_never_5xx() -> None:
-    harness, things = await _harness(FakeLookup(), reinject_port=free_port(SINK_HOST))
+    harness, things = await start_filter(FakeLookup(), reinject_port=free_port(SINK_HOST))
     try:
         r = await harness.send(["bob@b.example"], msg("Subject: x"))
         assert r.mail[0] == 451 and r.data is None
@@ -136,16 +108,27 @@ async def test_exception_of_ours_is_451(h: Harness, monkeypatch: pytest.MonkeyPa
     assert r.data[0] == 250
 
 
-async def test_lookup_timeout_gives_unknown_and_delivers() -> None:
-    harness, things = await _harness(FakeLookup(delay=30), lookup_timeout=0.3)
+async def test_a_silent_presence_service_delays_the_mail_by_the_lookup_timeout_only() -> None:
+    """The real lookup client, DNS from an injected resolver, and a service that
+    accepts the connection and never answers: the mail goes on with `unknown`."""
+    silent = await asyncio.start_server(lambda r, w: None, SILENT_HOST, 0)
+    port = silent.sockets[0].getsockname()[1]
+    cfg = parse_text("[filter]\nlookup_timeout = 0.3\n", "test")
+    lookup = PresenceLookup(cfg, resolver=StaticResolver(
+        {"_mailtalk.a.example": [f"v=mailtalk1; api=http://{SILENT_HOST}:{port}"]}))
+    harness, things = await start_filter(lookup, lookup_timeout=0.3)
     try:
+        # A bound with slack for a loaded machine; unbounded, it would never end.
         r = await asyncio.wait_for(harness.send(["bob@b.example"], msg(*CLAIM)), 20)
         assert r.data[0] == 250
         (online,) = online_of(harness.sink.got[0].content)
         assert online.state == "unknown" and online.chat is None
+        assert online.account == "alice@a.example"
     finally:
         await things[0].close()
         things[1].close()
+        await lookup.close()
+        silent.close()
 
 
 async def test_partial_failure_defers_and_the_retry_delivers_each_once(h: Harness) -> None:

@@ -86,7 +86,7 @@ def test_busy_socket_is_one_clear_line(tmp_path: Path) -> None:
 
 LOOP_ENDS_BY_ITSELF = """
 import asyncio, logging, sys, threading
-from mailtalk import runner
+from mailtalk.cli import runner
 from mailtalk.config import load_file
 from mailtalk_milter import libmilter_host, milter_socket, sending
 

@@ -13,7 +13,7 @@ import pytest
 
 from mailtalk.config import Config, parse_text
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
-from mailtalk_milter.mailrecord import MailRecord
+from mailtalk.mailrecord import MailRecord
 from mailtalk_milter.outbox import Handover, Outbox, classify
 from presence_api import server
 from presence_api.service import SERVICE

@@ -16,7 +16,7 @@ from support.milter_ctx import RecordingCtx
 
 from mailtalk.config import parse_text
 from mailtalk.mailid import MailIds, is_well_formed
-from mailtalk_milter.mailrecord import MailRecord
+from mailtalk.mailrecord import MailRecord
 from mailtalk_milter.outbox import Outbox
 from mailtalk_milter.sending import Engine, install
 
@@ -212,12 +212,12 @@ def test_outbox_file_roundtrip(tmp_path: Path) -> None:
     (b"plain", "plain"),
 ])
 def test_subject_decoding(raw: bytes, text: str) -> None:
-    from mailtalk_milter.mailrecord import header_text
+    from mailtalk.mailrecord import header_text
     assert header_text([("subject", raw)], "Subject") == text
 
 
 def test_body_text_with_unknown_charset_and_attachment_only() -> None:
-    from mailtalk_milter.mailrecord import body_text, parse_message
+    from mailtalk.mailrecord import body_text, parse_message
     msg = parse_message([("Content-Type", b"text/plain; charset=x-unknown")], b"hello\r\n")
     assert body_text(msg) == "hello"
     msg = parse_message([("Content-Type", b"multipart/mixed; boundary=B")],

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from mailtalk import ops
+from mailtalk.cli import check as ops
 from mailtalk.config import load_file
 from support.discovery_extra import DNS_HOST, Dnsmasq, FakeRemote
 from support.wait import free_port
@@ -187,7 +187,7 @@ def test_dns_warns_about_http_off_loopback_and_splits_long_records(tmp_path):
 
 
 def test_postfix_names_for_the_milter_socket():
-    from mailtalk.ops_postfix import _milter_forms, _postfix_form
+    from mailtalk.cli.check_postfix import _milter_forms, _postfix_form
     q = "/var/spool/postfix"
     sock = "unix:/var/spool/postfix/mailtalk/milter.sock"
     assert _postfix_form(sock, q) == "unix:mailtalk/milter.sock"     # as sender-main.cf says

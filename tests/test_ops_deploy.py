@@ -15,8 +15,8 @@ import dns.zone
 import pytest
 
 from mailtalk.config import parse_text
-from mailtalk.ops import zone_line
-from presence_api.discovery import choose_record
+from mailtalk.cli.check import zone_line
+from mailtalk.discovery import choose_record
 from support.wait import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

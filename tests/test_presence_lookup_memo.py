@@ -1,4 +1,4 @@
-"""The lookup fast path: state in memory, shared reads, no writes (presence_api/lookup_memo.py).
+"""The lookup fast path: state in memory, one read per miss, no writes (presence_api/lookup_memo.py).
 
 In-process aiohttp test server on 127.0.16.x (the presence-perf range) with real SQLite.
 """
@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from support.presence_extra import Clock, Presence, make_config, start_presence
 from support.wait import free_port
 
-from presence_api.lookup_memo import Batcher
+from presence_api.lookup_memo import LookupMemo
 from presence_api.server import make_app
 from presence_api.service import SERVICE
 from presence_api.store import Mail
@@ -43,6 +43,32 @@ async def p(tmp_path: Path) -> AsyncIterator[Presence]:
     await pres.client.close()
 
 
+def count_reads(memo: LookupMemo) -> dict[str, int]:
+    """Counts the memo's reads of mail state from the store."""
+    reads = {"n": 0}
+    real = memo.store.mail_state
+
+    async def counting(mail_id: str) -> Any:
+        reads["n"] += 1
+        return await real(mail_id)
+
+    memo.store.mail_state = counting  # type: ignore[method-assign]
+    return reads
+
+
+async def open_memo(path: Path, **kw: Any) -> LookupMemo:
+    store = SqliteStore(path)
+    await store.open()
+    memo = LookupMemo(store, kw.get("max_mails", 100), kw.get("no_record_seconds", 5.0), 0.1)
+    await memo.open()
+    return memo
+
+
+async def close_memo(memo: LookupMemo) -> None:
+    await memo.close()
+    await memo.store.close()
+
+
 def table_counts(p: Presence) -> dict[str, int]:
     """Rows per table, read by another connection (what is committed)."""
     db = sqlite3.connect(p.svc.cfg.presence.database)
@@ -56,9 +82,9 @@ def table_counts(p: Presence) -> dict[str, int]:
 async def test_concurrent_fresh_lookups_write_nothing(p: Presence) -> None:
     """Replaces "stored before answered": links are self-verifying, a lookup stores no
     row at all. A Mail-ID newer than what memory covers is not even read; older ones
-    are read once, the reads sharing thread hops."""
-    store = p.svc.store
-    assert isinstance(store, SqliteStore)
+    are read once."""
+    memo = p.svc.lookups
+    reads = count_reads(memo)
     before = table_counts(p)
     assert "links" not in before
     mids = [p.mail_ids.issue(ALICE) for _ in range(30)]
@@ -68,19 +94,18 @@ async def test_concurrent_fresh_lookups_write_nothing(p: Presence) -> None:
         assert set(a["links"]) == {"bob@b.test", "Carol@C.test"}
     assert len({u for a in answers for u in a["links"].values()}) == 60
     assert table_counts(p) == before                 # nothing written
-    assert store._reads.batches == 0 and not store.memo.mails     # nothing read or kept
-    # as if older records had not fit in memory: each Mail-ID is read, reads shared
-    store.memo.complete_after = float("inf")
+    assert reads["n"] == 0 and not memo.mails     # nothing read or kept
+    # as if older records had not fit in memory: each Mail-ID is read once
+    memo.complete_after = float("inf")
     older = [p.mail_ids.issue(ALICE) for _ in range(30)]
     read = await asyncio.gather(*(p.lookup(ALICE, m, ["bob@b.test"]) for m in older))
     assert all(set(a["links"]) == {"bob@b.test"} for a in read)
-    assert 0 < store._reads.batches < 30 and store._reads.largest > 1
+    assert reads["n"] == 30
     assert table_counts(p) == before
-    # asked again (from memory, no thread hop), the same links
-    batches = store._reads.batches
+    # asked again (from memory, no read), the same links
     again = await p.lookup(ALICE, older[0], ["bob@b.test", "Carol@c.test"])
     assert again["links"]["bob@b.test"] == read[0]["links"]["bob@b.test"]
-    assert store._reads.batches == batches
+    assert reads["n"] == 30
     # and the same links for the same mail, whichever way it was known
     again = await p.lookup(ALICE, mids[0], ["bob@b.test", "Carol@c.test"])
     assert again["links"] == {"bob@b.test": answers[0]["links"]["bob@b.test"],
@@ -146,20 +171,22 @@ async def test_accounts_changed_by_another_process_reach_lookups(p: Presence) ->
 
 
 async def test_mode_is_read_from_memory_and_follows_changes(p: Presence) -> None:
-    store = p.svc.store
-    await store.set_mode(ALICE, "busy")
-    ctx = await store.lookup_context(ALICE, "")
+    memo = p.svc.lookups
+    await memo.set_mode(ALICE, "busy")
+    ctx = memo.context(ALICE, "")
     assert ctx.mode == "busy" and ctx.mail is None
-    assert (await store.lookup_context("nobody@a.test", "")).mode is None
+    assert memo.context("nobody@a.test", "").mode is None
 
 
 async def test_evicted_mail_state_is_read_back_with_its_record(tmp_path: Path) -> None:
     """With room for one mail in memory, the record (not a stale stub) still decides."""
     port = free_port(HOST)
     cfg = make_config(tmp_path, f"http://{HOST}:{port}", lookups_per_minute_per_client=1000)
-    store = SqliteStore(cfg.presence.database, cache_mails=1)
+    store = SqliteStore(cfg.presence.database)
     clock = Clock()
     app = make_app(cfg, store=store, clock=clock, site_key=b"k" * 32)
+    memo = app[SERVICE].lookups
+    memo.max_mails = 1
     client = TestClient(TestServer(app, host=HOST, port=port))
     await client.start_server()
     try:
@@ -169,8 +196,8 @@ async def test_evicted_mail_state_is_read_back_with_its_record(tmp_path: Path) -
         a = await p.lookup(ALICE, first, ["bob@b.test", "eve@e.test"])
         assert set(a["links"]) == {"bob@b.test"}
         await p.record(ALICE, ["x@x.test"])                              # evicts `first`
-        assert first not in store.memo.mails and len(store.memo.mails) == 1
-        assert not store.memo.has_no_record(first)      # it must be read, not guessed
+        assert first not in memo.mails and len(memo.mails) == 1
+        assert not memo.has_no_record(first)      # it must be read, not guessed
         b = await p.lookup(ALICE, first, ["bob@b.test", "eve@e.test"])
         assert b["links"] == {"bob@b.test": a["links"]["bob@b.test"]}
         assert client.server.app[SERVICE].store is store
@@ -178,78 +205,67 @@ async def test_evicted_mail_state_is_read_back_with_its_record(tmp_path: Path) -
         await client.close()
 
 
-async def test_batcher_batches_and_answers_after_the_batch() -> None:
-    gate = asyncio.Event()
-    seen: list[list[int]] = []
-
-    async def run_batch(reqs: list[int]) -> list[int | BaseException]:
-        seen.append(list(reqs))
-        await gate.wait()
-        return [r * 10 if r != 3 else ValueError("three") for r in reqs]
-
-    gc: Batcher[int, int] = Batcher(run_batch, lambda reqs, res, epoch: None)
-    first = asyncio.ensure_future(gc.submit(0))
-    await asyncio.sleep(0)                      # the first batch starts with one request
-    await asyncio.sleep(0)
-    rest = [asyncio.ensure_future(gc.submit(i)) for i in range(1, 6)]
-    await asyncio.sleep(0.01)
-    assert not first.done() and not any(f.done() for f in rest)   # not before the batch
-    gate.set()
-    assert await first == 0
-    results = await asyncio.gather(*rest, return_exceptions=True)
-    assert results[:2] == [10, 20] and isinstance(results[2], ValueError)
-    assert results[3:] == [40, 50]
-    assert seen == [[0], [1, 2, 3, 4, 5]]        # the waiting ones shared one batch
-    await gc.drain()
-
-
 async def test_no_record_is_remembered_only_briefly(tmp_path: Path) -> None:
     """A record stored by another process after a lookup's read is seen once the
     "no record yet" answer has aged (the outbox is asynchronous)."""
-    store = SqliteStore(tmp_path / "s.sqlite3", no_record_seconds=0.3)
-    await store.open()
-    store.memo.complete_after = float("inf")       # as if records had not fit in memory
+    memo = await open_memo(tmp_path / "s.sqlite3", no_record_seconds=0.3)
+    memo.complete_after = float("inf")       # as if records had not fit in memory
     other = SqliteStore(tmp_path / "s.sqlite3")
     await other.open()
     try:
         mid = "M" * 44
-        first = await store.lookup_mail(mid, ALICE)
+        first = await memo.mail_state(mid, ALICE)
         assert first.allowed is None and first.allows("eve@e.test")
-        assert (await store.lookup_context(ALICE, mid)).mail == first      # remembered
+        assert memo.context(ALICE, mid).mail == first      # remembered
         assert await other.put_mail(Mail(mid, ALICE, True, recipients=("Bob@b.test",)))
 
         async def aged() -> bool:
-            return (await store.lookup_context(ALICE, mid)).mail is None
+            return memo.context(ALICE, mid).mail is None
         await eventually(aged, timeout=5)
-        again = await store.lookup_mail(mid, ALICE)
+        again = await memo.mail_state(mid, ALICE)
         assert again.allowed == frozenset({"bob@b.test"}) and not again.allows("eve@e.test")
         # a record keeps its place in memory (no ageing)
-        assert (await store.lookup_context(ALICE, mid)).mail == again
-        assert store.memo.mails[mid][1] == 0.0
+        assert memo.context(ALICE, mid).mail == again
+        assert memo.mails[mid][1] == 0.0
     finally:
         await other.close()
-        await store.close()
+        await close_memo(memo)
 
 
 async def test_a_record_racing_a_read_is_not_hidden_by_a_stale_answer(tmp_path: Path) -> None:
     """The read runs first (no record), the record is stored right after it: the read's
     answer must not stay in memory, or eve would keep getting links."""
-    store = SqliteStore(tmp_path / "s.sqlite3")
-    await store.open()
-    store.memo.complete_after = float("inf")       # as if records had not fit in memory
+    memo = await open_memo(tmp_path / "s.sqlite3")
+    memo.complete_after = float("inf")       # as if records had not fit in memory
+    reads = count_reads(memo)
     try:
         mid = "M" * 44
-        read = asyncio.ensure_future(store.lookup_mail(mid, ALICE))
-        while store._reads.batches == 0:            # the read's batch is in the thread
+        read = asyncio.ensure_future(memo.mail_state(mid, ALICE))
+        while reads["n"] == 0:                      # the read is in the store's thread
             await asyncio.sleep(0)
-        assert await store.put_mail(Mail(mid, ALICE, True, recipients=("bob@b.test",)))
+        assert await memo.put_mail(Mail(mid, ALICE, True, recipients=("bob@b.test",)))
         stale = await read
         assert stale.allowed is None                # it did read before the record
-        state = (await store.lookup_context(ALICE, mid)).mail
+        state = memo.context(ALICE, mid).mail
         assert state is not None and state.allowed == frozenset({"bob@b.test"})
         assert not state.allows("eve@e.test")
     finally:
-        await store.close()
+        await close_memo(memo)
+
+
+async def test_a_repeated_record_keeps_its_state(tmp_path: Path) -> None:
+    """The outbox may post a record twice (a lost answer): the second post must not
+    make the memo forget who the recipients are."""
+    memo = await open_memo(tmp_path / "s.sqlite3")
+    try:
+        mid = "M" * 44
+        mail = Mail(mid, ALICE, True, recipients=("bob@b.test",))
+        assert await memo.put_mail(mail)
+        assert not await memo.put_mail(mail)        # already there
+        state = memo.context(ALICE, mid).mail
+        assert state is not None and state.allowed == frozenset({"bob@b.test"})
+    finally:
+        await close_memo(memo)
 
 
 async def test_newest_records_are_loaded_at_start(tmp_path: Path) -> None:
@@ -265,21 +281,21 @@ async def test_newest_records_are_loaded_at_start(tmp_path: Path) -> None:
                                       created_at=ids.t0 + 100 * i))
     finally:
         await first.close()
-    store = SqliteStore(path, cache_mails=2)
-    await store.open()
+    memo = await open_memo(path, max_mails=2)
+    reads = count_reads(memo)
     try:
-        assert list(store.memo.mails) == ids.mids[1:]           # the two newest, oldest first
-        assert store.memo.complete_after == ids.t0 + 300        # created_at left out + skew
-        newest = (await store.lookup_context(ALICE, ids.mids[2])).mail
+        assert list(memo.mails) == ids.mids[1:]           # the two newest, oldest first
+        assert memo.complete_after == ids.t0 + 300        # created_at left out + skew
+        newest = memo.context(ALICE, ids.mids[2]).mail
         assert newest is not None and not newest.allows("eve@e.test")
-        assert not store.memo.has_no_record(ids.mids[0])        # issued at t0: read it
-        state = await store.lookup_mail(ids.mids[0], ALICE)
-        assert store._reads.batches == 1 and not state.allows("eve@e.test")
-        assert store.memo.has_no_record(ids.fresh)              # issued later: no read
-        assert (await store.lookup_mail(ids.fresh, ALICE)).allowed is None
-        assert store._reads.batches == 1
+        assert not memo.has_no_record(ids.mids[0])        # issued at t0: read it
+        state = await memo.mail_state(ids.mids[0], ALICE)
+        assert reads["n"] == 1 and not state.allows("eve@e.test")
+        assert memo.has_no_record(ids.fresh)              # issued later: no read
+        assert (await memo.mail_state(ids.fresh, ALICE)).allowed is None
+        assert reads["n"] == 1
     finally:
-        await store.close()
+        await close_memo(memo)
 
 
 class MailIdsForTest:

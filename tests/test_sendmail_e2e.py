@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from mailtalk_milter import online_header, receiving
+from mailtalk import headers, online_header, receiving
 from support import free_port, wait_for
 from support.filter_extra import SinkHandler, start_sink
 from support.sendmail_extra import SendmailInstance, unavailable
@@ -55,8 +55,8 @@ def sendmails(e2e_dir: Path) -> Iterator[list[SendmailInstance]]:
 
 
 def values(content: bytes, name: str) -> list[str]:
-    fields, _ = receiving.split_message(content)
-    return receiving.values_of(fields, name)
+    fields, _ = headers.split_message(content)
+    return headers.values_of(fields, name)
 
 
 def test_two_sites_on_sendmail(e2e_dir, sendmails, sink, dns_factory, mailtalk_factory) -> None:

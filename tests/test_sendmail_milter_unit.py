@@ -13,9 +13,9 @@ import Milter
 import pytest
 from support.milter_ctx import RecordingCtx
 
-from mailtalk_milter import online_header
+from mailtalk import online_header
 from mailtalk_milter.receiving_milter import Engine, install
-from test_filter_receiving import CLAIM, FakeLookup
+from support.fake_lookup import CLAIM, FakeLookup
 
 
 @pytest.fixture

@@ -84,17 +84,10 @@ Handler = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
 @dataclass
 class FakeRemote:
     """Stand-in for a foreign site's presence service: records every lookup request
-    and answers with `handler` (default: online, one link per recipient).
-
-    With `batch`, it also serves POST /api/v1/lookups: each batch is recorded in
-    `batches` and answered with `batch_handler`, by default each lookup as `answer`
-    gives it (an older service, without `batch`, answers 404 there)."""
+    and answers with `handler` (default: online, one link per recipient)."""
     host: str
     port: int = 0
-    batch: bool = False
     requests: list[dict[str, Any]] = field(default_factory=list)
-    batches: list[list[dict[str, Any]]] = field(default_factory=list)
-    batch_handler: Handler | None = None
     in_flight: int = 0
     max_in_flight: int = 0
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -124,26 +117,12 @@ class FakeRemote:
         return {"status": "online", "checked": "2026-11-29T07:00:00Z",
                 "links": {r: self.link(r) for r in body["recipients"]}}
 
-    async def _lookups(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.batches.append(body["lookups"])
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            if self.batch_handler is not None:
-                return await self.batch_handler(request, body)
-            return web.json_response({"answers": [self.answer(x) for x in body["lookups"]]})
-        finally:
-            self.in_flight -= 1
-
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response({"openapi": "3.1.0", "paths": {}})
 
     async def start(self) -> "FakeRemote":
         app = web.Application()
         app.router.add_post("/api/v1/lookup", self._lookup)
-        if self.batch:
-            app.router.add_post("/api/v1/lookups", self._lookups)
         app.router.add_get("/openapi.json", self._openapi)
         self.runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self.runner.setup()

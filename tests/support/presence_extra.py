@@ -67,7 +67,7 @@ class Presence:
     async def add_user(self, account: str, password: str = PASSWORD) -> None:
         # Light argon2 parameters keep the suite fast; the parameters travel in the hash,
         # so log-in verifies it with the real code. (`mailtalk user` tests use the real ones.)
-        await self.svc.store.create_account(account, _LIGHT.hash(password), self.clock())
+        await self.svc.lookups.create_account(account, _LIGHT.hash(password), self.clock())
 
     async def record(self, account: str, recipients: list[str], subject: str = "Hello",
                      body: str = "The text of the mail.", mail_id: str | None = None) -> str:

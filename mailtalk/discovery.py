@@ -187,7 +187,8 @@ class Discoverer:
         self._inflight: dict[str, asyncio.Task[DiscoveryResult]] = {}
 
     async def discover(self, domain: str, timeout: float = 5.0) -> DiscoveryResult:
-        """The endpoint of `domain`'s presence service, from cache or DNS."""
+        """The endpoint of `domain`'s presence service, from cache or DNS; the query
+        gives up after `timeout` (dnspython's lifetime)."""
         try:
             domain = parse_domain(domain)
         except ValueError:
@@ -198,16 +199,13 @@ class Discoverer:
                 return DiscoveryResult(hit[1].endpoint, hit[1].error, cached=True)
             del self._cache[domain]
         # Concurrent discoveries of one domain share one query; a caller's own
-        # timeout must not cancel the query for the others, hence the shield.
+        # cancellation (the lookup's timeout) must not end it for the others.
         task = self._inflight.get(domain)
         if task is None:
             task = asyncio.ensure_future(self._query(domain, timeout))
             self._inflight[domain] = task
             task.add_done_callback(functools.partial(self._forget_task, domain))
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            return DiscoveryResult(None, "timeout")
+        return await asyncio.shield(task)
 
     def _forget_task(self, domain: str, _task: asyncio.Task[DiscoveryResult]) -> None:
         self._inflight.pop(domain, None)

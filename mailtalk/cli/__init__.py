@@ -9,7 +9,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from mailtalk import __version__, logsetup
+from mailtalk import __version__
+from mailtalk.cli import logsetup
 from mailtalk.config import Config, ConfigError, load
 from mailtalk.mailid import SiteKeyError
 
@@ -118,15 +119,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"mailtalk: {cfg.source}: no [milter], [filter] or [presence] "
                       f"section: nothing to run", file=sys.stderr)
                 return 2
-            from mailtalk import runner
+            from mailtalk.cli import runner
             with asyncio.Runner(loop_factory=loop_factory(cfg.site.event_loop)) as loop:
                 return loop.run(runner.serve(cfg, names))
         if args.command == "user":
-            return _call("presence_api.usercmd", "main", cfg, args)
+            return _call("mailtalk.cli.user", "main", cfg, args)
         if args.command == "check":
-            return _call("mailtalk.ops", "check", cfg)
+            return _call("mailtalk.cli.check", "check", cfg)
         if args.command == "dns":
-            return _call("mailtalk.ops", "dns_records", cfg)
+            return _call("mailtalk.cli.check", "dns_records", cfg)
     except (ConfigError, SiteKeyError) as e:
         print(f"mailtalk: {e}", file=sys.stderr)
         return 2

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from mailtalk import ops_postfix
+from mailtalk.cli import check_postfix as ops_postfix
 from mailtalk.config import Config, HostPort
 from mailtalk.constants import DNS_LABEL, DNS_VERSION
-from presence_api.discovery import BadRecord, Discoverer, parse_endpoint
+from mailtalk.discovery import BadRecord, Discoverer, parse_endpoint
 
 RECORD_TTL = 3600
 PROBE_TIMEOUT = 5.0          # seconds for each network probe of `check`

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mailtalk.constants import HDR_ONLINE
+from mailtalk.timefmt import rfc3339
 
 STATES = ("yes", "no", "unknown")
 STATUSES = ("online", "away", "busy", "offline", "unknown")
@@ -45,13 +46,6 @@ class SenderOnline:
 def state_for(status: str) -> str:
     """`yes` for online/away/busy, `no` for offline, else `unknown`."""
     return _STATE_OF.get(status, "unknown")
-
-
-def rfc3339(ts: datetime) -> str:
-    """UTC, whole seconds, `Z`: 2026-11-29T07:00:00Z."""
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def safe_value(v: str) -> bool:

@@ -1,0 +1,140 @@
+"""The receiving decision, free of any transport: the content filter and the milter
+form wrap it.
+
+For one message it: removes every incoming X-Sender-Online (any case, folded or not);
+reads X-Messenger-Account and X-Mail-ID (the one check of both: `read_claim`); with
+exactly one well-formed copy of each asks the presence lookup once for all distinct
+recipients (the lookup bounds itself by `[filter] lookup_timeout` and never raises);
+and builds one X-Sender-Online field per recipient, carrying that recipient's own link.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from mailtalk import headers, online_header
+from mailtalk.accounts import normalize_account
+from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, HDR_ONLINE
+from mailtalk.lookup import LookupResult
+from mailtalk.mailid import is_well_formed
+from mailtalk.online_header import SenderOnline
+from mailtalk.timefmt import utcnow
+
+log = logging.getLogger("mailtalk.receiving")
+
+Clock = Callable[[], datetime]
+
+
+class Lookup(Protocol):
+    """What `mailtalk.lookup.PresenceLookup` offers: bounded in time, never raises."""
+
+    async def lookup(self, account: str, mail_id: str, recipients: list[str],
+                     *, queue_id: str = "-") -> LookupResult: ...
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the mail says about its sender: both set only when both are usable."""
+    account: str | None
+    mail_id: str | None
+    problem: str | None          # why no lookup is made, for the log
+
+
+def read_claim(fields: Sequence[bytes]) -> Claim:
+    accounts = headers.values_of(fields, HDR_ACCOUNT)
+    mail_ids = headers.values_of(fields, HDR_MAIL_ID)
+    if len(accounts) != 1:
+        return Claim(None, None, f"{len(accounts)} {HDR_ACCOUNT} headers")
+    account = normalize_account(accounts[0])
+    if account is None:
+        return Claim(None, None, f"malformed {HDR_ACCOUNT}")
+    if len(mail_ids) != 1:
+        return Claim(account, None, f"{len(mail_ids)} {HDR_MAIL_ID} headers")
+    if not is_well_formed(mail_ids[0]):
+        return Claim(account, None, f"malformed {HDR_MAIL_ID}")
+    return Claim(account, mail_ids[0], None)
+
+
+def _link_for(links: dict[str, str], rcpt: str) -> str | None:
+    link = links.get(rcpt)
+    if link is None:            # the service may give the domain in another case
+        link = {k.lower(): v for k, v in links.items()}.get(rcpt.lower())
+    return link
+
+
+def headers_for(account: str, result: LookupResult, recipients: Sequence[str]
+                ) -> dict[str, SenderOnline]:
+    """One SenderOnline per recipient: `yes`/`no` with its link, else `unknown`.
+
+    The lookup checked every link (grammar and origin); a recipient it gave none gets
+    `unknown`, as MISSION.md's grammar has no `yes`/`no` without `chat`."""
+    out: dict[str, SenderOnline] = {}
+    for rcpt in recipients:
+        link = _link_for(result.links, rcpt) if result.state != "unknown" else None
+        if link is not None:
+            out[rcpt] = SenderOnline(result.state, account, result.status, result.checked, link)
+        else:
+            out[rcpt] = online_header.unknown(account, result.checked)
+    return out
+
+
+async def decide(claim: Claim, recipients: Sequence[str], lookup: Lookup | None,
+                 now: datetime, qid: str) -> tuple[dict[str, SenderOnline], str]:
+    """(the X-Sender-Online of each distinct recipient, why it is `unknown` or "")."""
+    rcpts = list(dict.fromkeys(recipients))
+    if claim.problem is not None or lookup is None or not rcpts:
+        why = claim.problem or ("no lookup configured" if lookup is None else "")
+        return {r: online_header.unknown(claim.account, now) for r in rcpts}, why
+    assert claim.account is not None and claim.mail_id is not None
+    try:
+        result = await lookup.lookup(claim.account, claim.mail_id, rcpts, queue_id=qid)
+    except Exception:     # a bug: the lookup's contract is never to raise
+        log.exception("%s: lookup for %s failed: unknown", qid, claim.account)
+        result = LookupResult("unknown", now, {}, "lookup failed")
+    return headers_for(claim.account, result, rcpts), result.reason
+
+
+@dataclass
+class Prepared:
+    """A message with incoming X-Sender-Online removed and the header of each recipient."""
+    qid: str
+    fields: list[bytes]
+    rest: bytes
+    removed: int
+    headers: dict[str, bytes] = field(default_factory=dict)   # recipient -> field bytes
+    summary: str = ""        # "X-Sender-Online for <account>: <states> to N recipient(s)"
+
+    def groups(self) -> list[tuple[bytes, list[str]]]:
+        """Recipients grouped by identical header, in first-recipient order."""
+        by_header: dict[bytes, list[str]] = {}
+        for rcpt, hdr in self.headers.items():
+            by_header.setdefault(hdr, []).append(rcpt)
+        return list(by_header.items())
+
+    def message_with(self, header: bytes) -> bytes:
+        """The message as received, minus forged copies, with `header` prepended."""
+        return header + b"".join(self.fields) + self.rest
+
+
+async def prepare(raw: bytes, recipients: Sequence[str], lookup: Lookup | None, *,
+                  xforward_ident: str | None = None, clock: Clock = utcnow) -> Prepared:
+    fields, rest = headers.split_message(raw)
+    fields, removed = headers.without(fields, HDR_ONLINE)
+    qid = headers.queue_id_of(fields, xforward_ident)
+    if removed:
+        log.info("%s: removed %d incoming %s", qid, removed, HDR_ONLINE)
+    claim = read_claim(fields)
+    decided, why = await decide(claim, recipients, lookup, clock(), qid)
+    eol = headers.eol_of(raw)
+    prepared = Prepared(qid, fields, rest, removed)
+    for rcpt in recipients:
+        prepared.headers[rcpt] = online_header.format_field(decided[rcpt], eol)
+    states = sorted({h.state for h in decided.values()})
+    # Logged by the caller with what became of the mail: one line per mail.
+    prepared.summary = (f"{HDR_ONLINE} for {claim.account or '-'}: {'/'.join(states)}"
+                        f"{f' ({why})' if why else ''} to {len(decided)} recipient(s)")
+    return prepared
