@@ -1,0 +1,174 @@
+"""The config's value parsers: each takes a raw TOML value and returns the typed value,
+or raises ValueError saying what was expected (config.py adds the file and key)."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+def text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def int_min(lo: int) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"expected an integer, got {type(v).__name__}")
+        if v < lo:
+            raise ValueError(f"must be at least {lo}, got {v}")
+        return v
+    return parse
+
+
+def pos_float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"expected a number, got {type(v).__name__}")
+    if v <= 0:
+        raise ValueError(f"must be greater than 0, got {v}")
+    return float(v)
+
+
+def str_list(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError("expected a list of strings")
+    return tuple(v)
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def one_of(v: Any, choices: tuple[str, ...]) -> str:
+    s = text(v)
+    if s not in choices:
+        raise ValueError(f"expected one of {', '.join(choices)}, got {v!r}")
+    return s
+
+
+def log_level(v: Any) -> str:
+    s = text(v).lower()
+    if s not in _LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)}, got {v!r}")
+    return s
+
+
+def event_loop(v: Any) -> str:
+    s = one_of(v, ("auto", "uvloop", "asyncio"))
+    if s == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ValueError("uvloop is not installed (pip install uvloop, or \"auto\")")
+    return s
+
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def parse_domain(v: Any) -> str:
+    s = text(v).strip().rstrip(".").lower()
+    if not _DOMAIN_RE.match(s):
+        raise ValueError(f"not a domain name: {v!r}")
+    return s
+
+
+def domain_list(v: Any) -> tuple[str, ...]:
+    return tuple(parse_domain(x) for x in str_list(v))
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _port(s: str, whole: Any) -> int:
+    if not s.isdigit() or not 0 < int(s) < 65536:
+        raise ValueError(f"bad port in {whole!r}")
+    return int(s)
+
+
+def parse_hostport(v: Any, default_port: int | None = None) -> HostPort:
+    """`HOST:PORT` or `[V6]:PORT` (or a bare HOST when default_port is given)."""
+    s = text(v).strip()
+    if default_port is not None and ":" in s and not s.startswith("["):
+        try:                                   # a bare IPv6 address: "::1"
+            return HostPort(str(ipaddress.IPv6Address(s)), default_port)
+        except ValueError:
+            pass
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", s)
+    if not m:
+        raise ValueError(f"expected HOST:PORT, got {v!r}")
+    host = m.group(1) or m.group(3)
+    port = m.group(2) or m.group(4)
+    if port is None:
+        if default_port is None:
+            raise ValueError(f"expected HOST:PORT, got {v!r}")
+        return HostPort(host, default_port)
+    return HostPort(host, _port(port, v))
+
+
+def hostport(v: Any) -> HostPort:
+    return parse_hostport(v)
+
+
+def nameservers(v: Any) -> tuple[HostPort, ...]:
+    out = []
+    for item in str_list(v):
+        hp = parse_hostport(item, default_port=53)
+        try:
+            ipaddress.ip_address(hp.host)
+        except ValueError:
+            raise ValueError(f"a nameserver must be an IP address, got {item!r}") from None
+        out.append(hp)
+    return tuple(out)
+
+
+def parse_milter_socket(v: Any) -> str:
+    """pymilter's form: `inet:PORT@HOST`, `inet6:PORT@HOST`, `unix:/path` (or `local:`)."""
+    s = text(v).strip()
+    m = re.fullmatch(r"(inet6?):(\d+)(?:@(.+))?", s)
+    if m:
+        _port(m.group(2), v)
+        return s
+    m = re.fullmatch(r"(unix|local):(/.+)", s)
+    if m:
+        return s
+    raise ValueError(f"expected inet:PORT@HOST or unix:/path, got {v!r}")
+
+
+def parse_base_url(v: Any) -> str:
+    s = text(v).strip()
+    parts = urlsplit(s)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"a base URL takes no query or fragment, got {v!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"bad port in {v!r}") from None
+    return s.rstrip("/")
+
+
+def path_value(v: Any) -> Path:
+    s = text(v)
+    if not s:
+        raise ValueError("expected a file path, got an empty string")
+    return Path(s).expanduser()
+
+
+def database(v: Any) -> str:
+    s = text(v).strip()
+    if not s:
+        raise ValueError("expected a file path or a database URL")
+    if "://" in s and not s.startswith(("sqlite://", "postgresql://", "postgres://")):
+        raise ValueError(f"expected a file path, sqlite:///path or postgresql://..., got {v!r}")
+    return s
