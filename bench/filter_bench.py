@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Throughput of a real Postfix with mailtalk's receiving filter (issue 4 §6).
+"""Throughput of a real Postfix with mailtalk's receiving filter.
 
 One private Postfix (127.0.14.60) relays everything to `smtp-sink`. It has three
 smtpd input ports, one per configuration, so that one run compares them on the same

@@ -1,4 +1,4 @@
-"""Throughput of a real Postfix with and without mailtalk's sending milter (issue 2 §7).
+"""Throughput of a real Postfix with and without mailtalk's sending milter.
 
 A private Postfix (127.0.11.6, domain a.test) relays everything to `smtp-sink`.
 It has one SASL submission service per configuration, all made from
@@ -53,7 +53,7 @@ CONFIGS = ("none", "inet", "unix", "inet-nagle", "bare-inet", "bare-unix")
 
 def submission_service(milter: str | None, port: int) -> str:
     """deploy/postfix/sender-master.cf's submission service, adapted as in
-    tests/test_milter_e2e.py."""
+    tests/e2e/test_postfix_sending_milter.py."""
     text = (DEPLOY / "sender-master.cf").read_text()
     text = text[text.index("submission inet"):text.index("submissions inet")]
     text = re.sub(r"^submission inet n\s+-\s+y", f"{ADDR}:{port} inet n - n", text, flags=re.M)

@@ -7,7 +7,7 @@ has even arrived (the outbox hands records over asynchronously):
     token = base64url( version(1) | issued_at(4, unix seconds) | random(12) | tag(16) )
     tag   = HMAC-SHA256(mail-id key, "mailtalk-mailid-v1" | account | first 17 bytes)[:16]
 
-33 bytes give 44 characters of A-Z a-z 0-9 - _ (MISSION: 22 to 64). The account is
+33 bytes give 44 characters of A-Z a-z 0-9 - _ (the header allows 22 to 64). The account is
 inside the MAC, so a Mail-ID of one account is worthless for another. It expires
 `mail_id_lifetime_days` after issue (default 30).
 
@@ -88,7 +88,7 @@ def unb64url(s: str) -> bytes | None:
 
 
 def is_well_formed(token: str) -> bool:
-    """Syntax per MISSION.md (22 to 64 of A-Z a-z 0-9 - _), nothing more."""
+    """The header's syntax (22 to 64 of A-Z a-z 0-9 - _), nothing more."""
     return bool(_MAIL_ID_RE.fullmatch(token))
 
 

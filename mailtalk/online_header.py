@@ -1,4 +1,4 @@
-"""The X-Sender-Online header: format and parse its value (MISSION.md's grammar).
+"""The X-Sender-Online header: format and parse its value.
 
     X-Sender-Online: yes; account=alice@a.example; status=online;
      checked=2026-11-29T07:00:00Z; chat=<https://chat.a.example/c/TOKEN>

@@ -71,7 +71,7 @@ def headers_for(account: str, result: LookupResult, recipients: Sequence[str]
     """One SenderOnline per recipient: `yes`/`no` with its link, else `unknown`.
 
     The lookup checked every link (grammar and origin); a recipient it gave none gets
-    `unknown`, as MISSION.md's grammar has no `yes`/`no` without `chat`."""
+    `unknown`, as the header's grammar has no `yes`/`no` without `chat`."""
     out: dict[str, SenderOnline] = {}
     for rcpt in recipients:
         link = _link_for(result.links, rcpt) if result.state != "unknown" else None

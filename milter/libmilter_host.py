@@ -21,7 +21,7 @@ from mailtalk_milter import milter_socket
 log = logging.getLogger("mailtalk.milter")
 
 # pymilter's C module, as the Milter package imported it (`import milter` here could
-# find our own folder under tools run from the repo root: MISSION.md, Layout).
+# find our own folder under tools run from the repo root: docs/architecture.md).
 milter: Any = Milter.milter
 
 JOIN_TIMEOUT = 10.0            # seconds stop() waits for libmilter's loop to end

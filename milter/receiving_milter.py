@@ -7,7 +7,7 @@ asked (bounded by `[filter] lookup_timeout`), and X-Sender-Online is added.
 
 One milter transaction carries one copy of the message for all its recipients, and a
 milter cannot split it: it can only change the one copy every recipient gets. A chat
-link names one recipient and must never reach another (MISSION.md), so:
+link names one recipient and must never reach another, so:
 - one recipient: the full header with that recipient's link;
 - several recipients: `X-Sender-Online: unknown` without a link (and no lookup).
 The content filter (Postfix) has no such limit: it re-injects one copy per recipient.

@@ -1,7 +1,7 @@
 """Start and stop the presence service; `make_app` builds it for tests too.
 
 `start(cfg, stop)` is what `mailtalk presence` and `mailtalk run` call (see
-mailtalk/runner.py): it opens the store (creating or migrating the schema), listens
+mailtalk/cli/runner.py): it opens the store (creating or migrating the schema), listens
 on `[presence] listen` and returns a `Running` whose `close()` stops it.
 """
 
