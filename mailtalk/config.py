@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mailtalk import defaults as D
-from mailtalk.config_values import (HostPort, database, domain_list, event_loop, hostport,
-                                    int_min, log_level, nameservers, one_of, parse_base_url,
+from mailtalk.config_values import (HostPort, boolean, database, domain_list, event_loop, hostport,
+                                    int_min, log_level, nameservers, one_of, optional_path,
+                                    parse_base_url,
                                     parse_domain, parse_milter_socket, path_value, pos_float,
                                     text)
 
@@ -65,6 +66,9 @@ class FilterConfig:
     reinject_idle_seconds: float
     mode: str                  # "smtp" (Postfix content filter) or "milter" (Sendmail)
     milter_socket: str         # where the receiving milter listens (mode = "milter")
+    notice: bool               # the visible notice with the link in the text part
+    notice_text_template: Path | None     # a site's own wording (None: the built-in)
+    notice_html_template: Path | None
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "reinject_idle_seconds": (pos_float, D.REINJECT_IDLE_SECONDS),
         "mode": (lambda v: one_of(v, ("smtp", "milter")), D.FILTER_MODE),
         "milter_socket": (parse_milter_socket, D.FILTER_MILTER_SOCKET),
+        "notice": (boolean, D.FILTER_NOTICE),
+        "notice_text_template": (optional_path, ""),
+        "notice_html_template": (optional_path, ""),
     },
     "presence": {
         "listen": (hostport, D.PRESENCE_LISTEN),

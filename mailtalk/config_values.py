@@ -158,6 +158,17 @@ def parse_base_url(v: Any) -> str:
     return s.rstrip("/")
 
 
+def boolean(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
+def optional_path(v: Any) -> Path | None:
+    """A file path, or "" for none."""
+    return path_value(v) if text(v) else None
+
+
 def path_value(v: Any) -> Path:
     s = text(v)
     if not s:

@@ -55,6 +55,11 @@ def field_value(f: bytes) -> str:
     return value.decode("ascii", errors="replace").strip()
 
 
+def crlf_folds(value: bytes) -> bytes:
+    """A header value as libmilter hands it over, with its folds as CRLF."""
+    return value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
 def values_of(fields: Sequence[bytes], name: str) -> list[str]:
     key = name.lower().encode()
     return [field_value(f) for f in fields if field_name(f) == key]

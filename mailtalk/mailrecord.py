@@ -1,6 +1,6 @@
 """The record of a sent mail, made from what the milter saw: no sockets, no milter.
 
-The milter collects header fields and the first bytes of the body (`BodyBuffer`);
+The milter collects header fields and the body; the first `raw_body_cap` bytes of it go in;
 `make_record` turns them into the JSON the presence service stores
 (`POST /api/v1/mails`, docs/architecture.md): Message-ID, subject (RFC 2047
 decoded), date, envelope recipients and the body text - the text/plain part, else
@@ -22,8 +22,8 @@ from mailtalk.accounts import normalize_account
 
 # How many raw body bytes are kept per body_text_limit byte of text: base64 makes
 # 3 bytes into 4, quoted-printable up to 3x, HTML markup often more. Past the cap
-# the body is not kept (a 50 MB mail must not sit in memory); the text is then
-# taken from what was kept, which is cut anyway.
+# the body is not parsed (a 50 MB attachment is not decoded); the text is taken
+# from what is within it, which is cut anyway.
 RAW_PER_TEXT_BYTE = 4
 RAW_BODY_MIN = 64 * 1024
 # Header fields kept for the record (all of them: MIME parsing needs Content-*),
@@ -40,30 +40,6 @@ BODY_TEXT_MAX_BYTES = 256 * 1024     # whatever body_text_limit says
 def raw_body_cap(body_text_limit: int) -> int:
     limit = min(body_text_limit, BODY_TEXT_MAX_BYTES)
     return max(RAW_PER_TEXT_BYTE * limit, RAW_BODY_MIN) if limit else 0
-
-
-class BodyBuffer:
-    """The first `cap` bytes of a body that arrives in chunks; the rest is dropped."""
-
-    def __init__(self, cap: int) -> None:
-        self._cap = cap
-        self._parts: list[bytes] = []
-        self._size = 0
-        self.truncated = False
-
-    def add(self, chunk: bytes) -> None:
-        room = self._cap - self._size
-        if room <= 0:
-            self.truncated = self.truncated or bool(chunk)
-            return
-        if len(chunk) > room:
-            chunk = chunk[:room]
-            self.truncated = True
-        self._parts.append(chunk)
-        self._size += len(chunk)
-
-    def value(self) -> bytes:
-        return b"".join(self._parts)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ reads X-Messenger-Account and X-Mail-ID (the one check of both: `read_claim`); w
 exactly one well-formed copy of each asks the presence lookup once for all distinct
 recipients (the lookup bounds itself by `[filter] lookup_timeout` and never raises);
 and builds one X-Sender-Online field per recipient, carrying that recipient's own link.
+With the notice on, each copy that has a link also gets the visible notice with that
+link in its text part(s) (`mailtalk.notice`); a mail that must not be touched gets the
+header only.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from mailtalk import headers, online_header
+from mailtalk import headers, notice, online_header
 from mailtalk.accounts import normalize_account
 from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, HDR_ONLINE
 from mailtalk.lookup import LookupResult
@@ -106,6 +109,8 @@ class Prepared:
     rest: bytes
     removed: int
     headers: dict[str, bytes] = field(default_factory=dict)   # recipient -> field bytes
+    online: dict[bytes, SenderOnline] = field(default_factory=dict)   # field -> its value
+    notices: notice.NoticeTemplates | None = None    # None: no visible notice
     summary: str = ""        # "X-Sender-Online for <account>: <states> to N recipient(s)"
 
     def groups(self) -> list[tuple[bytes, list[str]]]:
@@ -116,12 +121,28 @@ class Prepared:
         return list(by_header.items())
 
     def message_with(self, header: bytes) -> bytes:
-        """The message as received, minus forged copies, with `header` prepended."""
-        return header + b"".join(self.fields) + self.rest
+        """The message as received, minus forged copies, with `header` prepended and,
+        where the header carries a link and the notice is on, the notice in its text."""
+        message = b"".join(self.fields) + self.rest
+        h = self.online.get(header)
+        if self.notices is not None and h is not None and h.chat is not None:
+            message = self._with_notice(message, h) or message
+        return header + message
+
+    def _with_notice(self, message: bytes, h: SenderOnline) -> bytes | None:
+        assert h.account is not None and h.chat is not None
+        try:
+            return notice.add_notice(message, notice.Notice(
+                h.account, notice.display_name(message), h.status, h.chat, self.notices))
+        except Exception:     # never cost a mail: the header alone, as for signed mail
+            log.exception("%s: the notice could not be added: header only", self.qid)
+            return None
 
 
 async def prepare(raw: bytes, recipients: Sequence[str], lookup: Lookup | None, *,
+                  notices: notice.NoticeTemplates | None = None,
                   xforward_ident: str | None = None, clock: Clock = utcnow) -> Prepared:
+    """`notices`: the wording of the visible notice; None: no notice, header only."""
     fields, rest = headers.split_message(raw)
     fields, removed = headers.without(fields, HDR_ONLINE)
     qid = headers.queue_id_of(fields, xforward_ident)
@@ -130,9 +151,11 @@ async def prepare(raw: bytes, recipients: Sequence[str], lookup: Lookup | None, 
     claim = read_claim(fields)
     decided, why = await decide(claim, recipients, lookup, clock(), qid)
     eol = headers.eol_of(raw)
-    prepared = Prepared(qid, fields, rest, removed)
+    prepared = Prepared(qid, fields, rest, removed, notices=notices)
     for rcpt in recipients:
-        prepared.headers[rcpt] = online_header.format_field(decided[rcpt], eol)
+        field_bytes = online_header.format_field(decided[rcpt], eol)
+        prepared.headers[rcpt] = field_bytes
+        prepared.online[field_bytes] = decided[rcpt]
     states = sorted({h.state for h in decided.values()})
     # Logged by the caller with what became of the mail: one line per mail.
     prepared.summary = (f"{HDR_ONLINE} for {claim.account or '-'}: {'/'.join(states)}"

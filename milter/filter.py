@@ -28,7 +28,8 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
-from mailtalk.config import Config, FilterConfig
+from mailtalk.config import Config, ConfigError, FilterConfig
+from mailtalk.notice import NoticeTemplates
 from mailtalk import receiving
 from mailtalk_milter.delivered import FILE_NAME as DELIVERED_FILE_NAME
 from mailtalk_milter.delivered import DeliveredStore
@@ -48,9 +49,11 @@ def _own(reply: Reply) -> str:
 
 class FilterHandler:
     def __init__(self, cfg: FilterConfig, lookup: receiving.Lookup | None,
-                 helo: str | None = None, delivered: DeliveredStore | None = None) -> None:
+                 helo: str | None = None, delivered: DeliveredStore | None = None,
+                 notices: NoticeTemplates | None = None) -> None:
         self.cfg = cfg
         self.lookup = lookup
+        self.notices = notices     # None: header only, no visible notice
         self.helo = helo or socket.gethostname()
         # Recipients re-injected before a deferral (None: in memory only).
         self.delivered = delivered if delivered is not None else DeliveredStore(None)
@@ -176,6 +179,7 @@ class FilterHandler:
             return REPLY_REINJECT_DOWN
         raw = envelope.original_content or b""
         prepared = await receiving.prepare(raw, envelope.rcpt_tos, self.lookup,
+                                           notices=self.notices,
                                            xforward_ident=envelope.xforward.get("IDENT"))
         qid = prepared.qid
         done: set[str] = set()
@@ -273,6 +277,18 @@ class Running:
         log.info("filter stopped")
 
 
+def load_notices(cfg: Config) -> NoticeTemplates | None:
+    """The notice's wording (`[filter] notice_*_template`, else the built-in), or None
+    with `[filter] notice = false`. A template that does not load stops start-up."""
+    fc = cfg.filter
+    if not fc.notice:
+        return None
+    try:
+        return NoticeTemplates.load(fc.notice_text_template, fc.notice_html_template)
+    except ValueError as e:
+        raise ConfigError(f"{cfg.source}: [filter] notice_*_template: {e}") from None
+
+
 def make_lookup(cfg: Config) -> Any:
     """The real presence lookup; without it (not installed) every mail gets `unknown`."""
     try:
@@ -292,12 +308,13 @@ async def start(cfg: Config, stop: asyncio.Event, *,
     if fc.mode == "milter":
         from mailtalk_milter import receiving_milter
         return await receiving_milter.start(cfg, stop, lookup=lookup)
+    notices = load_notices(cfg)
     owns = lookup is None
     if owns:
         lookup = make_lookup(cfg)
     delivered = DeliveredStore(cfg.site.state_dir / DELIVERED_FILE_NAME)
     await delivered.open()
-    handler = FilterHandler(fc, lookup, delivered=delivered)
+    handler = FilterHandler(fc, lookup, delivered=delivered, notices=notices)
     if logging.getLogger("mail.log").level == logging.NOTSET:
         logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd: a line per command
     loop = asyncio.get_running_loop()

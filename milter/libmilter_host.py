@@ -31,7 +31,8 @@ POKE_EVERY = 0.05              # seconds between wake-up connections while stopp
 def _register(name: str, socket: str, timeout: int) -> None:
     """What Milter.runmilter does up to opening the socket; runmilter itself opens
     and serves in one call, and we must tune the socket in between."""
-    milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+    # MODBODY: the sending milter removes quoted notices, the receiving one adds a notice.
+    milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.MODBODY)
     # An exception that escapes a callback lets the mail pass (libmilter's default
     # would be a tempfail): never hold mail up because of us.
     milter.set_exception_policy(Milter.CONTINUE)

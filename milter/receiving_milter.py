@@ -30,7 +30,7 @@ import Milter
 
 from mailtalk.config import Config, ConfigError
 from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, HDR_ONLINE
-from mailtalk import online_header, receiving
+from mailtalk import headers, notice, online_header, receiving
 from mailtalk.timefmt import utcnow
 from mailtalk_milter import libmilter_host
 
@@ -40,6 +40,7 @@ MILTER_NAME = "mailtalk-receiving"
 NOQUEUE = "NOQUEUE"
 _READ = {HDR_ACCOUNT.lower(), HDR_MAIL_ID.lower()}
 _ONLINE = HDR_ONLINE.lower()
+MAX_FIELDS = 2000              # header fields kept for the notice's MIME parsing
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Engine:
     loop: asyncio.AbstractEventLoop
     lookup: receiving.Lookup | None
     timeout: float
+    notices: notice.NoticeTemplates | None = None    # None: header only
 
 
 @dataclass
@@ -55,6 +57,8 @@ class _Message:
     recipients: list[str] = field(default_factory=list)
     claim_fields: list[bytes] = field(default_factory=list)
     forged: int = 0
+    head: list[bytes] = field(default_factory=list)    # every field, for the notice's MIME
+    body: list[bytes] = field(default_factory=list)
 
 
 class ReceivingMilter(Milter.Base):
@@ -86,8 +90,18 @@ class ReceivingMilter(Milter.Base):
         lower = name.lower()
         if lower == _ONLINE:
             self.msg.forged += 1
-        elif lower in _READ and len(self.msg.claim_fields) < 8:
-            self.msg.claim_fields.append(name.encode("ascii", "replace") + b": " + value + b"\r\n")
+            return Milter.CONTINUE
+        line = name.encode("ascii", "replace") + b": " + headers.crlf_folds(value) + b"\r\n"
+        if lower in _READ and len(self.msg.claim_fields) < 8:
+            self.msg.claim_fields.append(line)
+        if len(self.msg.head) < MAX_FIELDS:
+            self.msg.head.append(line)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def body(self, chunk: bytes) -> int:
+        if self.engine.notices is not None and len(self.msg.recipients) == 1:
+            self.msg.body.append(chunk)
         return Milter.CONTINUE
 
     @Milter.symlist("i")
@@ -104,13 +118,31 @@ class ReceivingMilter(Milter.Base):
             log.exception("%s: could not delete incoming %s", qid, HDR_ONLINE)
             return Milter.CONTINUE
         try:
-            value = self._decide(qid)
-            self.addheader(HDR_ONLINE, value)
+            h = self._decide(qid)
+            self.addheader(HDR_ONLINE, online_header.format_value(h))
         except Exception:
             log.exception("%s: internal error; the mail passes without %s", qid, HDR_ONLINE)
+            return Milter.CONTINUE
+        try:
+            self._add_notice(qid, h)
+        except Exception:
+            log.exception("%s: the notice could not be added: header only", qid)
         return Milter.CONTINUE
 
-    def _decide(self, qid: str) -> str:
+    def _add_notice(self, qid: str, h: online_header.SenderOnline) -> None:
+        """One recipient with a link: the notice in the text part (replacebody)."""
+        m = self.msg
+        if self.engine.notices is None or h.chat is None or h.account is None or not m.body:
+            return
+        head = b"".join(m.head) + b"\r\n"
+        raw = head + b"".join(m.body)
+        new = notice.add_notice(raw, notice.Notice(
+            h.account, notice.display_name(raw), h.status, h.chat, self.engine.notices))
+        if new is not None:
+            self.replacebody(new[len(notice.split_header(new)[0]):])
+            log.info("%s: notice added", qid)
+
+    def _decide(self, qid: str) -> online_header.SenderOnline:
         m = self.msg
         claim = receiving.read_claim(m.claim_fields)
         now = utcnow()
@@ -118,13 +150,13 @@ class ReceivingMilter(Milter.Base):
             # One copy for all: a link would reach recipients it does not name.
             log.info("%s: %d recipients in one milter transaction: %s unknown",
                      qid, len(m.recipients), HDR_ONLINE)
-            return online_header.format_value(online_header.unknown(claim.account, now))
+            return online_header.unknown(claim.account, now)
         rcpt = m.recipients[0]
         h, why = self._run(receiving.decide(claim, [rcpt], self.engine.lookup, now, qid),
                            qid, rcpt, claim.account, now)
         log.info("%s: %s for %s: %s%s to %s", qid, HDR_ONLINE, claim.account or "-", h.state,
                  f" ({why})" if why else "", rcpt)
-        return online_header.format_value(h)
+        return h
 
     def _run(self, coro: Any, qid: str, rcpt: str, account: str | None,
              now: datetime) -> tuple[online_header.SenderOnline, str]:
@@ -166,7 +198,7 @@ class Running:
 async def start(cfg: Config, stop: asyncio.Event, *,
                 lookup: receiving.Lookup | None = None) -> Running:
     """Serve the receiving milter on `[filter] milter_socket` (called by filter.start)."""
-    from mailtalk_milter.filter import make_lookup
+    from mailtalk_milter.filter import load_notices, make_lookup
 
     if cfg.has("milter"):
         raise ConfigError(f"{cfg.source}: [filter] mode = \"milter\" cannot run in one "
@@ -177,7 +209,7 @@ async def start(cfg: Config, stop: asyncio.Event, *,
     owns = lookup is None
     if lookup is None:
         lookup = make_lookup(cfg)
-    install(Engine(loop, lookup, fc.lookup_timeout))
+    install(Engine(loop, lookup, fc.lookup_timeout, load_notices(cfg)))
     host = libmilter_host.serve(name=MILTER_NAME, spec=fc.milter_socket,
                                 timeout=cfg.milter.timeout, socket_group=cfg.milter.socket_group,
                                 stop=stop, where=f"{cfg.source}: [filter] milter_socket")

@@ -2,7 +2,9 @@
 
 On every message it deletes every copy of X-Messenger-Account, X-Mail-ID and
 X-Sender-Online (any case, any count): only this milter may set the first two,
-and only the recipient's hook the third. For a sender who logged in with SASL
+and only the recipient's hook the third. It removes mailtalk notices (and any chat
+link) that a reply quotes or a forward carries (`mailtalk.notice_strip`): a link is
+its recipient's alone and must not travel on. For a sender who logged in with SASL
 (`{auth_authen}` at MAIL FROM) as an account of one of our domains it adds
 X-Messenger-Account and a fresh X-Mail-ID, and puts the record of the mail into
 the outbox (a local SQLite insert; the hand-over runs in the background).
@@ -28,13 +30,15 @@ from typing import Protocol
 
 import Milter
 
+from mailtalk import headers
 from mailtalk.accounts import account_for_login
 from mailtalk.config import Config, ConfigError, DomainsConfig
 from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, OUR_HEADERS
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
+from mailtalk.notice import MARKER, split_header
+from mailtalk.notice_strip import strip_notices
 from mailtalk_milter import libmilter_host, milter_socket
-from mailtalk.mailrecord import (HEADERS_MAX_BYTES, BodyBuffer, MailRecord,
-                                        make_record, raw_body_cap)
+from mailtalk.mailrecord import HEADERS_MAX_BYTES, MailRecord, make_record, raw_body_cap
 from mailtalk_milter.outbox import Handover, Outbox
 
 log = logging.getLogger("mailtalk.milter")
@@ -70,7 +74,7 @@ class _Message:
     ours: dict[str, int] = field(default_factory=dict)    # lower-case name -> count
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     header_bytes: int = 0
-    body: BodyBuffer | None = None
+    body: list[bytes] = field(default_factory=list)     # all of it: notices may be anywhere
 
 
 class SendingMilter(Milter.Base):
@@ -109,8 +113,6 @@ class SendingMilter(Milter.Base):
                 if self.msg.account is None:
                     log.debug("%s: login %r is not an account of ours: no headers",
                               self.msg.queue_id, login)
-                else:
-                    self.msg.body = BodyBuffer(raw_body_cap(self.engine.body_text_limit))
         except Exception:
             return self._failed("envfrom")
         return Milter.CONTINUE
@@ -128,7 +130,7 @@ class SendingMilter(Milter.Base):
             lower = name.lower()
             if lower in _OURS:
                 self.msg.ours[lower] = self.msg.ours.get(lower, 0) + 1
-            elif self.msg.account and self.msg.header_bytes < HEADERS_MAX_BYTES:
+            elif self.msg.header_bytes < HEADERS_MAX_BYTES:
                 self.msg.headers.append((name, value))
                 self.msg.header_bytes += len(name) + len(value) + 4
         except Exception:
@@ -137,8 +139,7 @@ class SendingMilter(Milter.Base):
 
     @Milter.noreply
     def body(self, chunk: bytes) -> int:
-        if self.msg.body is not None:
-            self.msg.body.add(chunk)
+        self.msg.body.append(chunk)
         return Milter.CONTINUE
 
     @Milter.symlist("i")
@@ -150,13 +151,20 @@ class SendingMilter(Milter.Base):
         except Exception:
             self._failed("eom (deleting forged headers)")
         m = self.msg
-        if m.failed or not m.account:
+        if m.failed:
+            return Milter.CONTINUE
+        body = b"".join(m.body)
+        try:
+            body = self._strip_notices(qid, body)
+        except Exception:
+            return self._failed("eom (removing notices)")
+        if not m.account:
             return Milter.CONTINUE
         try:
             mail_id = self.engine.mail_ids.issue(m.account)
             record = make_record(
                 mail_id=mail_id, account=m.account, queue_id=qid, recipients=m.recipients,
-                headers=m.headers, body=m.body.value() if m.body else b"",
+                headers=m.headers, body=body[:raw_body_cap(self.engine.body_text_limit)],
                 body_text_limit=self.engine.body_text_limit)
             self.engine.outbox.add(record)
         except Exception:
@@ -170,6 +178,22 @@ class SendingMilter(Milter.Base):
         log.info("%s: account=%s mail_id=%s recipients=%d", qid, m.account, mail_id,
                  len(m.recipients))
         return Milter.CONTINUE
+
+    def _strip_notices(self, qid: str, body: bytes) -> bytes:
+        """The body without mailtalk notices and chat links; replaced in the MTA's copy
+        when anything was removed. Signed or encrypted mail is never touched."""
+        if MARKER.encode() not in body and b"/c/" not in body:
+            return body                  # the usual case: nothing that could be one
+        head = b"".join(name.encode("ascii", "replace") + b": "
+                        + headers.crlf_folds(value) + b"\r\n"
+                        for name, value in self.msg.headers) + b"\r\n"
+        stripped = strip_notices(head + body)
+        if stripped is None:
+            return body
+        body = stripped[len(split_header(stripped)[0]):]
+        self.replacebody(body)
+        log.info("%s: removed quoted mailtalk notices or chat links", qid)
+        return body
 
     def _delete_ours(self, qid: str) -> None:
         """Delete every copy of our headers that came with the message.

@@ -1,9 +1,15 @@
-"""Shared fixtures: private Postfix instances, dnsmasq, the real mailtalk command.
+"""The layers, and the fixtures shared by component and e2e tests.
 
-Every factory stops what it started at teardown, even when the test failed.
-Fixtures that need root or Debian packages skip with the reason, so a developer
-without root can still run the unit tests. The helpers are in tests/support/
-(`from support.postfix import PostfixInstance`, ...): see docs/testing.md.
+tests/unit: no sockets, no subprocesses; tests/component: loopback servers in-process
+and the real `mailtalk` command; tests/e2e: Postfix, Sendmail, dnsmasq, Chromium,
+miltertest, swaks, systemd-analyze (root and Debian packages). Every test under
+tests/e2e gets the `e2e` marker here, from its directory (`-m "not e2e"` leaves them
+out); their fixtures (tests/e2e/conftest.py) skip with the reason without root or a
+package, so a developer without root can still run the other layers.
+
+Every factory stops what it started at teardown, even when the test failed. The
+helpers are in tests/support/ (`from support.postfix import PostfixInstance`, ...;
+pyproject.toml puts tests/ on sys.path): see docs/testing.md.
 """
 
 from __future__ import annotations
@@ -16,17 +22,25 @@ from typing import Any, Callable, Iterator, Mapping
 
 import pytest
 
-from support import postfix as postfix_support
-from support.dns import Dnsmasq
 from support.mailtalk import MailtalkService
-from support.postfix import PostfixInstance, chmod_chain
-from support.requires import require_dnsmasq, require_postfix
+from support.postfix import chmod_chain
 
 log = logging.getLogger("tests.conftest")
 
 # Postfix's processes (users postfix and nobody) must enter the instance dirs;
 # pytest's tmp_path chain is 0700, so instances live under a 0755 dir of their own.
 _TMP_ROOT = Path(os.environ.get("MAILTALK_TEST_TMP", tempfile.gettempdir()))
+
+
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+@pytest.hookimpl(tryfirst=True)     # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The `e2e` marker comes from the directory: every test under tests/e2e has it."""
+    for item in items:
+        if item.path.is_relative_to(E2E):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture
@@ -51,49 +65,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
     return rep
-
-
-PostfixFactory = Callable[..., PostfixInstance]
-
-
-@pytest.fixture
-def postfix_factory(e2e_dir: Path) -> Iterator[PostfixFactory]:
-    """`postfix_factory(name, address, domain, smtp_port=None) -> PostfixInstance`
-    (configured, not started). Every instance made is stopped at teardown."""
-    require_postfix()
-    made: list[PostfixInstance] = []
-
-    def make(name: str, address: str, domain: str, smtp_port: int | None = None
-             ) -> PostfixInstance:
-        inst = PostfixInstance(e2e_dir, name, address, domain, smtp_port=smtp_port)
-        made.append(inst)
-        return inst
-
-    yield make
-    postfix_support.wait_stopped(made)
-
-
-DnsFactory = Callable[..., Dnsmasq]
-
-
-@pytest.fixture
-def dns_factory(e2e_dir: Path) -> Iterator[DnsFactory]:
-    """`dns_factory(address, txt_records, a_records=None, port=None) -> Dnsmasq`
-    (started). Every server made is stopped at teardown."""
-    require_dnsmasq()
-    made: list[Dnsmasq] = []
-
-    def make(address: str, txt_records: Mapping[str, str | list[str]] | None = None,
-             a_records: Mapping[str, str] | None = None, port: int | None = None) -> Dnsmasq:
-        server = Dnsmasq(address, port=port, txt_records=dict(txt_records or {}),
-                         a_records=dict(a_records or {}), log_dir=e2e_dir)
-        made.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in made:
-        server.stop()
 
 
 MailtalkFactory = Callable[..., MailtalkService]

@@ -71,3 +71,24 @@ def test_services_run_on_the_configured_event_loop(tmp_path, choice, loop):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_dns_prints_one_record_per_domain(tmp_path):
+    cfg = tmp_path / "m.toml"
+    cfg.write_text('[domains]\nnames = ["a.example", "B.example"]\n'
+                   '[presence]\npublic_url = "https://chat.a.example/"\n')
+    r = mailtalk("-c", str(cfg), "dns")
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.splitlines() == [
+        '_mailtalk.a.example. 3600 IN TXT "v=mailtalk1; api=https://chat.a.example"',
+        '_mailtalk.b.example. 3600 IN TXT "v=mailtalk1; api=https://chat.a.example"']
+
+
+def test_dns_warns_about_http_off_loopback_and_splits_long_records(tmp_path):
+    cfg = tmp_path / "m.toml"
+    long_url = "http://chat.a.example/" + "p" * 300
+    cfg.write_text(f'[domains]\nnames = ["a.example"]\n[presence]\npublic_url = "{long_url}"\n')
+    r = mailtalk("-c", str(cfg), "dns")
+    assert r.returncode == 0 and "https" in r.stderr
+    strings = r.stdout.split(" IN TXT ")[1].strip()
+    assert strings.count('" "') == 1 and len(strings.split('" "')[0]) <= 256

@@ -1,7 +1,7 @@
 """The content filter over real SMTP: a real aiosmtpd server (ours) on loopback, a real
 re-injection server we control (an aiosmtpd sink answering 250/4xx/5xx per recipient)
 and a real SMTP client (smtplib). Only the presence lookup is a fake: it stands in for
-DNS and HTTP, which the discovery engineer's tests cover."""
+DNS and HTTP, which test_lookup_client.py covers."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from mailtalk.lookup import PresenceLookup
 from mailtalk_milter import filter as filt
 from mailtalk import headers, online_header, receiving
 from support import free_port
-from support.filter_extra import SinkHandler, send, start_sink
+from support.smtp_client import send
+from support.smtp_sink import start_sink
 from support.filter_harness import HOST, SINK_HOST, XFWD, Harness, start_filter
 from support.fake_lookup import CLAIM, MAIL_ID, FakeLookup, msg
 from support.static_dns import StaticResolver

@@ -6,14 +6,14 @@ import base64
 import json
 import re
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import pytest
 from aiohttp import ClientSession, TCPConnector
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from support.presence_extra import Presence, start_presence
+from support.presence_app import Presence, start_presence
 
 ALICE = "alice@a.test"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from support.presence_extra import Clock, Presence, make_config, start_presence
+from support.presence_app import Clock, Presence, make_config, start_presence
 from support.wait import free_port
 
 from presence_api.lookup_memo import LookupMemo

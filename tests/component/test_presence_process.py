@@ -7,8 +7,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from mailtalk.mailid import MailIds, outbox_api_token
 from support.mailtalk import MailtalkService
 from support.wait import free_port
@@ -28,7 +26,6 @@ def post(url: str, body: dict, headers: dict[str, str] | None = None) -> tuple[i
         return e.code, json.loads(e.read() or b"{}")
 
 
-@pytest.mark.e2e
 def test_mailtalk_presence_process(tmp_path: Path) -> None:
     port = free_port(HOST)
     base = f"http://{HOST}:{port}"
@@ -64,7 +61,6 @@ def test_mailtalk_presence_process(tmp_path: Path) -> None:
     assert (tmp_path / "presence.sqlite3").exists()
 
 
-@pytest.mark.e2e
 def test_postgresql_database_is_refused_clearly(tmp_path: Path) -> None:
     port = free_port(HOST)
     svc = MailtalkService(tmp_path, {

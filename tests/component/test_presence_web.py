@@ -11,7 +11,7 @@ from mailtalk.config import ConfigError
 from presence_api.auth import PRE_COOKIE, SESSION_COOKIE
 from presence_api.server import make_app, open_store
 from presence_api.store_sqlite import MIGRATIONS, SqliteStore
-from support.presence_extra import PASSWORD, Presence, csrf_of, make_config, start_presence
+from support.presence_app import PASSWORD, Presence, csrf_of, make_config, start_presence
 
 ALICE = "alice@a.test"
 XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'

@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator
 import pytest
 from aiohttp import ClientWebSocketResponse, WSServerHandshakeError
 
-from support.presence_extra import Presence, browser, start_presence
+from support.presence_app import Presence, browser, start_presence
 
 ALICE, MALLORY = "alice@a.test", "mallory@a.test"
 BOB, CAROL = "bob@b.test", "carol@c.test"
@@ -200,7 +200,7 @@ async def test_logged_out_session_stops_the_socket(p: Presence) -> None:
     mid, _ = await links_for(p, [BOB])
     alice = await sender_ws(p)
     r = await p.client.get("/")
-    from support.presence_extra import csrf_of
+    from support.presence_app import csrf_of
     r = await p.client.post("/logout", data={"csrf": csrf_of(await r.text())},
                             allow_redirects=False)
     assert r.status == 303

@@ -2,7 +2,7 @@
 
 Real SMTP on loopback: our filter (aiosmtpd), a re-injection sink we control
 (aiosmtpd) and smtplib as Postfix. The presence lookup is a fake (as in
-test_filter_smtp.py): DNS and HTTP are covered by the discovery tests."""
+test_content_filter.py): DNS and HTTP are covered by test_lookup_client.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 from mailtalk.config import parse_text
 from mailtalk_milter import filter as filt
 from support import free_port
-from support.filter_extra import SinkHandler, send, start_sink
+from support.smtp_client import send
+from support.smtp_sink import SinkHandler, start_sink
 from support.fake_lookup import CLAIM, FakeLookup, msg
 
 HOST = "127.0.18.2"

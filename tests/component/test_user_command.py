@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support.presence_extra import make_config
+from support.presence_app import make_config
 
 BIN = Path(sys.executable).with_name("mailtalk")
 

@@ -1,6 +1,6 @@
 -- miltertest script: the real, running sending milter (`mailtalk milter`) as an MTA
--- sees it. Run: miltertest -D socket=inet:PORT@HOST -s tests/milter/sending.lua
--- tests/test_milter_miltertest.py runs it and checks the Mail-ID it prints.
+-- sees it. Run: miltertest -D socket=inet:PORT@HOST -s tests/e2e/sending.lua
+-- tests/e2e/test_miltertest.py runs it and checks the Mail-ID it prints.
 
 if socket == nil then error "define socket: miltertest -D socket=inet:PORT@HOST" end
 

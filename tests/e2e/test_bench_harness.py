@@ -10,9 +10,8 @@ import pytest
 
 from support.requires import require_postfix, require_tool
 
-pytestmark = pytest.mark.e2e
 
-_PATH = Path(__file__).resolve().parent.parent / "bench" / "support.py"
+_PATH = Path(__file__).resolve().parents[2] / "bench" / "support.py"
 
 
 def _bench_support():

@@ -1,10 +1,11 @@
-"""`mailtalk dns` and `mailtalk check`.
+"""`mailtalk check`.
 
-`check` is run against a real dnsmasq, real postconf reading a throw-away Postfix
+`check` is run against a real dnsmasq, Debian's postconf reading a throw-away Postfix
 config directory (MAIL_CONFIG), and stand-ins for the three services: an aiohttp
 server serving /openapi.json, two aiosmtpd servers (filter and re-injection) and a
-minimal milter-protocol responder. `check` only probes them; the end-to-end test runs
-`mailtalk check` against the real services.
+minimal milter-protocol responder. `check` only probes them; the last test runs
+`mailtalk check` against the real receiving milter. `mailtalk dns`:
+tests/component/test_cli.py; the milter probe alone: tests/component/test_check_probes.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +22,10 @@ from aiosmtpd.controller import Controller
 
 from mailtalk.cli import check as ops
 from mailtalk.config import load_file
-from support.discovery_extra import DNS_HOST, Dnsmasq, FakeRemote
+from support.dnsmasq import DNS_HOST, Dnsmasq
+from support.fake_milter import fake_milter
+from support.fake_presence_remote import FakeRemote
+from support.smtp_sink import AcceptAll
 from support.wait import free_port
 
 HOST = "127.0.14.20"
@@ -73,30 +76,13 @@ def postfix_dir(tmp_path: Path, milter_port: int, filter_port: int, reinject_por
     return d
 
 
-class _Accept:
-    async def handle_DATA(self, server, session, envelope):
-        return "250 OK"
-
-
-async def _fake_milter(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    # Stand-in milter: answers an option negotiation the way libmilter does.
-    try:
-        length = struct.unpack(">I", await reader.readexactly(4))[0]
-        await reader.readexactly(length)
-        reply = b"O" + struct.pack(">III", 6, 0, 0)
-        writer.write(struct.pack(">I", len(reply)) + reply)
-        await writer.drain()
-    finally:
-        writer.close()
-
-
 @pytest.fixture
 async def site(tmp_path):
     """Stand-ins for every service of one site, and a config naming them."""
     ports = {k: free_port(HOST) for k in ("presence", "milter", "filter", "reinject")}
     remote = await FakeRemote(HOST, ports["presence"]).start()
-    milter = await asyncio.start_server(_fake_milter, HOST, ports["milter"])
-    smtps = [Controller(_Accept(), hostname=HOST, port=ports[k]) for k in ("filter", "reinject")]
+    milter = await asyncio.start_server(fake_milter, HOST, ports["milter"])
+    smtps = [Controller(AcceptAll(), hostname=HOST, port=ports[k]) for k in ("filter", "reinject")]
     for c in smtps:
         c.start()
     dns = Dnsmasq({f"_mailtalk.{d}": [f"v=mailtalk1; api=http://{HOST}:{ports['presence']}"]
@@ -165,59 +151,6 @@ def test_check_with_nothing_running_exits_1(tmp_path):
     assert lines[-1].startswith("mailtalk check: ") and "problems" in lines[-1]
 
 
-def test_dns_prints_one_record_per_domain(tmp_path):
-    cfg = tmp_path / "m.toml"
-    cfg.write_text('[domains]\nnames = ["a.example", "B.example"]\n'
-                   '[presence]\npublic_url = "https://chat.a.example/"\n')
-    r = mailtalk("-c", str(cfg), "dns")
-    assert r.returncode == 0 and r.stderr == ""
-    assert r.stdout.splitlines() == [
-        '_mailtalk.a.example. 3600 IN TXT "v=mailtalk1; api=https://chat.a.example"',
-        '_mailtalk.b.example. 3600 IN TXT "v=mailtalk1; api=https://chat.a.example"']
-
-
-def test_dns_warns_about_http_off_loopback_and_splits_long_records(tmp_path):
-    cfg = tmp_path / "m.toml"
-    long_url = "http://chat.a.example/" + "p" * 300
-    cfg.write_text(f'[domains]\nnames = ["a.example"]\n[presence]\npublic_url = "{long_url}"\n')
-    r = mailtalk("-c", str(cfg), "dns")
-    assert r.returncode == 0 and "https" in r.stderr
-    strings = r.stdout.split(" IN TXT ")[1].strip()
-    assert strings.count('" "') == 1 and len(strings.split('" "')[0]) <= 256
-
-
-def test_postfix_names_for_the_milter_socket():
-    from mailtalk.cli.check_postfix import _milter_forms, _postfix_form
-    q = "/var/spool/postfix"
-    sock = "unix:/var/spool/postfix/mailtalk/milter.sock"
-    assert _postfix_form(sock, q) == "unix:mailtalk/milter.sock"     # as sender-main.cf says
-    assert {"unix:mailtalk/milter.sock", "unix:/mailtalk/milter.sock",
-            "unix:/var/spool/postfix/mailtalk/milter.sock"} <= _milter_forms(sock, q)
-    assert _postfix_form("unix:/run/mailtalk.sock", q) == "unix:/run/mailtalk.sock"
-    assert _postfix_form("inet:8894@127.0.0.1", q) == "inet:127.0.0.1:8894"
-    assert "inet:localhost:8894" in _milter_forms("inet:8894@127.0.0.1", q)
-    assert _milter_forms("inet:8894", q) >= {"inet:127.0.0.1:8894", "inet:localhost:8894"}
-
-
-async def test_milter_probe_over_unix_socket_and_a_wrong_server(tmp_path):
-    path = tmp_path / "milter.sock"
-    server = await asyncio.start_unix_server(_fake_milter, str(path))
-    smtp = Controller(_Accept(), hostname=HOST, port=free_port(HOST))
-    smtp.start()
-    try:
-        assert await asyncio.to_thread(ops._probe_milter, f"unix:{path}") is None
-        err = await asyncio.to_thread(ops._probe_milter, f"inet:{smtp.port}@{HOST}")
-        assert err == "something answers, but not a milter"
-        missing = await asyncio.to_thread(ops._probe_milter, f"unix:{tmp_path}/none.sock")
-        assert missing == f"no socket at {tmp_path}/none.sock"
-        (tmp_path / "plain").write_text("")
-        plain = await asyncio.to_thread(ops._probe_milter, f"unix:{tmp_path}/plain")
-        assert plain == f"{tmp_path}/plain is not a socket"
-    finally:
-        smtp.stop()
-        server.close()
-
-
 async def test_receiving_only_host_checks_that_its_resolver_answers(tmp_path, monkeypatch):
     monkeypatch.setattr(ops, "PROBE_TIMEOUT", 0.5)
     dns = Dnsmasq({})
@@ -256,7 +189,7 @@ def postfix_conf(tmp_path: Path, main: list[str], master: list[str] | None = Non
 async def test_milter_mode_probes_the_milter_socket_and_expects_it_in_smtpd_milters(
         tmp_path, monkeypatch):
     port, unused = free_port(HOST), free_port(HOST)
-    server = await asyncio.start_server(_fake_milter, HOST, port)
+    server = await asyncio.start_server(fake_milter, HOST, port)
     monkeypatch.setenv("MAIL_CONFIG", str(postfix_conf(
         tmp_path, ["milter_default_action = accept"],
         ["smtp inet n - n - - smtpd", f"  -o smtpd_milters=inet:{HOST}:{port}"])))
@@ -278,7 +211,7 @@ async def test_milter_mode_probes_the_milter_socket_and_expects_it_in_smtpd_milt
 
 async def test_milter_mode_over_a_unix_socket(tmp_path, monkeypatch):
     path = tmp_path / "recv.sock"
-    server = await asyncio.start_unix_server(_fake_milter, str(path))
+    server = await asyncio.start_unix_server(fake_milter, str(path))
     monkeypatch.setenv("MAIL_CONFIG", str(postfix_conf(
         tmp_path, [f"smtpd_milters = unix:{path}"])))
     try:

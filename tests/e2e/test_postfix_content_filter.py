@@ -8,15 +8,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 from support import free_port, wait_for
 from support.postfix import header_values, split_message
 from support.smtp import make_message, smtp_send
 
-pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MX, FILTER = "127.0.13.10", "127.0.13.11"
 FORGED = ("yes; account=mallory@evil.test; status=online; "
           "checked=2026-01-01T00:00:00Z; chat=<https://evil.test/c/x>")

@@ -20,8 +20,6 @@ from support.wait import port_open
 A_ADDR, B_ADDR = "127.0.10.2", "127.0.10.3"
 USERS = {"alice@a.test": "alice-pw", "dave": "dave-pw"}
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def mta() -> Iterator[tuple[PostfixInstance, PostfixInstance]]:

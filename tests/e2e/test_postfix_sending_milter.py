@@ -21,10 +21,9 @@ from support.postfix import PostfixInstance, chmod_chain, header_values, split_m
 from support.requires import require_postfix, require_swaks
 from support.smtp import make_message, swaks
 
-pytestmark = pytest.mark.e2e
 
 ADDR = "127.0.11.5"
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "postfix"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "postfix"
 USERS = {"alice@a.test": "alice-pw"}
 OURS = ("X-Messenger-Account", "X-Mail-ID", "X-Sender-Online")
 

@@ -12,13 +12,12 @@ from typing import AsyncIterator
 
 import pytest
 
-from support.presence_extra import PASSWORD, Presence, start_presence
+from support.presence_app import PASSWORD, Presence, start_presence
 
 pytest.importorskip("playwright")
 from playwright.async_api import Browser, Page, expect  # noqa: E402
 from support.browser import launch  # noqa: E402
 
-pytestmark = pytest.mark.e2e
 
 HOST = "127.0.12.2"
 ALICE, BOB, CAROL = "alice@a.test", "bob@b.test", "carol@c.test"

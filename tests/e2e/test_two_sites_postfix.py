@@ -25,7 +25,8 @@ import pytest
 
 from support import free_port
 from support.dns import Dnsmasq, mailtalk_txt
-from support.e2e_extra import apply_receiver_snippets, apply_sender_snippets, online, wait_mail
+from support.postfix_deploy import apply_receiver_snippets, apply_sender_snippets
+from support.postfix_mailbox import online, wait_mail
 from support.mailtalk import MailtalkService, run_mailtalk
 from support.postfix import PostfixInstance, chmod_chain, header_values
 from support.requires import require_dnsmasq, require_postfix, require_swaks
@@ -35,7 +36,6 @@ pytest.importorskip("playwright")
 from playwright.async_api import Browser, Page, expect  # noqa: E402
 from support.browser import launch  # noqa: E402
 
-pytestmark = pytest.mark.e2e
 
 A_MX, B_MX = "127.0.14.2", "127.0.14.3"          # the two Postfix instances
 A_SVC, B_SVC = "127.0.14.4", "127.0.14.5"        # mailtalk at a.test, at b.test

@@ -17,15 +17,14 @@ from typing import Iterator
 
 import pytest
 
-from mailtalk import headers, online_header, receiving
+from mailtalk import headers, online_header
 from support import free_port, wait_for
-from support.filter_extra import SinkHandler, start_sink
-from support.sendmail_extra import SendmailInstance, unavailable
+from support.smtp_sink import SinkHandler, start_sink
+from support.sendmail import SendmailInstance, unavailable
 from support.smtp import swaks
 
-pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 A_MTA, B_MTA, SINK = "127.0.13.20", "127.0.13.21", "127.0.13.23"
 A_WEB, A_MILTER, B_MILTER, DNS = "127.0.13.30", "127.0.13.31", "127.0.13.32", "127.0.13.33"
 

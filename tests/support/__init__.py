@@ -1,6 +1,7 @@
-"""The shared harness for end-to-end tests and benchmarks (engineer "infra").
+"""The shared harness of the tests and the benchmarks; each module is named for what
+it provides (a sink, a stand-in, a private Postfix, ...).
 
-In tests (tests/ is on sys.path through conftest.py): `from support import ...`.
+In tests (pyproject.toml's `pythonpath` puts tests/ on sys.path): `from support import ...`.
 Benchmarks import it as `tests.support` (bench/support.py puts the repo root on sys.path).
 """
 

@@ -1,10 +1,6 @@
-"""Helpers of the discovery engineer's tests: a real dnsmasq with TXT records, a
-stand-in remote presence service, and a small config builder.
-
-The remote presence service here is a stand-in for a foreign site's (a real aiohttp
-server on loopback whose answers the test controls), so that the lookup client can be
-tested against slow, oversize and hostile answers a real service would never give.
-"""
+"""A stand-in for a foreign site's presence service: a real aiohttp server on loopback
+whose answers the test controls, so that the lookup client can be tested against
+slow, oversize and hostile answers a real service would never give."""
 
 from __future__ import annotations
 
@@ -12,71 +8,9 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-import dns.asyncresolver
-import dns.nameserver
 from aiohttp import web
 
-from mailtalk.config import Config, parse_text
-from support.dns import Dnsmasq as _BaseDnsmasq, _txt_strings
-from support.requires import require_dnsmasq
 from support.wait import free_port
-
-DNS_HOST = "127.0.14.53"
-
-
-class Dnsmasq(_BaseDnsmasq):
-    """infra's dnsmasq (support/dns.py), with several TXT records per name and a TTL.
-
-    `records` maps a name to a list of TXT values; each value is one string or a
-    list of strings (one TXT record made of several character-strings).
-    """
-
-    def __init__(self, records: dict[str, list[str | list[str]]], host: str = DNS_HOST,
-                 ttl: int = 60) -> None:
-        require_dnsmasq()          # skips (not root, no dnsmasq) with the reason
-        super().__init__(host)
-        self.records = records
-        self.ttl = ttl
-        self.start()
-
-    @property
-    def host(self) -> str:
-        return self.address
-
-    def argv(self) -> list[str]:
-        args = super().argv() + [f"--local-ttl={self.ttl}"]
-        for name, values in self.records.items():
-            args += [f"--txt-record={name},{_txt_strings(v)}" for v in values]
-        return args
-
-
-class CountingResolver:
-    """A real dnspython resolver that counts the queries it sends (cache tests)."""
-
-    def __init__(self, nameserver_host: str, port: int) -> None:
-        self.inner = dns.asyncresolver.Resolver(configure=False)
-        self.inner.nameservers = [dns.nameserver.Do53Nameserver(nameserver_host, port)]
-        self.inner.cache = None
-        self.queries: list[str] = []
-
-    async def resolve(self, qname: Any, rdtype: Any = "A", *args: Any, **kw: Any) -> Any:
-        self.queries.append(str(qname))
-        return await self.inner.resolve(qname, rdtype, *args, **kw)
-
-
-def make_config(nameserver: str, *, lookup_timeout: float = 2.0, concurrency: int = 8,
-                negative_ttl: int = 300, max_ttl: int = 3600, extra: str = "") -> Config:
-    return parse_text(f"""
-[filter]
-lookup_timeout = {lookup_timeout}
-lookup_concurrency_per_domain = {concurrency}
-[dns]
-nameservers = ["{nameserver}"]
-negative_ttl = {negative_ttl}
-max_ttl = {max_ttl}
-{extra}
-""", "test config")
-
 
 Handler = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
 

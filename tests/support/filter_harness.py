@@ -9,8 +9,8 @@ from pathlib import Path
 from mailtalk.config import parse_text
 from mailtalk_milter import filter as filt
 from support import free_port
-from support.fake_lookup import FakeLookup
-from support.filter_extra import SinkHandler, send, start_sink
+from support.smtp_client import send
+from support.smtp_sink import SinkHandler, start_sink
 
 HOST = "127.0.13.2"
 SINK_HOST = "127.0.13.3"
@@ -27,10 +27,10 @@ class Harness:
 
 
 async def start_filter(lookup: object, reinject_port: int | None = None,
-                   lookup_timeout: float = 2.0, state_dir: Path | None = None
-                   ) -> tuple[Harness, list]:
+                       lookup_timeout: float = 2.0, state_dir: Path | None = None,
+                       extra: str = "") -> tuple[Harness, list]:
     """`state_dir`: where the filter keeps its record of partial deliveries (made only
-    when a test defers one; None: the default state dir)."""
+    when a test defers one; None: the default state dir). `extra`: more [filter] keys."""
     sink_server, sink, sink_port = await start_sink(SINK_HOST)
     port = free_port(HOST)
     site = f'[site]\nstate_dir = "{state_dir}"\n' if state_dir else ""
@@ -40,6 +40,7 @@ listen = "{HOST}:{port}"
 reinject = "{SINK_HOST}:{reinject_port or sink_port}"
 lookup_timeout = {lookup_timeout}
 reinject_timeout = 5
+{extra}
 """, "test")
     running = await filt.start(cfg, asyncio.Event(), lookup=lookup)
     return Harness(running, sink, lookup), [running, sink_server]

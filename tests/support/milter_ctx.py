@@ -1,4 +1,4 @@
-"""pymilter's TestCtx, keeping every header action with its arguments."""
+"""pymilter's TestCtx, keeping every header and body action with its arguments."""
 
 from __future__ import annotations
 
@@ -17,3 +17,7 @@ class RecordingCtx(testctx.TestCtx):
     def addheader(self, field: str, value: str, idx: int = -1) -> None:
         self.actions.append(("add", field, value))
         super().addheader(field, value, idx)
+
+    def replacebody(self, chunk: bytes) -> None:
+        self.actions.append(("body", "", chunk))
+        super().replacebody(chunk)

@@ -1,13 +1,12 @@
-"""Helpers of the two-site end-to-end test (engineer "discovery"): the Postfix lines
-of deploy/postfix applied to private instances, and reading X-Sender-Online back."""
+"""The Postfix lines of deploy/postfix applied to private instances (support/postfix.py)
+as a postmaster applies them; only addresses, ports and what a test host lacks differ."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from support.postfix import PostfixInstance, header_values
-from support.wait import wait_for
+from support.postfix import PostfixInstance
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "postfix"
 
@@ -38,32 +37,3 @@ def apply_receiver_snippets(mta: PostfixInstance, filter_addr: str, reinject_por
     mta.master_replace("127.0.0.1:10026", f"{mta.address}:{reinject_port}")
     mta.postconf(content_filter=f"mailtalk:[{filter_addr.rpartition(':')[0]}]:"
                                 f"{filter_addr.rpartition(':')[2]}")
-
-
-def online(raw: bytes) -> list[tuple[str, dict[str, str]]]:
-    """Every X-Sender-Online of a delivered mail as (state, {param: value})."""
-    out = []
-    for value in header_values(raw, "X-Sender-Online"):
-        value = re.sub(r"\s*\n\s*", " ", value).strip()
-        state, *params = [p.strip() for p in value.split(";")]
-        out.append((state, dict(p.split("=", 1) for p in params if "=" in p)))
-    return out
-
-
-def wait_mail(mta: PostfixInstance, rcpt: str, message_id: str, timeout: float = 30.0,
-              also_flush: tuple[PostfixInstance, ...] = ()) -> list[bytes]:
-    """Wait until the mail with this Message-ID reached `rcpt`; every copy of it."""
-    def got() -> list[bytes] | None:
-        found = [m for m in mta.delivered(rcpt) if header_values(m, "Message-ID") == [message_id]]
-        if found:
-            return found
-        for inst in (*also_flush, mta):
-            if inst.queue():
-                inst.flush()
-        return None
-    try:
-        return wait_for(got, timeout=timeout, interval=0.1,
-                        what=f"{message_id} for {rcpt} at Postfix {mta.name}")
-    except AssertionError as e:
-        tails = "\n".join(f"--- {i.name}:\n{i.maillog_tail(15)}" for i in (*also_flush, mta))
-        raise AssertionError(f"{e}\n{tails}") from None

@@ -1,5 +1,5 @@
-"""Helpers of the presence engineer's tests: a config, a settable clock, and a
-running presence app on a loopback address of the 127.0.12.x range."""
+"""The presence service in-process: a config, a settable clock, and a running app
+(aiohttp's test server, real SQLite) on a loopback address of the 127.0.12.x range."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A private Sendmail for tests (engineer "filter"): Debian's sendmail-bin cannot be
+"""A private Sendmail for tests: Debian's sendmail-bin cannot be
 installed beside Postfix, so `scripts/setup --test` unpacks it with `dpkg -x` into
 .cache/sendmail/; this runs that binary with a sendmail.cf of its own, built with m4
 from a test .mc plus the deploy/sendmail/*.mc lines as written (addresses replaced).

@@ -7,7 +7,7 @@ import pytest
 from mailtalk import defaults as D
 from mailtalk.config import SCHEMA, ConfigError, HostPort, load, load_embedded, load_file
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "mailtalk.toml.example"
 
 

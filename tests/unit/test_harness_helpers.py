@@ -1,20 +1,19 @@
-"""Unit tests of the harness helpers that need no root and no servers."""
+"""The harness helpers that need no root, no servers and no sockets."""
 
 from __future__ import annotations
 
 import os
-import socket
 import time
 import tomllib
 
 import pytest
 
 from mailtalk.config import parse_text
-from support.mailtalk import MailtalkService, endpoints, to_toml
+from support.mailtalk import endpoints, to_toml
 from support.message import split_message
 from support.postfix_conf import logical_lines
 from support.smtp import make_message
-from support.wait import free_port, port_open, wait_for, wait_port
+from support.wait import wait_for
 
 
 def test_wait_for_returns_the_truthy_value():
@@ -32,17 +31,6 @@ def test_wait_for_names_what_it_waited_for_and_the_last_error():
 def test_wait_for_tries_once_more_at_the_deadline():
     start = time.monotonic()
     assert wait_for(lambda: time.monotonic() - start >= 0.05, timeout=0.05, interval=1.0)
-
-
-def test_free_port_and_wait_port():
-    port = free_port("127.0.10.1")
-    assert not port_open("127.0.10.1", port)
-    with socket.socket() as s:
-        s.bind(("127.0.10.1", port))
-        s.listen()
-        wait_port("127.0.10.1", port, timeout=2)
-    with pytest.raises(AssertionError, match="127.0.10.1"):
-        wait_port("127.0.10.1", port, timeout=0.1)
 
 
 def test_split_message_crlf_and_lf():
@@ -81,14 +69,6 @@ def test_endpoints_of_a_config():
     assert endpoints({"milter": {"socket": "unix:/run/m.sock"}}, "milter") == ["/run/m.sock"]
 
 
-def test_a_service_that_dies_at_start_fails_with_its_output(tmp_path):
-    # A bad value stops mailtalk at start-up; start() must say so, not hang.
-    service = MailtalkService(tmp_path, {"filter": {"listen": "not-a-hostport"}})
-    with pytest.raises(AssertionError, match=r"(?s)exited with 2.*\[filter\] listen"):
-        service.start(timeout=30)
-    assert not service.running()
-
-
 def test_wait_for_gives_up_at_once_on_assertion_error():
     calls = []
 
@@ -98,19 +78,6 @@ def test_wait_for_gives_up_at_once_on_assertion_error():
     with pytest.raises(AssertionError, match="server exited"):
         wait_for(dead, timeout=30, interval=0.001)
     assert len(calls) == 1
-
-
-def test_a_real_service_starts_and_stops_on_sigterm(mailtalk_factory):
-    # The content filter needs no root and no other server to start: the harness's
-    # start (wait for the listen port) and stop (SIGTERM, exit 0) on the real thing.
-    port = free_port("127.0.10.6")
-    service = mailtalk_factory({"filter": {"listen": f"127.0.10.6:{port}",
-                                           "reinject": "127.0.10.6:9"}},
-                               subcommand="filter")
-    assert port_open("127.0.10.6", port)
-    assert service.stop() == 0
-    assert not service.running()
-    assert not port_open("127.0.10.6", port)
 
 
 def test_without_root_the_e2e_fixtures_skip_with_a_reason(monkeypatch):
