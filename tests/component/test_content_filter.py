@@ -189,3 +189,76 @@ async def test_message_over_the_size_limit_is_deferred_never_bounced() -> None:
     finally:
         await running.close()
         sink_server.close()
+
+
+def alternative(*claim: str) -> bytes:
+    """A multipart/alternative mail as a mail client writes it, with the claim."""
+    from email.message import EmailMessage
+    from email.policy import SMTP
+    m = EmailMessage()
+    for line in claim:
+        name, _, value = line.partition(": ")
+        m[name] = value
+    m["From"] = "Alice Example <alice@a.example>"
+    m["Subject"] = "plans"
+    m.set_content("Shall we meet on Friday?\n")
+    m.add_alternative("<html><body><p>Shall we meet on Friday?</p></body></html>\n",
+                      subtype="html")
+    return m.as_bytes(policy=SMTP)
+
+
+def parts_of(content: bytes) -> dict[str, str]:
+    import email
+    from email.policy import default
+    msg = email.message_from_bytes(content, policy=default)
+    return {p.get_content_type(): p.get_content().replace("\r\n", "\n") for p in msg.walk()
+            if p.get_content_maintype() == "text"}
+
+
+async def test_each_copy_carries_a_notice_with_its_own_link(h: Harness) -> None:
+    raw = alternative(*CLAIM)
+    r = await h.send(["bob@b.example", "carol@b.example"], raw, xforward=XFWD)
+    assert r.data[0] == 250
+    assert len(h.sink.got) == 2
+    for got in h.sink.got:
+        (rcpt,) = got.rcpts
+        (online,) = online_of(got.content)
+        link = f"https://chat.a.example/c/{rcpt.split('@')[0]}"
+        assert online.chat == link
+        parts = parts_of(got.content)
+        plain, html = parts["text/plain"], parts["text/html"]
+        assert plain.startswith("mailtalk: Alice Example <alice@a.example> was online")
+        assert f"Chat about this mail: {link}\n\nShall we meet on Friday?" in plain
+        assert 'data-mailtalk="notice"' in html and f'<a href="{link}">' in html
+        assert html.index("data-mailtalk") < html.index("<p>Shall we meet")
+        other = "carol" if rcpt.startswith("bob") else "bob"
+        assert f"/c/{other}" not in got.content.decode()
+
+
+async def test_no_notice_when_off_or_unknown(tmp_path: Path) -> None:
+    harness, things = await start_filter(FakeLookup("online"), extra="notice = false")
+    try:
+        raw = alternative(*CLAIM)
+        assert (await harness.send(["bob@b.example"], raw)).data[0] == 250
+        out = harness.sink.got[0].content
+        assert online_of(out)[0].chat is not None       # the header still has the link
+        assert out.endswith(raw)                        # and the message is as it came
+    finally:
+        await things[0].close()
+        things[1].close()
+    harness, things = await start_filter(FakeLookup("unknown"))
+    try:
+        raw = alternative(*CLAIM)
+        assert (await harness.send(["bob@b.example"], raw)).data[0] == 250
+        assert harness.sink.got[0].content.endswith(raw)
+    finally:
+        await things[0].close()
+        things[1].close()
+
+
+async def test_a_template_that_does_not_load_stops_start_up(tmp_path: Path) -> None:
+    bad = tmp_path / "notice.html"
+    bad.write_text("{% if %}")
+    with pytest.raises(Exception) as e:
+        await start_filter(FakeLookup(), extra=f'notice_html_template = "{bad}"')
+    assert "[filter] notice_*_template" in str(e.value) and str(bad) in str(e.value)

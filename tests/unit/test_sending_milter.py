@@ -231,3 +231,56 @@ def test_libmilter_is_claimed_once_per_process(monkeypatch: pytest.MonkeyPatch) 
     milter_socket.claim("the sending milter")            # the same part again: fine
     with pytest.raises(RuntimeError, match="already serves the sending milter"):
         milter_socket.claim("the receiving milter")
+
+
+# --- notices quoted or forwarded in outgoing mail (a chat link is its recipient's alone)
+
+def received_with_notice() -> bytes:
+    """What bob received: alice's mail with the notice and bob's link (mailtalk.notice)."""
+    from mailtalk.links import LinkTokens
+    from mailtalk.notice import Notice, add_notice
+    link = LinkTokens(KEY, "https://chat.a.example", 30).url(
+        MailIds(KEY, 30).issue("alice@a.example"), "alice@a.example", "bob@b.test")
+    assert link is not None
+    got = add_notice(b"From: alice@a.example\r\nSubject: plans\r\n\r\nFriday?\r\n",
+                     Notice("alice@a.example", "Alice", "online", link))
+    assert got is not None
+    return got
+
+
+def reply_quoting(received: bytes, signed: bool = False) -> tuple[bytes, str]:
+    text = received.partition(b"\r\n\r\n")[2].decode()
+    link = next(w for w in text.split() if "/c/" in w)
+    quoted = "".join("> " + line + "\r\n" for line in text.splitlines())
+    body = f"Yes, Friday.\r\n\r\nAlice wrote:\r\n{quoted}".encode()
+    head = (b"From: bob@b.test\r\nTo: alice@a.example\r\nSubject: Re: plans\r\n"
+            b"MIME-Version: 1.0\r\n")
+    if signed:
+        head += b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; ' \
+                b'micalg=sha-256; boundary="S"\r\n'
+        body = (b"--S\r\nContent-Type: text/plain\r\n\r\n" + body + b"\r\n--S\r\n"
+                b"Content-Type: application/pkcs7-signature\r\n\r\nAAAA\r\n--S--\r\n")
+    else:
+        head += b"Content-Type: text/plain; charset=utf-8\r\n"
+    return head + b"\r\n" + body, link
+
+
+def test_a_reply_quoting_the_notice_leaves_without_the_link() -> None:
+    reply, link = reply_quoting(received_with_notice())
+    assert link.encode() in reply and b"> mailtalk:" in reply
+    ctx, _, sink = run(reply, login="bob@a.test")
+    (body,) = [a[2] for a in ctx.actions if a[0] == "body"]
+    assert link.encode() not in body and b"mailtalk:" not in body
+    assert body.startswith(b"Yes, Friday.\r\n") and b"> Friday?" in body
+    assert link not in sink.records[0].body_text       # nor in the record of the reply
+
+
+def test_a_signed_reply_is_never_touched() -> None:
+    reply, link = reply_quoting(received_with_notice(), signed=True)
+    ctx, _, _ = run(reply, login="bob@a.test")
+    assert not [a for a in ctx.actions if a[0] == "body"]
+
+
+def test_mail_without_notices_keeps_its_body() -> None:
+    ctx, _, _ = run(PLAIN.replace(b"bis morgen", b"see https://x.example/c/abc"), login="alice")
+    assert not [a for a in ctx.actions if a[0] == "body"]
