@@ -103,6 +103,7 @@ class Bench:
         self.answers: dict[str, dict[str, int]] = {}     # config -> X-Sender-Online states
         self.cpu: dict[str, dict[str, float]] = {}       # config -> process -> CPU seconds
         self.mails: dict[str, int] = {}                   # config -> mails measured
+        self.signing_key = base / "lookup-signing.key"    # both filters sign with it
 
     def filter_for(self, config: str) -> MailtalkService:
         flt = self.flt_plain if config == "no-notice" else self.flt
@@ -113,7 +114,8 @@ class Bench:
         assert self.dns is not None
         port = free_port(FILTER)
         flt = MailtalkService(self.base, {
-            "site": {"log_level": os.environ.get("FILTER_LOG", "info")},
+            "site": {"log_level": os.environ.get("FILTER_LOG", "info"),
+                     "signing_key_file": str(self.signing_key)},
             "filter": {"listen": f"{FILTER}:{port}", "reinject": f"{MX}:{reinject}",
                        "notice": notice,
                        **({"lookup_concurrency_per_domain": self.args.lookup_concurrency}
@@ -126,10 +128,14 @@ class Bench:
     async def setup(self, accounts: int, configs: tuple[str, ...]) -> None:
         self.sink.start()
         await self.site.populate([f"u{i}@a.test" for i in range(accounts)])
-        await self.site.start()
-        records = {"_mailtalk.a.test": mailtalk_txt(self.site.base_url)}
+        # b.test (the receiving site) publishes its filters' lookup signing key, as
+        # `mailtalk dns` prints it; it runs no presence service here (a loopback api=).
+        records = {"_mailtalk.a.test": mailtalk_txt(self.site.base_url),
+                   "_mailtalk.b.test": mailtalk_txt("http://127.0.0.1:9", self.signing_key)}
         self.dns = TtlDnsmasq(DNS, txt_records=records, log_dir=self.base, ttl=self.args.dns_ttl)
         self.dns.start()
+        self.site.extra_presence += f'\n[dns]\nnameservers = ["{self.dns.nameserver}"]\n'
+        await self.site.start()
         reinject = self.reinject = free_port(MX)
         self.flt, filter_port = self.start_filter(reinject, True)
         plain_port = 0

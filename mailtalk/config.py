@@ -32,6 +32,7 @@ class ConfigError(Exception):
 class SiteConfig:
     state_dir: Path
     secret_file: Path
+    signing_key_file: Path     # the Ed25519 key that signs this site's lookups
     mail_id_lifetime_days: int
     log_level: str
     event_loop: str            # "auto", "uvloop" or "asyncio"
@@ -115,6 +116,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "site": {
         "state_dir": (path_value, _DERIVED),
         "secret_file": (path_value, _DERIVED),
+        "signing_key_file": (path_value, _DERIVED),
         "mail_id_lifetime_days": (int_min(1), D.MAIL_ID_LIFETIME_DAYS),
         "log_level": (log_level, D.LOG_LEVEL),
         "event_loop": (event_loop, D.EVENT_LOOP),
@@ -214,6 +216,8 @@ def _build(given: dict[str, dict[str, Any]], source: str) -> Config:
         site["state_dir"] = default_state_dir()
     if site["secret_file"] is _DERIVED:
         site["secret_file"] = site["state_dir"] / D.SECRET_FILE_NAME
+    if site["signing_key_file"] is _DERIVED:
+        site["signing_key_file"] = site["state_dir"] / D.SIGNING_KEY_FILE_NAME
 
     domains = section_values("domains")
     if domains["login_domain"] is _DERIVED:

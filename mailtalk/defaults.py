@@ -11,6 +11,7 @@ CONFIG_ENV = "MAILTALK_CONFIG"
 STATE_DIR_ROOT = "/var/lib/mailtalk"          # when running as root
 STATE_DIR_USER = "~/.local/state/mailtalk"    # otherwise ($XDG_STATE_HOME honoured)
 SECRET_FILE_NAME = "site.key"                 # under state_dir
+SIGNING_KEY_FILE_NAME = "lookup-signing.key"  # under state_dir
 MAIL_ID_LIFETIME_DAYS = 30
 LOG_LEVEL = "info"
 # uvloop when it is installed (a pyproject dependency on Linux): the same asyncio API,

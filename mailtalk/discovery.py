@@ -1,9 +1,10 @@
 """Finding a mail domain's presence service: the DNS TXT record `_mailtalk.<domain>`.
 
-    _mailtalk.a.example. 3600 IN TXT "v=mailtalk1; api=https://chat.a.example"
+    _mailtalk.a.example. 3600 IN TXT "v=mailtalk1; api=https://chat.a.example; k=<key>"
 
-The record is parsed strictly (exactly the tags `v` and `api`, `v` first, each once,
-ASCII, at most `TXT_RECORD_MAX_BYTES`), and the endpoint must be `https://` unless
+The record is parsed strictly (the tags `v`, `api` and `k`, `v` first; `v` and `api`
+once each, `k` (the lookup signing key, base64 of a raw Ed25519 public key:
+`lookup_signing`) up to twice, for a key change; ASCII, at most `TXT_RECORD_MAX_BYTES`), and the endpoint must be `https://` unless
 its host is a loopback address (test deployments). Answers are cached for their TTL,
 at most `[dns] max_ttl`; a missing record (NXDOMAIN, no TXT, no mailtalk TXT) and a
 bad one for `[dns] negative_ttl`. Transient failures (timeout, SERVFAIL) are not
@@ -13,7 +14,9 @@ cached. Lookups return a `DiscoveryResult`, never raise (CancelledError excepted
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import re
 import ipaddress
 import logging
 import time
@@ -34,6 +37,8 @@ from mailtalk.constants import DNS_CACHE_MAX_ENTRIES, DNS_LABEL, DNS_VERSION, TX
 
 log = logging.getLogger("mailtalk.discovery")
 
+_KEY = re.compile(r"[A-Za-z0-9+/]{43}=")      # 32 raw bytes in base64
+
 
 class BadRecord(ValueError):
     """A `_mailtalk` TXT record that does not follow the grammar; str() says why."""
@@ -46,6 +51,7 @@ class Endpoint:
     scheme: str
     host: str         # lower case; an IPv6 address without brackets
     port: int
+    keys: tuple[str, ...] = ()    # the domain's lookup signing keys (k=), base64
 
     def same_origin(self, url: str) -> bool:
         """True if `url` has exactly this endpoint's scheme, host and port."""
@@ -107,7 +113,7 @@ def parse_endpoint(url: str) -> Endpoint:
 
 
 def parse_record(text: str) -> Endpoint:
-    """Parse `v=mailtalk1; api=<URL>` strictly. Raises BadRecord."""
+    """Parse `v=mailtalk1; api=<URL>[; k=<key>][; k=<key>]` strictly. Raises BadRecord."""
     if len(text.encode("utf-8", "replace")) > TXT_RECORD_MAX_BYTES:
         raise BadRecord(f"longer than {TXT_RECORD_MAX_BYTES} bytes")
     if not text.isascii():
@@ -116,23 +122,29 @@ def parse_record(text: str) -> Endpoint:
     if parts and parts[-1] == "":
         parts.pop()                      # one trailing ';' is tolerated
     tags: dict[str, str] = {}
+    keys: list[str] = []
     for i, part in enumerate(parts):
         name, eq, value = part.partition("=")
         name, value = name.strip(), value.strip()
         if not eq or not name or not value:
             raise BadRecord(f"not a tag=value pair: {part!r}")
+        if i == 0 and name != "v":
+            raise BadRecord("must start with v=mailtalk1")
+        if name == "k":
+            if not _KEY.fullmatch(value) or len(keys) == 2:
+                raise BadRecord("k= must be a base64 Ed25519 key, at most twice")
+            keys.append(value)
+            continue
         if name in tags:
             raise BadRecord(f"tag {name!r} given twice")
         if name not in ("v", "api"):
             raise BadRecord(f"unknown tag {name!r}")
-        if i == 0 and name != "v":
-            raise BadRecord("must start with v=mailtalk1")
         tags[name] = value
     if f"v={tags.get('v')}" != DNS_VERSION:
         raise BadRecord(f"must start with {DNS_VERSION}")
     if "api" not in tags:
         raise BadRecord("no api= tag")
-    return parse_endpoint(tags["api"])
+    return dataclasses.replace(parse_endpoint(tags["api"]), keys=tuple(keys))
 
 
 def _is_ours(text: str) -> bool:

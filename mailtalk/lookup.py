@@ -1,9 +1,11 @@
 """The receiving hook's question to the sender domain's presence service.
 
-`PresenceLookup.lookup(account, mail_id, recipients)` finds the account domain's
-presence service through DNS (`discovery`), asks it `POST /api/v1/lookup` with
-`{"account", "mail_id", "recipients"}` (at most LOOKUP_MAX_RECIPIENTS a request;
-more are asked in parallel requests) and returns a `LookupResult`.
+`PresenceLookup.lookup(account, mail_id, recipients, message_id=...)` finds the
+account domain's presence service through DNS (`discovery`), asks it `POST
+/api/v1/lookup` with `{"account", "mail_id", "message_id", "recipients"}`, one request
+per recipient domain (and per LOOKUP_MAX_RECIPIENTS), each signed with this site's
+key under that domain's name (`lookup_signing`: the far side gives a link for a
+recipient only to a request its domain signed), and returns a `LookupResult`.
 
 It never raises (CancelledError excepted) and is the one place that bounds the
 question in time: DNS and HTTP together end within `[filter] lookup_timeout`; every
@@ -27,10 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from mailtalk import __version__
+from mailtalk import __version__, lookup_signing
 from mailtalk.accounts import account_domain
 from mailtalk.config import Config
 from mailtalk.constants import API_LOOKUP, LOOKUP_MAX_RECIPIENTS, LOOKUP_RESPONSE_MAX_BYTES
@@ -98,11 +102,15 @@ class PresenceLookup:
 
     def __init__(self, cfg: Config, *, resolver: Any = None,
                  session: aiohttp.ClientSession | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 signing_key: Ed25519PrivateKey | None = None) -> None:
         """`resolver`: a `Discoverer`, or a dnspython-style async resolver for one;
         `session`: an aiohttp session to use (not closed by `close`);
-        `clock`: seconds since the epoch, for `checked` when the service sends none."""
+        `clock`: seconds since the epoch (`checked` when the service sends none, and
+        the signatures' creation time); `signing_key`: this site's lookup signing key
+        (None: unsigned lookups, which get presence but no links)."""
         self._timeout = cfg.filter.lookup_timeout
+        self._key = signing_key
         self._cap = cfg.filter.lookup_concurrency_per_domain
         self._clock = clock
         self.discoverer = (resolver if isinstance(resolver, Discoverer)
@@ -111,13 +119,13 @@ class PresenceLookup:
         self._own_session = session is None
 
     async def lookup(self, account: str, mail_id: str, recipients: list[str],
-                     *, queue_id: str = "-") -> LookupResult:
+                     *, message_id: str = "", queue_id: str = "-") -> LookupResult:
         """Presence of `account` (a checked claim: receiving.read_claim) and a chat link
         per recipient (distinct, as the envelope has them); never raises."""
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout):
-                result = await self._lookup(account, mail_id, recipients)
+                result = await self._lookup(account, mail_id, message_id, recipients)
         except TimeoutError:
             result = self._unknown(f"no answer within {self._timeout}s")
         except LookupFailed as e:
@@ -145,25 +153,35 @@ class PresenceLookup:
     def _unknown(self, reason: str) -> LookupResult:
         return LookupResult("unknown", self._now(), {}, reason)
 
-    async def _lookup(self, account: str, mail_id: str, recipients: list[str]) -> LookupResult:
+    async def _lookup(self, account: str, mail_id: str, message_id: str,
+                      recipients: list[str]) -> LookupResult:
         domain = account_domain(account)
         found = await self.discoverer.discover(domain, timeout=self._timeout)
         if found.endpoint is None:
             raise LookupFailed(f"_mailtalk.{domain}: {found.error}")
-        chunks = [recipients[i:i + LOOKUP_MAX_RECIPIENTS]
-                  for i in range(0, len(recipients), LOOKUP_MAX_RECIPIENTS)] or [[]]
+        by_domain: dict[str, list[str]] = {}
+        for rcpt in recipients:
+            by_domain.setdefault(rcpt.rpartition("@")[2].lower(), []).append(rcpt)
+        asks = [(d, rs[i:i + LOOKUP_MAX_RECIPIENTS]) for d, rs in by_domain.items()
+                for i in range(0, len(rs), LOOKUP_MAX_RECIPIENTS)] or [("", [])]
+        body = {"account": account, "mail_id": mail_id, "message_id": message_id}
         results = await asyncio.gather(
-            *(self._ask(found.endpoint, account, mail_id, c) for c in chunks))
+            *(self._ask(found.endpoint, {**body, "recipients": c}, d) for d, c in asks))
         links: dict[str, str] = {}
         for r in results:
             links.update(r.links)
         return LookupResult(results[0].status, results[0].checked, links)
 
-    async def _ask(self, endpoint: Endpoint, account: str, mail_id: str,
-                   recipients: list[str]) -> LookupResult:
+    async def _ask(self, endpoint: Endpoint, request: dict[str, Any],
+                   keyid: str) -> LookupResult:
+        """One request: `keyid` is the recipients' domain, under whose name it is signed."""
         url = endpoint.api + API_LOOKUP
-        body = json.dumps({"account": account, "mail_id": mail_id, "recipients": recipients})
-        async with self._get_session().post(url, data=body.encode(),
+        body = json.dumps(request).encode()
+        headers = {}
+        if self._key is not None and keyid:
+            headers = lookup_signing.sign(self._key, keyid, "POST", urlsplit(url).path,
+                                          body, int(self._clock()))
+        async with self._get_session().post(url, data=body, headers=headers,
                                             allow_redirects=False) as resp:
             if resp.status != 200:
                 raise LookupFailed(f"{url}: HTTP {resp.status}")
@@ -178,7 +196,7 @@ class PresenceLookup:
         except ValueError:
             raise LookupFailed(f"{url}: answer is not JSON") from None
         try:
-            return parse_answer(payload, endpoint, recipients, self._now())
+            return parse_answer(payload, endpoint, request["recipients"], self._now())
         except LookupFailed as e:
             raise LookupFailed(f"{url}: {e}") from None
 

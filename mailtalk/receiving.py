@@ -36,7 +36,7 @@ class Lookup(Protocol):
     """What `mailtalk.lookup.PresenceLookup` offers: bounded in time, never raises."""
 
     async def lookup(self, account: str, mail_id: str, recipients: list[str],
-                     *, queue_id: str = "-") -> LookupResult: ...
+                     *, message_id: str = "", queue_id: str = "-") -> LookupResult: ...
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,13 @@ class Claim:
     account: str | None
     mail_id: str | None
     problem: str | None          # why no lookup is made, for the log
+    message_id: str = ""         # the mail's Message-ID: the sender's record must match
 
 
 def read_claim(fields: Sequence[bytes]) -> Claim:
     accounts = headers.values_of(fields, HDR_ACCOUNT)
     mail_ids = headers.values_of(fields, HDR_MAIL_ID)
+    message_ids = headers.values_of(fields, "Message-ID")
     if len(accounts) != 1:
         return Claim(None, None, f"{len(accounts)} {HDR_ACCOUNT} headers")
     account = normalize_account(accounts[0])
@@ -59,7 +61,7 @@ def read_claim(fields: Sequence[bytes]) -> Claim:
         return Claim(account, None, f"{len(mail_ids)} {HDR_MAIL_ID} headers")
     if not is_well_formed(mail_ids[0]):
         return Claim(account, None, f"malformed {HDR_MAIL_ID}")
-    return Claim(account, mail_ids[0], None)
+    return Claim(account, mail_ids[0], None, message_ids[0] if len(message_ids) == 1 else "")
 
 
 def _link_for(links: dict[str, str], rcpt: str) -> str | None:
@@ -94,7 +96,8 @@ async def decide(claim: Claim, recipients: Sequence[str], lookup: Lookup | None,
         return {r: online_header.unknown(claim.account, now) for r in rcpts}, why
     assert claim.account is not None and claim.mail_id is not None
     try:
-        result = await lookup.lookup(claim.account, claim.mail_id, rcpts, queue_id=qid)
+        result = await lookup.lookup(claim.account, claim.mail_id, rcpts,
+                                     message_id=claim.message_id, queue_id=qid)
     except Exception:     # a bug: the lookup's contract is never to raise
         log.exception("%s: lookup for %s failed: unknown", qid, claim.account)
         result = LookupResult("unknown", now, {}, "lookup failed")

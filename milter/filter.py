@@ -29,6 +29,8 @@ from typing import Any
 from aiosmtpd.smtp import Envelope, Session
 
 from mailtalk.config import Config, ConfigError, FilterConfig
+from mailtalk.lookup import PresenceLookup
+from mailtalk.lookup_signing import SigningKeyError, load_or_create_signing_key
 from mailtalk.notice import NoticeTemplates
 from mailtalk import receiving
 from mailtalk_milter.delivered import FILE_NAME as DELIVERED_FILE_NAME
@@ -290,13 +292,13 @@ def load_notices(cfg: Config) -> NoticeTemplates | None:
 
 
 def make_lookup(cfg: Config) -> Any:
-    """The real presence lookup; without it (not installed) every mail gets `unknown`."""
+    """The real presence lookup, signing with this site's key; a key that cannot be
+    read or made stops start-up (without it no link would ever reach our recipients)."""
     try:
-        from mailtalk.lookup import PresenceLookup
-    except ImportError as e:
-        log.error("presence lookup unavailable (%s): every mail gets unknown", e)
-        return None
-    return PresenceLookup(cfg)
+        key = load_or_create_signing_key(cfg.site.signing_key_file)
+    except SigningKeyError as e:
+        raise ConfigError(f"{cfg.source}: [site] signing_key_file: {e}") from None
+    return PresenceLookup(cfg, signing_key=key)
 
 
 async def start(cfg: Config, stop: asyncio.Event, *,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -44,9 +45,13 @@ def _bad(reason: str) -> web.Response:
 
 
 async def _json(request: web.Request) -> dict[str, Any] | None:
+    return _parse(await request.read())
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
     try:   # JSON is UTF-8 (RFC 8259): bytes straight to the parser, no charset lookup
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):   # deep nesting: a 400 too
         return None
     return body if isinstance(body, dict) else None
 
@@ -142,12 +147,16 @@ def _lookup_error(body: Any) -> str | None:
         return "account and mail_id: expected strings"
     if not isinstance(rcpts, list) or len(rcpts) > LOOKUP_MAX_RECIPIENTS:
         return f"recipients: expected a list of at most {LOOKUP_MAX_RECIPIENTS}"
+    if not isinstance(body.get("message_id", ""), str):
+        return "message_id: expected a string"
     return None
 
 
-async def _lookup_answer(svc: Any, body: dict[str, Any], now: float,
-                         ip: str) -> dict[str, Any]:
-    """The answer to one well-formed lookup request (see _lookup_error)."""
+async def _lookup_answer(svc: Any, body: dict[str, Any], now: float, ip: str,
+                         signer: Callable[[], Awaitable[str | None]]) -> dict[str, Any]:
+    """The answer to one well-formed lookup request (see _lookup_error). `signer`
+    gives the domain that signed the request (None: unsigned or not valid): a link
+    goes only to a recipient of that domain."""
     account_in, mail_id, rcpts = body["account"], body["mail_id"], body["recipients"]
     account = norm_account(account_in) if len(account_in) <= 320 else None
     # The same work on every path: one HMAC, one memo look-up (memory only).
@@ -168,13 +177,16 @@ async def _lookup_answer(svc: Any, body: dict[str, Any], now: float,
     # same link. Nothing is written: the link is an HMAC, stored only when opened.
     if mail is None:
         mail = await svc.lookups.mail_state(mail_id, account)
-        if mail.account != account:
-            return {"status": "unknown", "checked": rfc3339(now), "links": {}}
+    if mail.account != account or not mail.matches(body.get("message_id", "")):
+        # Another account's mail, or a genuine claim copied onto another mail.
+        return {"status": "unknown", "checked": rfc3339(now), "links": {}}
+    domain = await signer()
     links: dict[str, str] = {}
     made: dict[str, str | None] = {}         # recipient as bound -> URL
     for r in rcpts:
         rcpt = norm_recipient(r)
-        if rcpt is None or r in links or not mail.allows(rcpt):
+        if (rcpt is None or r in links or not mail.allows(rcpt)
+                or domain is None or account_domain(rcpt).lower() != domain):
             continue
         if rcpt not in made:             # None: too long for a link (links.py)
             made[rcpt] = svc.links.url(mail_id, account, rcpt)
@@ -196,11 +208,15 @@ async def post_lookup(request: web.Request) -> web.Response:
     ip = client_ip(request)
     if not svc.lookup_limiter.hit(ip):
         return _too_many()
-    body = await _json(request)
+    raw = await request.read()
+    body = _parse(raw)
     if (error := _lookup_error(body)) is not None:
         return _bad(error)
     assert body is not None
-    return _answer(await _lookup_answer(svc, body, svc.clock(), ip))
+
+    async def signer() -> str | None:
+        return await svc.signatures.signer(request.headers, "POST", svc.lookup_path, raw)
+    return _answer(await _lookup_answer(svc, body, svc.clock(), ip, signer))
 
 
 def routes() -> list[web.AbstractRouteDef]:

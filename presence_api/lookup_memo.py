@@ -148,7 +148,7 @@ class LookupMemo:
         self.epoch += 1
         if stored:
             state: MailState | None = MailState(
-                mail.account, frozenset(r.lower() for r in mail.recipients))
+                mail.account, frozenset(r.lower() for r in mail.recipients), mail.message_id)
         else:                     # already there: the record as it was first stored
             state = await self.store.mail_state(mail.mail_id)
         if state is not None:

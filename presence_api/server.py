@@ -21,6 +21,8 @@ from aiohttp.web_response import StreamResponse
 
 from mailtalk import defaults as D
 from mailtalk.config import Config, ConfigError
+from mailtalk.discovery import Discoverer
+from mailtalk.lookup_signing import KeysOf, Verifier
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
 from presence_api import api, openapi, web as pages, ws
 from presence_api.auth import Auth
@@ -38,6 +40,7 @@ log = logging.getLogger("mailtalk.presence")
 # Requests are small JSON or forms; the largest is a mail record (body text).
 CLIENT_MAX_SIZE = 1024 * 1024
 SESSION_PURGE_INTERVAL = 3600.0
+KEY_LOOKUP_TIMEOUT = 1.0       # seconds to find a signing hook's keys in DNS
 _TOKEN_IN_PATH = re.compile(r"(/c/)[^/]+")
 
 
@@ -50,9 +53,19 @@ def open_store(cfg: Config) -> Store:
     return SqliteStore(sqlite_path(db))
 
 
+def published_keys(discoverer: Discoverer) -> KeysOf:
+    """A domain's lookup signing keys, from its `_mailtalk` record (cached for its TTL)."""
+    async def keys_of(domain: str) -> tuple[str, ...]:
+        found = await discoverer.discover(domain, timeout=KEY_LOOKUP_TIMEOUT)
+        return found.endpoint.keys if found.endpoint is not None else ()
+    return keys_of
+
+
 def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float] = time.time,
-             site_key: bytes | None = None) -> web.Application:
-    """The aiohttp app. The store is opened at app start-up and closed at clean-up."""
+             site_key: bytes | None = None, discoverer: Discoverer | None = None
+             ) -> web.Application:
+    """The aiohttp app. The store is opened at app start-up and closed at clean-up.
+    `discoverer`: finds the signing keys of hooks' domains (tests inject a resolver)."""
     p = cfg.presence
     store = store if store is not None else open_store(cfg)
     key = site_key if site_key is not None else load_or_create_site_key(cfg.site.secret_file)
@@ -70,6 +83,7 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
         chat=ChatHub(store, presence, clock, p.chat_message_max_chars,
                      p.chat_messages_per_minute),
         lookup_limiter=RateLimiter(p.lookups_per_minute_per_client, clock=clock),
+        signatures=Verifier(published_keys(discoverer or Discoverer(cfg.dns)), clock),
     )
     app = web.Application(middlewares=[pages.security_headers], client_max_size=CLIENT_MAX_SIZE)
     app[SERVICE] = svc

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from mailtalk.config import Config
+from mailtalk.constants import API_LOOKUP
+from mailtalk.lookup_signing import Verifier
 from mailtalk.mailid import MailIds
 from presence_api.auth import Auth
 from presence_api.chat import ChatHub
@@ -33,6 +35,13 @@ class Service:
     presence: PresenceHub
     chat: ChatHub
     lookup_limiter: RateLimiter
+    signatures: Verifier           # signed lookups: who may have links
+
+    @cached_property
+    def lookup_path(self) -> str:
+        """The lookup's path as the hooks sign it: public_url's path + the API path
+        (a proxy in front may serve us under a prefix it strips)."""
+        return urlsplit(self.cfg.presence.public_url).path.rstrip("/") + API_LOOKUP
 
     @cached_property
     def origin(self) -> str:

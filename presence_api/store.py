@@ -10,7 +10,7 @@ network database fits as well as SQLite run in a worker thread.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 # Presence modes a user can choose; "auto" means: online/away from activity.
 MODES = ("auto", "busy", "offline")
@@ -59,10 +59,16 @@ class Conversation:
 
 @dataclass(frozen=True, slots=True)
 class MailState:
-    """What a lookup needs of a mail: its sender and whom the milter's record allows
-    (`allowed` None: no record known, every recipient asked gets a link)."""
+    """What a lookup needs of a mail: its sender, whom the milter's record allows
+    (`allowed` None: no record known, every recipient asked gets a link) and the
+    record's Message-ID ("" when unknown: not compared)."""
     account: str
     allowed: frozenset[str] | None    # the record's recipients, lowercased
+    message_id: str = ""
+
+    def matches(self, message_id: Any) -> bool:
+        """Does a lookup's Message-ID fit the record (claims bound to their mail)?"""
+        return not self.message_id or message_id == self.message_id
 
     def allows(self, recipient: str) -> bool:
         return self.allowed is None or recipient.lower() in self.allowed

@@ -49,7 +49,7 @@ def _state(row: sqlite3.Row) -> MailState:
     """What a lookup needs of a mail row (a placeholder allows every recipient)."""
     allowed = (frozenset(r.lower() for r in json.loads(row["recipients"]))
                if row["recorded"] else None)
-    return MailState(row["account"], allowed)
+    return MailState(row["account"], allowed, row["message_id"] or "" if row["recorded"] else "")
 
 
 def _account(row: sqlite3.Row) -> Account:
@@ -232,7 +232,7 @@ class SqliteStore:
 
     async def mail_state(self, mail_id: str) -> MailState | None:
         def do() -> MailState | None:
-            row = self.db.execute("SELECT account, recorded, recipients FROM mails "
+            row = self.db.execute("SELECT account, recorded, recipients, message_id FROM mails "
                                   "WHERE mail_id=?", (mail_id,)).fetchone()
             return _state(row) if row else None
         return await self._run(do)
@@ -240,7 +240,7 @@ class SqliteStore:
     async def recent_mail_states(self, limit: int) -> list[tuple[str, MailState, float]]:
         return await self._run(lambda: [(r["mail_id"], _state(r), r["created_at"]) for r in
                                         self.db.execute(
-            "SELECT mail_id, account, recorded, recipients, created_at FROM mails "
+            "SELECT mail_id, account, recorded, recipients, message_id, created_at FROM mails "
             "WHERE recorded=1 ORDER BY created_at DESC LIMIT ?", (limit,))])
 
     # --- rooms

@@ -29,6 +29,8 @@ from mailtalk.cli import check_postfix as ops_postfix
 from mailtalk.config import Config, HostPort
 from mailtalk.constants import DNS_LABEL, DNS_VERSION
 from mailtalk.discovery import BadRecord, Discoverer, parse_endpoint
+from mailtalk.lookup_signing import (SigningKeyError, load_or_create_signing_key,
+                                     public_key_text)
 
 RECORD_TTL = 3600
 PROBE_TIMEOUT = 5.0          # seconds for each network probe of `check`
@@ -58,13 +60,24 @@ def skip(text: str) -> Finding:
 
 # --- mailtalk dns
 
-def record_text(public_url: str) -> str:
-    return f"{DNS_VERSION}; api={public_url.rstrip('/')}"
+def record_text(public_url: str, key: str | None = None) -> str:
+    """`v=mailtalk1; api=<URL>[; k=<lookup signing key>]`."""
+    return f"{DNS_VERSION}; api={public_url.rstrip('/')}" + (f"; k={key}" if key else "")
 
 
-def zone_line(domain: str, public_url: str) -> str:
+def signing_key(cfg: Config) -> str | None:
+    """The `k=` value of this site's lookup signing key (made if missing), or None
+    (said on stderr) when the file cannot be read or made."""
+    try:
+        return public_key_text(load_or_create_signing_key(cfg.site.signing_key_file))
+    except SigningKeyError as e:
+        print(f"mailtalk: warning: no k= in the record: {e}", file=sys.stderr)
+        return None
+
+
+def zone_line(domain: str, public_url: str, key: str | None = None) -> str:
     """The zone-file line of `domain`'s record; long values split into 255-byte strings."""
-    text = record_text(public_url)
+    text = record_text(public_url, key)
     strings = " ".join(f'"{text[i:i + TXT_STRING_MAX]}"'
                        for i in range(0, len(text), TXT_STRING_MAX))
     return f"{DNS_LABEL}.{domain}. {RECORD_TTL} IN TXT {strings}"
@@ -79,8 +92,9 @@ def dns_records(cfg: Config) -> int:
         parse_endpoint(cfg.presence.public_url)
     except BadRecord as e:
         print(f"mailtalk: warning: other sites will refuse this record: {e}", file=sys.stderr)
+    key = signing_key(cfg)
     for domain in cfg.domains.names:
-        print(zone_line(domain, cfg.presence.public_url))
+        print(zone_line(domain, cfg.presence.public_url, key))
     return 0
 
 
@@ -130,12 +144,17 @@ async def _check_dns(cfg: Config) -> list[Finding]:
     disc = Discoverer(cfg.dns)
     answers = await asyncio.gather(*(disc.discover(d, timeout=PROBE_TIMEOUT)
                                      for d in cfg.domains.names))
+    key = signing_key(cfg) if cfg.has("filter") else None
     out = []
     for domain, found in zip(cfg.domains.names, answers, strict=True):
         name = f"{DNS_LABEL}.{domain}"
-        publish = f"publish: {zone_line(domain, want)}"
+        publish = f"publish: {zone_line(domain, want, key)}"
         if found.endpoint is not None and found.endpoint.api == want:
-            out.append(ok(f"DNS {name}: api={want}"))
+            if key is not None and key not in found.endpoint.keys:
+                out.append(fail(f"DNS {name}: k= does not have this site's lookup signing "
+                                f"key: other sites give its recipients no links; {publish}"))
+            else:
+                out.append(ok(f"DNS {name}: api={want}" + (" with our k=" if key else "")))
         elif found.endpoint is not None:
             out.append(fail(f"DNS {name}: api={found.endpoint.api} is not [presence] "
                             f"public_url {want}; {publish}"))

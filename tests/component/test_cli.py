@@ -1,6 +1,7 @@
 """The `mailtalk` command as a user runs it: a real subprocess."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -48,7 +49,8 @@ def test_without_any_config_every_subcommand_uses_the_embedded_defaults():
     env = {k: v for k, v in os.environ.items() if k != "MAILTALK_CONFIG"}
     r = subprocess.run(MAILTALK + ["dns"], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == '_mailtalk.localhost. 3600 IN TXT "v=mailtalk1; api=http://127.0.0.1:8470"'
+    assert re.fullmatch(r'_mailtalk\.localhost\. 3600 IN TXT "v=mailtalk1; '
+                        r'api=http://127\.0\.0\.1:8470; k=[A-Za-z0-9+/]{43}="', r.stdout.strip())
 
 
 @pytest.mark.parametrize("choice, loop", [("auto", "uvloop"), ("asyncio", "asyncio")])
@@ -73,21 +75,27 @@ def test_services_run_on_the_configured_event_loop(tmp_path, choice, loop):
         proc.wait(15)
 
 
-def test_dns_prints_one_record_per_domain(tmp_path):
+def test_dns_prints_one_record_per_domain_with_the_signing_key(tmp_path):
     cfg = tmp_path / "m.toml"
-    cfg.write_text('[domains]\nnames = ["a.example", "B.example"]\n'
+    cfg.write_text(f'[site]\nstate_dir = "{tmp_path}"\n'
+                   '[domains]\nnames = ["a.example", "B.example"]\n'
                    '[presence]\npublic_url = "https://chat.a.example/"\n')
     r = mailtalk("-c", str(cfg), "dns")
-    assert r.returncode == 0 and r.stderr == ""
+    assert r.returncode == 0 and "warning" not in r.stderr.lower()
+    from mailtalk.lookup_signing import load_or_create_signing_key, public_key_text
+    key_file = tmp_path / "lookup-signing.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600         # made at first use, owner only
+    k = public_key_text(load_or_create_signing_key(key_file))
     assert r.stdout.splitlines() == [
-        '_mailtalk.a.example. 3600 IN TXT "v=mailtalk1; api=https://chat.a.example"',
-        '_mailtalk.b.example. 3600 IN TXT "v=mailtalk1; api=https://chat.a.example"']
+        f'_mailtalk.a.example. 3600 IN TXT "v=mailtalk1; api=https://chat.a.example; k={k}"',
+        f'_mailtalk.b.example. 3600 IN TXT "v=mailtalk1; api=https://chat.a.example; k={k}"']
 
 
 def test_dns_warns_about_http_off_loopback_and_splits_long_records(tmp_path):
     cfg = tmp_path / "m.toml"
     long_url = "http://chat.a.example/" + "p" * 300
-    cfg.write_text(f'[domains]\nnames = ["a.example"]\n[presence]\npublic_url = "{long_url}"\n')
+    cfg.write_text(f'[site]\nstate_dir = "{tmp_path}"\n[domains]\nnames = ["a.example"]\n'
+                   f'[presence]\npublic_url = "{long_url}"\n')
     r = mailtalk("-c", str(cfg), "dns")
     assert r.returncode == 0 and "https" in r.stderr
     strings = r.stdout.split(" IN TXT ")[1].strip()

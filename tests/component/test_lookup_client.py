@@ -72,7 +72,7 @@ async def test_online_sender_gets_yes_and_a_link_per_recipient(client, remote):
                                {"bob@b.test": remote.link("bob@b.test"),
                                 "Carol@b.test": remote.link("Carol@b.test")})
     assert res.state == "yes" and res.reason == ""
-    assert remote.requests == [{"account": "alice@a.test", "mail_id": mid,
+    assert remote.requests == [{"account": "alice@a.test", "mail_id": mid, "message_id": "",
                                 "recipients": ["bob@b.test", "Carol@b.test"]}]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from support.presence_app import Clock, Presence, make_config, start_presence
+from support.presence_app import Clock, Presence, hook_keys, make_config, start_presence
 from support.wait import free_port
 
 from presence_api.lookup_memo import LookupMemo
@@ -184,7 +184,7 @@ async def test_evicted_mail_state_is_read_back_with_its_record(tmp_path: Path) -
     cfg = make_config(tmp_path, f"http://{HOST}:{port}", lookups_per_minute_per_client=1000)
     store = SqliteStore(cfg.presence.database)
     clock = Clock()
-    app = make_app(cfg, store=store, clock=clock, site_key=b"k" * 32)
+    app = make_app(cfg, store=store, clock=clock, site_key=b"k" * 32, discoverer=hook_keys(cfg))
     memo = app[SERVICE].lookups
     memo.max_mails = 1
     client = TestClient(TestServer(app, host=HOST, port=port))

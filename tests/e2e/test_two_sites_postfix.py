@@ -106,8 +106,10 @@ def world() -> Iterator[World]:
     b_cfg["filter"] = {"listen": f"{B_SVC}:{free_port(B_SVC)}", "reinject": f"{B_MX}:{reinject}",
                        "lookup_timeout": LOOKUP_TIMEOUT}
     dns = Dnsmasq(DNS, port=dns_port, log_dir=base, txt_records={
-        "_mailtalk.a.test": mailtalk_txt(a_cfg["presence"]["public_url"]),
-        "_mailtalk.b.test": mailtalk_txt(b_cfg["presence"]["public_url"])})
+        "_mailtalk.a.test": mailtalk_txt(a_cfg["presence"]["public_url"],
+                                         base / "a-state" / "lookup-signing.key"),
+        "_mailtalk.b.test": mailtalk_txt(b_cfg["presence"]["public_url"],
+                                         base / "b-state" / "lookup-signing.key")})
     services = {
         "a_milter": MailtalkService(base, a_cfg, subcommand="milter", name="a-milter"),
         "a_presence": MailtalkService(base, a_cfg, subcommand="presence", name="a-presence"),

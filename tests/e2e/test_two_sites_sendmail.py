@@ -21,6 +21,7 @@ from mailtalk import headers, online_header
 from support import free_port, wait_for
 from support.smtp_sink import SinkHandler, start_sink
 from support.sendmail import SendmailInstance, unavailable
+from support.dns import mailtalk_txt
 from support.smtp import swaks
 
 
@@ -67,6 +68,7 @@ def test_two_sites_on_sendmail(e2e_dir, sendmails, sink, dns_factory, mailtalk_f
         "domains": {"names": ["a.test"]},
         "milter": {"socket": f"inet:{a_milter}@{A_MILTER}"},
         "presence": {"listen": f"{A_WEB}:{web_port}", "public_url": f"http://{A_WEB}:{web_port}"},
+        "dns": {"nameservers": [dns.nameserver]},     # to find b.test's signing key
     }, name="site-a")
     r = site_a.command("user", "add", "alice@a.test", "--password-stdin", input="pw-alice\n")
     assert r.returncode == 0, r.stderr
@@ -75,6 +77,11 @@ def test_two_sites_on_sendmail(e2e_dir, sendmails, sink, dns_factory, mailtalk_f
                    "lookup_timeout": 2.0},
         "dns": {"nameservers": [dns.nameserver]},
     }, subcommand="filter", name="site-b", wait_endpoints=[f"{B_MILTER}:{b_milter}"])
+    # b.test publishes its filter's lookup signing key (made at the filter's start); it
+    # runs no presence service of its own here: a loopback api= stands in.
+    dns.set_records({"_mailtalk.a.test": f"v=mailtalk1; api=http://{A_WEB}:{web_port}",
+                     "_mailtalk.b.test": mailtalk_txt(
+                         "http://127.0.0.1:9", site_b.state_dir / "lookup-signing.key")})
 
     mta_b = SendmailInstance(e2e_dir, "b", B_MTA, "b.test", (SINK, sink_port))
     mta_b.add_snippet(ROOT / "deploy/sendmail/receiver.mc",

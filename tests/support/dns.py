@@ -141,6 +141,11 @@ def _txt_strings(value: str | list[str]) -> str:
     return ",".join(parts)
 
 
-def mailtalk_txt(api: str) -> str:
-    """The value of a `_mailtalk.<domain>` TXT record for a presence service base URL."""
-    return f"v=mailtalk1; api={api}"
+def mailtalk_txt(api: str, key_file: Path | str | None = None) -> str:
+    """The value of a `_mailtalk.<domain>` TXT record for a presence service base URL;
+    with `key_file`, the site's lookup signing key (made now if missing, as the
+    site's filter would at start) as `k=`, as `mailtalk dns` prints it."""
+    if key_file is None:
+        return f"v=mailtalk1; api={api}"
+    from mailtalk.lookup_signing import load_or_create_signing_key, public_key_text
+    return f"v=mailtalk1; api={api}; k={public_key_text(load_or_create_signing_key(Path(key_file)))}"

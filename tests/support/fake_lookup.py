@@ -22,10 +22,12 @@ class FakeLookup:
                  links: dict[str, str] | None = None) -> None:
         self.status, self.delay, self.error, self.links = status, delay, error, links
         self.calls: list[tuple[str, str, list[str]]] = []
+        self.message_ids: list[str] = []
 
     async def lookup(self, account: str, mail_id: str, recipients: list[str],
-                     *, queue_id: str = "-") -> LookupResult:
+                     *, message_id: str = "", queue_id: str = "-") -> LookupResult:
         self.calls.append((account, mail_id, list(recipients)))
+        self.message_ids.append(message_id)
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.error:

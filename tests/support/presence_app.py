@@ -1,8 +1,12 @@
 """The presence service in-process: a config, a settable clock, and a running app
-(aiohttp's test server, real SQLite) on a loopback address of the 127.0.12.x range."""
+(aiohttp's test server, real SQLite) on a loopback address of the 127.0.12.x range.
+
+Lookups are signed as a receiving hook signs them (`mailtalk.lookup_signing`) with
+HOOK_KEY, which every domain publishes here (an injected resolver, no DNS server)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from pathlib import Path
@@ -12,8 +16,13 @@ from aiohttp import ClientSession, CookieJar, web
 from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from mailtalk.config import Config, parse_text
+from mailtalk.discovery import Discoverer
+from mailtalk.lookup_signing import public_key_text, sign
 from mailtalk.mailid import MailIds, outbox_api_token
+from support.static_dns import StaticResolver
 from presence_api.server import make_app
 from presence_api.service import SERVICE, Service
 from presence_api.store_sqlite import SqliteStore
@@ -22,6 +31,35 @@ _LIGHT = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
 HOST = "127.0.12.1"
 DOMAIN = "a.test"
 PASSWORD = "correct horse battery"
+# The receiving hooks' key in these tests: every domain publishes it.
+HOOK_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+
+
+class PublishingResolver:
+    """Answers `_mailtalk.<domain>` for every domain with a record that has HOOK_KEY."""
+
+    def __init__(self, key: Ed25519PrivateKey = HOOK_KEY) -> None:
+        self.k = public_key_text(key)
+        self.queries: list[str] = []
+
+    async def resolve(self, qname: Any, rdtype: Any = "TXT", *args: Any, **kw: Any) -> Any:
+        name = str(qname).rstrip(".").lower()
+        self.queries.append(name)
+        domain = name.partition(".")[2]
+        record = f"v=mailtalk1; api=https://chat.{domain}; k={self.k}"
+        return await StaticResolver({name: [record]}).resolve(qname)
+
+
+def hook_keys(cfg: Config) -> Discoverer:
+    """What the app uses to find hooks' signing keys: HOOK_KEY for every domain."""
+    return Discoverer(cfg.dns, resolver=PublishingResolver())
+
+
+def signed(body: bytes, domain: str, path: str, now: float,
+           key: Ed25519PrivateKey = HOOK_KEY) -> dict[str, str]:
+    """The headers of a lookup signed by `domain`'s hook."""
+    return {"Content-Type": "application/json",
+            **sign(key, domain, "POST", path, body, int(now))}
 
 
 class Clock:
@@ -79,11 +117,27 @@ class Presence:
         assert r.status == 201, await r.text()
         return mail_id
 
-    async def lookup(self, account: str, mail_id: str, recipients: list[str]) -> dict[str, Any]:
-        r = await self.client.post("/api/v1/lookup", json={
-            "account": account, "mail_id": mail_id, "recipients": recipients})
-        assert r.status == 200, await r.text()
-        return await r.json()
+    async def lookup(self, account: str, mail_id: str, recipients: list[str],
+                     message_id: str | None = "<m1@a.test>") -> dict[str, Any]:
+        """As a receiving hook asks: one request per recipient domain, each signed by
+        that domain's hook; the answers merged (the first one's status and time).
+        `message_id`: the mail's (default: the one `record` stores); None: left out."""
+        by_domain: dict[str, list[str]] = {}
+        for r in recipients:
+            by_domain.setdefault(r.rpartition("@")[2].lower(), []).append(r)
+        answers = []
+        for domain, rcpts in by_domain.items() or [("", [])]:
+            body = {"account": account, "mail_id": mail_id, "recipients": rcpts}
+            if message_id is not None:
+                body["message_id"] = message_id
+            data = json.dumps(body).encode()
+            headers = (signed(data, domain, self.svc.lookup_path, self.clock()) if domain
+                       else {"Content-Type": "application/json"})
+            r = await self.client.post("/api/v1/lookup", data=data, headers=headers)
+            assert r.status == 200, await r.text()
+            answers.append(await r.json())
+        links = {k: v for a in answers for k, v in a["links"].items()}
+        return {**answers[0], "links": links}
 
     async def login(self, account: str, password: str = PASSWORD,
                     client: TestClient | ClientSession | None = None) -> None:
@@ -113,7 +167,7 @@ async def start_presence(tmp: Path, clock: Clock | None = None, public_url: str 
     from support.wait import free_port
     port = free_port(host)
     cfg = make_config(tmp, public_url or f"http://{host}:{port}", **presence)
-    app: web.Application = make_app(cfg, clock=clock, site_key=key)
+    app: web.Application = make_app(cfg, clock=clock, site_key=key, discoverer=hook_keys(cfg))
     client = TestClient(TestServer(app, host=host, port=port))
     await client.start_server()
     return Presence(client, clock, key)
@@ -124,5 +178,5 @@ def browser(p: Presence) -> ClientSession:
     return ClientSession(base_url=str(p.client.make_url("/")), cookie_jar=CookieJar(unsafe=True))
 
 
-__all__ = ["Clock", "Presence", "PASSWORD", "DOMAIN", "HOST", "make_config", "start_presence",
-           "csrf_of", "browser", "SqliteStore"]
+__all__ = ["Clock", "Presence", "PASSWORD", "DOMAIN", "HOST", "HOOK_KEY", "make_config",
+           "start_presence", "csrf_of", "browser", "hook_keys", "signed", "SqliteStore"]
