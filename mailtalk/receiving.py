@@ -114,6 +114,7 @@ class Prepared:
     headers: dict[str, bytes] = field(default_factory=dict)   # recipient -> field bytes
     online: dict[bytes, SenderOnline] = field(default_factory=dict)   # field -> its value
     notices: notice.NoticeTemplates | None = None    # None: no visible notice
+    sender_name: str | None = None      # From:'s display name, read once for all copies
     summary: str = ""        # "X-Sender-Online for <account>: <states> to N recipient(s)"
 
     def groups(self) -> list[tuple[bytes, list[str]]]:
@@ -135,8 +136,10 @@ class Prepared:
     def _with_notice(self, message: bytes, h: SenderOnline) -> bytes | None:
         assert h.account is not None and h.chat is not None
         try:
+            if self.sender_name is None:
+                self.sender_name = notice.display_name(message)
             return notice.add_notice(message, notice.Notice(
-                h.account, notice.display_name(message), h.status, h.chat, self.notices))
+                h.account, self.sender_name, h.status, h.chat, self.notices))
         except Exception:     # never cost a mail: the header alone, as for signed mail
             log.exception("%s: the notice could not be added: header only", self.qid)
             return None

@@ -31,7 +31,7 @@ from aiosmtpd.smtp import Envelope, Session
 from mailtalk.config import Config, ConfigError, FilterConfig
 from mailtalk.lookup import PresenceLookup
 from mailtalk.lookup_signing import SigningKeyError, load_or_create_signing_key
-from mailtalk.notice import NoticeTemplates
+from mailtalk.notice import NoticeTemplates, default_templates
 from mailtalk import receiving
 from mailtalk_milter.delivered import FILE_NAME as DELIVERED_FILE_NAME
 from mailtalk_milter.delivered import DeliveredStore
@@ -286,6 +286,8 @@ def load_notices(cfg: Config) -> NoticeTemplates | None:
     if not fc.notice:
         return None
     try:
+        if fc.notice_text_template is None and fc.notice_html_template is None:
+            return default_templates()
         return NoticeTemplates.load(fc.notice_text_template, fc.notice_html_template)
     except ValueError as e:
         raise ConfigError(f"{cfg.source}: [filter] notice_*_template: {e}") from None

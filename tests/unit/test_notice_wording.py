@@ -102,3 +102,15 @@ def test_bad_templates_name_the_file(tmp_path: Path, text: str | None, html: str
 def test_missing_template_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nothere.txt"):
         NoticeTemplates.load(tmp_path / "nothere.txt", None)
+
+
+@pytest.mark.parametrize("name", ["", "Alice Example", 'Ev<il> & "Co"', "Jörg Ü"])
+@pytest.mark.parametrize("status", ["online", "away", "busy", "offline"])
+def test_the_built_in_wording_without_jinja2_is_the_same(name: str, status: str) -> None:
+    from mailtalk.notice import NoticeTemplates, default_templates
+    jinja = NoticeTemplates.load(None, None)
+    fast = default_templates()
+    n = Notice("alice@a.example", name, status, "https://chat.a.example/c/T?a=1&b=<2>")
+    for eol in ("\n", "\r\n"):
+        assert fast.text(n, eol) == jinja.text(n, eol)
+        assert fast.html(n, eol) == jinja.html(n, eol)
