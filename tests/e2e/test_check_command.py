@@ -22,6 +22,7 @@ from aiosmtpd.controller import Controller
 
 from mailtalk.cli import check as ops
 from mailtalk.config import load_file
+from support.dns import mailtalk_txt
 from support.dnsmasq import DNS_HOST, Dnsmasq
 from support.fake_milter import fake_milter
 from support.fake_presence_remote import FakeRemote
@@ -40,6 +41,8 @@ def write_config(path: Path, *, presence_port: int, milter_port: int, filter_por
                  reinject_port: int, nameserver: str, public_url: str | None = None) -> Path:
     public_url = public_url or f"http://{HOST}:{presence_port}"
     path.write_text(f"""
+[site]
+state_dir = "{path.parent}"
 [domains]
 names = ["a.test", "b.test"]
 [milter]
@@ -85,8 +88,9 @@ async def site(tmp_path):
     smtps = [Controller(AcceptAll(), hostname=HOST, port=ports[k]) for k in ("filter", "reinject")]
     for c in smtps:
         c.start()
-    dns = Dnsmasq({f"_mailtalk.{d}": [f"v=mailtalk1; api=http://{HOST}:{ports['presence']}"]
-                   for d in ("a.test", "b.test")})
+    # The site publishes its lookup signing key (made here as the filter would at start).
+    record = mailtalk_txt(f"http://{HOST}:{ports['presence']}", tmp_path / "lookup-signing.key")
+    dns = Dnsmasq({f"_mailtalk.{d}": [record] for d in ("a.test", "b.test")})
     yield ports, dns
     dns.stop()
     for c in smtps:
@@ -123,9 +127,10 @@ async def test_check_names_each_problem_and_what_to_do(tmp_path, site, monkeypat
     cfg = _config(tmp_path, ports, dns, public_url=f"http://{HOST}:{ports['presence']}/x")
     text = "\n".join(str(f) for f in await ops.run_checks(cfg) if f.state == "FAIL")
     want = f"http://{HOST}:{ports['presence']}/x"
+    k = mailtalk_txt("x", tmp_path / "lookup-signing.key").rpartition("k=")[2]
     assert (f"FAIL DNS _mailtalk.a.test: api=http://{HOST}:{ports['presence']} is not "
             f"[presence] public_url {want}; publish: _mailtalk.a.test. 3600 IN TXT "
-            f"\"v=mailtalk1; api={want}\"") in text
+            f"\"v=mailtalk1; api={want}; k={k}\"") in text
     assert "presence service ([presence] public_url) does not answer" in text  # /x/openapi.json
     assert "no smtpd_milters entry" in text
     assert f"smtpd_milters = inet:{HOST}:{ports['milter']}" in text
