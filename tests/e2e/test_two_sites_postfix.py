@@ -1,48 +1,48 @@
-"""Two mail sites end to end (issue 4 §5), every part real.
+"""Two mail sites end to end (issue 4 §5; the notice, issue 9), every part real.
 
-a.test: a private Postfix on 127.0.14.2 with SASL submission and the Postfix lines of
-deploy/postfix/sender-*.cf; `mailtalk milter` and `mailtalk presence` (two processes,
-one site key) on 127.0.14.4.
-b.test: a private Postfix on 127.0.14.3 with deploy/postfix/receiver-*.cf (content
-filter, re-injection, Maildir delivery); `mailtalk filter` and `mailtalk presence` on
-127.0.14.5.
-dnsmasq on 127.0.14.53 serves both `_mailtalk` TXT records; both sites ask it.
+a.test and b.test each run the whole site as the README deploys it (support/two_sites.py):
+a private Postfix (a.test on 127.0.14.2, b.test on 127.0.14.3) with SASL submission
+through the sending milter (deploy/postfix/sender-*.cf) and the content filter in front
+of Maildir delivery (receiver-*.cf); `mailtalk milter`, `filter` and `presence` (three
+processes, one site key) on 127.0.14.4 and 127.0.14.5. dnsmasq on 127.0.14.53 serves
+both `_mailtalk` TXT records; both sites ask it.
 Mail is sent with swaks (SASL log-in); pages are opened in Debian's chromium driven by
 playwright (never `playwright install`).
+
+The world is built once for the module. The last two tests stop services (the filter
+at b.test, the presence service at a.test): keep them last.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import signal
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import pytest
 
-from support import free_port
-from support.dns import Dnsmasq, mailtalk_txt
-from support.postfix_deploy import apply_receiver_snippets, apply_sender_snippets
-from support.postfix_mailbox import online, wait_mail
+from support import notice_mail as nm
 from support.mailtalk import MailtalkService, run_mailtalk
-from support.postfix import PostfixInstance, chmod_chain, header_values
+from support.message import split_message
+from support.postfix import header_values
+from support.postfix_mailbox import online
 from support.requires import require_dnsmasq, require_postfix, require_swaks
-from support.smtp import make_message, smtp_send, swaks
+from support.signed_mail import pgp_mime_signed, smime_signed, smime_verify
+from support.smtp import make_message, smtp_send
+from support.two_sites import (ALICE, B_MX, BOB, CAROL, DAVE, LOOKUP_TIMEOUT, PASSWORD,
+                               World, make_base, two_sites)
 
 pytest.importorskip("playwright")
 from playwright.async_api import Browser, Page, expect  # noqa: E402
 from support.browser import launch  # noqa: E402
 
+log = logging.getLogger("tests.two_sites")
 
-A_MX, B_MX = "127.0.14.2", "127.0.14.3"          # the two Postfix instances
-A_SVC, B_SVC = "127.0.14.4", "127.0.14.5"        # mailtalk at a.test, at b.test
-DNS = "127.0.14.53"
-ALICE, BOB, CAROL = "alice@a.test", "bob@b.test", "carol@b.test"
-PASSWORD = "alice-e2e-Secret-42"
-LOOKUP_TIMEOUT = 1.5          # b.test's [filter] lookup_timeout
 WAIT = 15_000                 # ms: the deadline of every browser wait
 FORGED = {"X-Sender-Online": "yes; account=alice@a.test; status=online; "
                              "checked=2026-01-01T00:00:00Z; chat=<https://evil.test/c/x>",
@@ -50,103 +50,22 @@ FORGED = {"X-Sender-Online": "yes; account=alice@a.test; status=online; "
           "X-Mail-ID": "forgedforgedforgedforged00"}
 
 
-@dataclass
-class World:
-    base: Path
-    a: PostfixInstance
-    b: PostfixInstance
-    dns: Dnsmasq
-    a_cfg: dict
-    b_cfg: dict
-    a_milter: MailtalkService
-    a_presence: MailtalkService
-    b_filter: MailtalkService
-    b_presence: MailtalkService
-    submit_port: int
-
-    @property
-    def a_url(self) -> str:
-        return self.a_cfg["presence"]["public_url"]
-
-    def send(self, rcpts: list[str], subject: str, message_id: str) -> None:
-        """alice logs in on a.test's submission port and sends with swaks."""
-        msg = make_message(from_=ALICE, to=rcpts, subject=subject, message_id=message_id,
-                           body=f"Hello,\r\n{subject}\r\nAlice\r\n")
-        code, transcript = swaks(A_MX, self.submit_port, to=rcpts, from_=ALICE,
-                                 auth=(ALICE, PASSWORD), data=msg)
-        assert code == 0, transcript
-
-    def mail(self, rcpt: str, message_id: str, timeout: float = 30.0) -> bytes:
-        copies = wait_mail(self.b, rcpt, message_id, timeout=timeout, also_flush=(self.a,))
-        assert len(copies) == 1, f"{len(copies)} copies of {message_id} for {rcpt}"
-        return copies[0]
-
-
-def _site_config(state: Path, domain: str, svc: str, dns: str) -> dict:
-    port = free_port(svc)
-    return {"site": {"state_dir": str(state)}, "domains": {"names": [domain]},
-            "presence": {"listen": f"{svc}:{port}", "public_url": f"http://{svc}:{port}"},
-            "dns": {"nameservers": [dns]}}
-
-
 @pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    """Both sites, started once for the module (Postfix and four services take seconds)."""
+def world(request: pytest.FixtureRequest) -> Iterator[World]:
+    """Both sites, started once for the module (two Postfix and six services take
+    seconds). Its directory (maillogs, services' logs, dnsmasq's log) is kept when a
+    test of the module failed."""
     require_postfix()
     require_swaks()
     require_dnsmasq()
-    base = Path(tempfile.mkdtemp(prefix="mailtalk-e2e-two-sites-"))
-    chmod_chain(base)
-    dns_port = free_port(DNS)
-    dns_ns = f"{DNS}:{dns_port}"
-    a_cfg = _site_config(base / "a-state", "a.test", A_SVC, dns_ns)
-    a_cfg["milter"] = {"socket": f"inet:{free_port(A_SVC)}@{A_SVC}", "outbox_retry_max": 1}
-    b_cfg = _site_config(base / "b-state", "b.test", B_SVC, dns_ns)
-    reinject = free_port(B_MX)
-    b_cfg["filter"] = {"listen": f"{B_SVC}:{free_port(B_SVC)}", "reinject": f"{B_MX}:{reinject}",
-                       "lookup_timeout": LOOKUP_TIMEOUT}
-    dns = Dnsmasq(DNS, port=dns_port, log_dir=base, txt_records={
-        "_mailtalk.a.test": mailtalk_txt(a_cfg["presence"]["public_url"],
-                                         base / "a-state" / "lookup-signing.key"),
-        "_mailtalk.b.test": mailtalk_txt(b_cfg["presence"]["public_url"],
-                                         base / "b-state" / "lookup-signing.key")})
-    services = {
-        "a_milter": MailtalkService(base, a_cfg, subcommand="milter", name="a-milter"),
-        "a_presence": MailtalkService(base, a_cfg, subcommand="presence", name="a-presence"),
-        "b_filter": MailtalkService(base, b_cfg, subcommand="filter", name="b-filter"),
-        "b_presence": MailtalkService(base, b_cfg, subcommand="presence", name="b-presence"),
-    }
-    a = PostfixInstance(base, "a", A_MX, "a.test")
-    b = PostfixInstance(base, "b", B_MX, "b.test")
-    submit_port = free_port(A_MX)
-    w = World(base, a, b, dns, a_cfg, b_cfg, submit_port=submit_port, **services)
-    try:
-        dns.start()
-        for svc in services.values():
-            svc.start()
-        r = w.a_presence.command("user", "add", ALICE, "--password-stdin", input=PASSWORD + "\n")
-        assert r.returncode == 0, r.stderr
-
-        b.local_maildir(["b.test"])
-        apply_receiver_snippets(b, b_cfg["filter"]["listen"], reinject)
-        milter = a_cfg["milter"]["socket"]            # inet:PORT@HOST -> inet:HOST:PORT
-        port, _, host = milter[len("inet:"):].partition("@")
-        a.enable_sasl_submission(users={ALICE: PASSWORD})
-        apply_sender_snippets(a, f"inet:{host}:{port}", submit_port, base)
-        a.relay_to("b.test", B_MX, b.smtp_port)
-        b.start()
-        a.start()
+    base = make_base()
+    failed = request.session.testsfailed
+    with two_sites(base) as w:
         yield w
-    finally:
-        for inst in (a, b):
-            try:
-                inst.stop()
-            except Exception:
-                pass
-        for svc in (w.a_milter, w.a_presence, w.b_filter, w.b_presence):
-            svc.kill()
-        dns.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    if request.session.testsfailed == failed:
+        shutil.rmtree(base, ignore_errors=True)
+    else:
+        log.warning("kept %s for inspection", base)
 
 
 @pytest.fixture
@@ -172,19 +91,18 @@ def link_of(params: dict[str, str], w: World) -> str:
 
 
 def test_check_passes_at_both_sites(world: World) -> None:
-    """`mailtalk check` against the real services, DNS and Postfix configs."""
-    expect = {"a": ["ok   DNS _mailtalk.a.test", "ok   milter answers",
-                    "ok   Postfix: smtpd_milters has the milter",
-                    "ok   Postfix: milter_default_action = accept"],
-              "b": ["ok   DNS _mailtalk.b.test", "ok   filter answers",
-                    "ok   re-injection answers", "ok   Postfix: content_filter = mailtalk:",
-                    "ok   Postfix: re-injection service"]}
-    for svc, mta in ((world.a_milter, world.a), (world.b_filter, world.b)):
+    """`mailtalk check` against the real services, DNS and Postfix configs: each site
+    runs both sides (sending milter and receiving filter)."""
+    both = ["ok   milter answers", "ok   Postfix: smtpd_milters has the milter",
+            "ok   Postfix: milter_default_action = accept", "ok   filter answers",
+            "ok   re-injection answers", "ok   Postfix: content_filter = mailtalk:",
+            "ok   Postfix: re-injection service"]
+    for svc, mta in ((world.a_milter, world.a), (world.b_milter, world.b)):
         r = run_mailtalk(svc.config_path, "check", timeout=60,
                          env={**os.environ, "MAIL_CONFIG": str(mta.config_dir)})
         assert r.returncode == 0, r.stdout + r.stderr
         assert "FAIL" not in r.stdout and "ok   presence service answers" in r.stdout
-        for line in expect[mta.name]:
+        for line in [f"ok   DNS _mailtalk.{mta.domain}", *both]:
             assert line in r.stdout, r.stdout
 
 
@@ -280,6 +198,195 @@ def test_forged_headers_do_not_reach_the_mailbox(world: World) -> None:
     ((state, params),) = online(got)
     assert state == "unknown" and "chat" not in params, params
     assert b"evil.test" not in got and b"2026-01-01T00:00:00Z" not in got
+
+
+# --- The notice in the message (issue 9) -------------------------------------------
+
+NOTICE_SUBJECT = "Team offsite agenda"
+NOTICE_MID = "<e2e-notice@a.test>"
+ALICE_FROM = "Alice Example <alice@a.test>"
+ORIGINAL_TEXT = ("Hi Bob and Carol,\n\nthe agenda for the offsite:\n"
+                 "09:00 planning, 14:00 the lake.\n\nAlice\n")
+ORIGINAL_HTML = ('<html><head><meta charset="utf-8"></head><body>'
+                 "<p>Hi Bob and Carol,</p><p>the agenda for the offsite:</p>"
+                 "<p>09:00 planning, 14:00 the lake. Caf\u00e9 at noon.</p><p>Alice</p>"
+                 "</body></html>\n")
+
+
+@dataclass
+class NoticeMail:
+    copies: dict[str, bytes]          # recipient -> the delivered copy
+    links: dict[str, str]             # recipient -> the chat link of its X-Sender-Online
+    status: str                       # alice's status in the notice
+    mail_id: str
+
+
+@pytest.fixture(scope="module")
+def notice_mail(world: World) -> NoticeMail:
+    """alice -> bob and carol, one multipart/alternative mail (text and HTML), sent
+    through a.test's submission and delivered at b.test."""
+    msg = nm.alternative(from_=ALICE_FROM, to=[BOB, CAROL], subject=NOTICE_SUBJECT,
+                         message_id=NOTICE_MID, text=ORIGINAL_TEXT, html=ORIGINAL_HTML)
+    world.submit(ALICE, [BOB, CAROL], msg)
+    copies = {r: world.mail(r, NOTICE_MID) for r in (BOB, CAROL)}
+    links, statuses = {}, set()
+    for rcpt, raw in copies.items():
+        ((state, params),) = online(raw)
+        assert state in ("yes", "no"), params
+        links[rcpt] = link_of(params, world)
+        statuses.add(params["status"])
+    (mail_id,) = {header_values(raw, "X-Mail-ID")[0] for raw in copies.values()}
+    (status,) = statuses
+    return NoticeMail(copies, links, status, mail_id)
+
+
+def test_notice_with_each_recipients_own_link_in_text_and_html(notice_mail: NoticeMail
+                                                                ) -> None:
+    n = notice_mail
+    assert n.links[BOB] != n.links[CAROL]
+    for rcpt, other in ((BOB, CAROL), (CAROL, BOB)):
+        raw, link = n.copies[rcpt], n.links[rcpt]
+        text = nm.the_part(raw, "text/plain")
+        notice, rest = nm.plain_notice(text)
+        assert notice == (f"mailtalk: {ALICE_FROM} was {n.status} when this mail arrived.\n"
+                          f"Chat about this mail: {link}\n\n"), text
+        assert rest == ORIGINAL_TEXT, "the text after the notice is alice's, unchanged"
+
+        html = nm.the_part(raw, "text/html")
+        block = nm.html_notice(html)
+        assert f'<a href="{link}">Chat about this mail</a>' in block, html
+        assert html.index(block) == html.index("<body>") + len("<body>"), "opens <body>"
+        assert html.replace(block, "", 1) == ORIGINAL_HTML, "nothing else in the HTML moved"
+
+        assert set(nm.chat_links(text + html)) == {link}
+        assert nm.token(n.links[other]) not in text + html, f"{other}'s link in {rcpt}'s copy"
+        assert nm.token(n.links[other]).encode() not in raw
+
+
+async def test_html_notice_in_chromium_opens_bobs_chat_beside_the_mail(
+        world: World, notice_mail: NoticeMail, browser: Browser, e2e_dir: Path) -> None:
+    """Bob's HTML part rendered as his mail client renders it; a click on the notice's
+    link opens his chat page, which shows the mail. Screenshots in e2e_dir (kept if
+    the test fails)."""
+    n, link = notice_mail, notice_mail.links[BOB]
+    page = await (await browser.new_context()).new_page()
+    await page.set_content(nm.the_part(n.copies[BOB], "text/html"))
+    block = page.locator('[data-mailtalk="notice"]')
+    await expect(block).to_be_visible(timeout=WAIT)
+    await expect(block).to_contain_text(
+        f"mailtalk: {ALICE_FROM} was {n.status} when this mail arrived.")
+    anchor = block.get_by_role("link", name="Chat about this mail")
+    await expect(anchor).to_be_visible()
+    await expect(anchor).to_have_attribute("href", link)
+    top, first_line = await block.bounding_box(), await page.locator("p").first.bounding_box()
+    assert top is not None and first_line is not None and top["y"] < first_line["y"]
+    await page.screenshot(path=str(e2e_dir / "bob-reads-the-mail.png"), full_page=True)
+
+    world.a_presence.wait_log(rf"mail {n.mail_id} of {ALICE} recorded", timeout=15)
+    await anchor.click()
+    await expect(page).to_have_url(link, timeout=WAIT)
+    await expect(page.locator(".you")).to_have_text(f"You: {BOB}", timeout=WAIT)
+    await expect(page.locator("#mail-subject")).to_have_text(NOTICE_SUBJECT, timeout=WAIT)
+    await expect(page.locator("#mail-from")).to_contain_text(ALICE)
+    await expect(page.locator("#mail-body")).to_contain_text("09:00 planning, 14:00 the lake.")
+    await expect(page.locator("#peer-status")).to_contain_text(ALICE, timeout=WAIT)
+    await page.screenshot(path=str(e2e_dir / "bob-chat.png"), full_page=True)
+
+
+def _fresh_notice_only(text: str, html: str | None, own: str | None, sender: str
+                       ) -> tuple[str, str | None]:
+    """The parts of a copy delivered at a.test without the notice that a.test's filter
+    may have put there for its recipient (sender `sender`, the recipient's `own`
+    link); AssertionError if a notice there is anything else."""
+    fresh, text = nm.plain_notice(text)
+    if fresh:
+        assert own and fresh.startswith(f"mailtalk: {sender} was "), fresh
+        assert nm.chat_links(fresh) == [own], fresh
+    if html is not None and (block := nm.html_notice(html)):
+        assert own and nm.chat_links(block) == [own], block
+        html = html.replace(block, "", 1)
+        assert not nm.html_notice(html), "a second notice block"
+    return text, html
+
+
+def test_reply_and_forward_through_b_carry_no_link_of_bob(world: World,
+                                                          notice_mail: NoticeMail) -> None:
+    """Bob's client quotes his copy (notice and link) in a reply to alice, and forwards
+    it inline to dave (text unquoted, HTML inside <blockquote type="cite">), both
+    through b.test's submission port: b.test's sending milter removes his notice and
+    link, and nothing else. A copy delivered at a.test may carry a fresh notice of
+    a.test's filter, with its own recipient's link."""
+    w, n = world, notice_mail
+    bob_text = nm.the_part(n.copies[BOB], "text/plain")
+    bob_html = nm.the_part(n.copies[BOB], "text/html")
+    bob_token = nm.token(n.links[BOB])
+    assert bob_token in bob_text and bob_token in bob_html, "what bob's client shows"
+
+    said = "On 29/11/2026 07:00, Alice Example wrote:"
+    reply_own, fwd_own = "Friday works for me, I will bring the slides.", "Dave, see below."
+    fwd_head = f"Subject: {NOTICE_SUBJECT}\nFrom: {ALICE_FROM}\nTo: {BOB}, {CAROL}"
+    fwd_head_html = fwd_head.replace("<", "&lt;").replace(">", "&gt;").replace("\n", "<br>")
+    w.submit(BOB, [ALICE], nm.plain(
+        from_=BOB, to=[ALICE], subject=f"Re: {NOTICE_SUBJECT}", message_id="<e2e-reply@b.test>",
+        text=nm.quoted_reply_text(reply_own, said, bob_text),
+        headers={"In-Reply-To": NOTICE_MID, "References": NOTICE_MID}))
+    w.submit(BOB, [DAVE], nm.alternative(
+        from_=BOB, to=[DAVE], subject=f"Fwd: {NOTICE_SUBJECT}",
+        message_id="<e2e-forward@b.test>", text=nm.forward_text(fwd_own, fwd_head, bob_text),
+        html=nm.forward_html(fwd_own, fwd_head_html, nm.body_inner(bob_html))))
+    expected = {
+        ALICE: ("<e2e-reply@b.test>", nm.quoted_reply_text(reply_own, said, ORIGINAL_TEXT),
+                None),
+        DAVE: ("<e2e-forward@b.test>", nm.forward_text(fwd_own, fwd_head, ORIGINAL_TEXT),
+               nm.forward_html(fwd_own, fwd_head_html, nm.body_inner(ORIGINAL_HTML)))}
+
+    for rcpt, (mid, want_text, want_html) in expected.items():
+        raw = w.mail(rcpt, mid)
+        assert bob_token.encode() not in raw
+        ((state, params),) = online(raw)
+        own = params["chat"][1:-1] if "chat" in params else None
+        assert own is None or nm.token(own) != bob_token
+        text = nm.the_part(raw, "text/plain")
+        html = nm.the_part(raw, "text/html") if want_html is not None else None
+        assert bob_token not in text + (html or ""), f"bob's link reached {rcpt}"
+        text, html = _fresh_notice_only(text, html, own, BOB)
+        assert text == want_text, f"{rcpt}: bob's text, only his notice gone"
+        assert html == want_html, f"{rcpt}: bob's HTML, only his notice block gone"
+    assert len(re.findall(r"removed quoted mailtalk notices or chat links",
+                          w.b_milter.log())) >= 2, w.b_milter.log_tail()
+
+
+def test_smime_signed_mail_arrives_byte_for_byte_and_verifies(world: World,
+                                                              e2e_dir: Path) -> None:
+    mid = "<e2e-smime@a.test>"
+    entity = (b"Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+              b"Hello Bob,\r\n\r\nthe contract, signed.\r\n\r\nAlice\r\n")
+    msg = smime_signed(e2e_dir, {"From": ALICE_FROM, "To": BOB, "Subject": "Signed contract",
+                                 "Date": nm.DATE, "Message-ID": mid}, entity)
+    r = smime_verify(e2e_dir, msg, "sent.eml")
+    assert r.returncode == 0, r.stderr
+    world.submit(ALICE, [BOB], msg)
+    got = world.mail(BOB, mid)
+    ((state, params),) = online(got)
+    assert "chat" in params, "a link was made: only the signature kept the notice out"
+    assert split_message(got)[1] == split_message(msg)[1].replace(b"\r\n", b"\n")
+    r = smime_verify(e2e_dir, got, "delivered.eml")
+    assert r.returncode == 0 and b"Verification successful" in r.stderr, r.stderr
+    # The check has teeth: one byte of the signed text changed, and it fails.
+    r = smime_verify(e2e_dir, got.replace(b"the contract", b"the Contract"), "tampered.eml")
+    assert r.returncode != 0, r.stderr
+
+
+def test_pgp_mime_signed_mail_arrives_byte_for_byte(world: World) -> None:
+    mid = "<e2e-pgp@a.test>"
+    msg = pgp_mime_signed({"From": ALICE_FROM, "To": BOB, "Subject": "Signed with PGP",
+                           "Date": nm.DATE, "Message-ID": mid},
+                          "Hello Bob,\r\n\r\nthis one is PGP/MIME signed.\r\n\r\nAlice")
+    world.submit(ALICE, [BOB], msg)
+    got = world.mail(BOB, mid)
+    ((state, params),) = online(got)
+    assert "chat" in params, "a link was made: only the signature kept the notice out"
+    assert split_message(got)[1] == split_message(msg)[1].replace(b"\r\n", b"\n")
 
 
 def test_filter_stopped_postfix_defers_then_delivers_exactly_once(world: World) -> None:
