@@ -8,7 +8,8 @@ looser mode is tightened and the log says so.
 Thread model: sqlite3 blocks, so asyncio code runs every call of one connection in
 one dedicated thread (`Worker`): the event loop never waits on the disk and the
 connection needs no lock. The milter's outbox is called from libmilter's own threads,
-synchronously; it uses the same `connect` with a lock of its own (outbox.py).
+synchronously; it takes `owner_only` from here and opens its connections itself, with
+a lock of its own (outbox.py says why, with the benchmark figure).
 """
 
 from __future__ import annotations
