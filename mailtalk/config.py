@@ -70,6 +70,8 @@ class FilterConfig:
     notice: bool               # the visible notice with the link in the text part
     notice_text_template: Path | None     # a site's own wording (None: the built-in)
     notice_html_template: Path | None
+    dkim: str                  # "off" | "report" | "require": claims and DKIM (dkim_claim)
+    authserv_id: str           # our DKIM verifier's authserv-id in Authentication-Results
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "notice": (boolean, D.FILTER_NOTICE),
         "notice_text_template": (optional_path, ""),
         "notice_html_template": (optional_path, ""),
+        "dkim": (lambda v: one_of(v, ("off", "report", "require")), "off"),
+        "authserv_id": (text, ""),
     },
     "presence": {
         "listen": (hostport, D.PRESENCE_LISTEN),
@@ -238,12 +242,18 @@ def _build(given: dict[str, dict[str, Any]], source: str) -> Config:
             raise ConfigError(f"{source}: [domains] names: must list at least one "
                               f"mail domain of this site (needed by [{needs}])")
 
+    filter_ = section_values("filter")
+    if filter_["dkim"] != "off" and not filter_["authserv_id"]:
+        raise ConfigError(f"{source}: [filter] authserv_id: required with dkim = "
+                          f"\"{filter_['dkim']}\" (the authserv-id your DKIM verifier "
+                          f"writes in Authentication-Results)")
+
     return Config(
         source=source,
         site=SiteConfig(**site),
         domains=DomainsConfig(**domains),
         milter=MilterConfig(**milter),
-        filter=FilterConfig(**section_values("filter")),
+        filter=FilterConfig(**filter_),
         presence=PresenceConfig(**presence),
         dns=DnsConfig(**section_values("dns")),
         sections=frozenset(given),

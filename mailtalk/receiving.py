@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from mailtalk import headers, notice, online_header
+from mailtalk import dkim_claim, headers, notice, online_header
 from mailtalk.accounts import normalize_account
 from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, HDR_ONLINE
 from mailtalk.lookup import LookupResult
@@ -147,14 +147,20 @@ class Prepared:
 
 async def prepare(raw: bytes, recipients: Sequence[str], lookup: Lookup | None, *,
                   notices: notice.NoticeTemplates | None = None,
+                  dkim: dkim_claim.Policy | None = None,
                   xforward_ident: str | None = None, clock: Clock = utcnow) -> Prepared:
-    """`notices`: the wording of the visible notice; None: no notice, header only."""
+    """`notices`: the wording of the visible notice; None: no notice, header only.
+    `dkim`: whether the claim must be covered by a passing DKIM signature."""
     fields, rest = headers.split_message(raw)
     fields, removed = headers.without(fields, HDR_ONLINE)
     qid = headers.queue_id_of(fields, xforward_ident)
     if removed:
         log.info("%s: removed %d incoming %s", qid, removed, HDR_ONLINE)
     claim = read_claim(fields)
+    if claim.problem is None and claim.account is not None:
+        unsigned = dkim_claim.problem(fields, claim.account, dkim, qid)
+        if unsigned is not None:
+            claim = Claim(claim.account, None, unsigned)
     decided, why = await decide(claim, recipients, lookup, clock(), qid)
     eol = headers.eol_of(raw)
     prepared = Prepared(qid, fields, rest, removed, notices=notices)

@@ -30,7 +30,7 @@ import Milter
 
 from mailtalk.config import Config, ConfigError
 from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, HDR_ONLINE
-from mailtalk import headers, notice, online_header, receiving
+from mailtalk import dkim_claim, headers, notice, online_header, receiving
 from mailtalk.timefmt import utcnow
 from mailtalk_milter import libmilter_host
 
@@ -49,6 +49,7 @@ class Engine:
     lookup: receiving.Lookup | None
     timeout: float
     notices: notice.NoticeTemplates | None = None    # None: header only
+    dkim: dkim_claim.Policy | None = None             # None: claims need no DKIM
 
 
 @dataclass
@@ -145,6 +146,10 @@ class ReceivingMilter(Milter.Base):
     def _decide(self, qid: str) -> online_header.SenderOnline:
         m = self.msg
         claim = receiving.read_claim(m.claim_fields)
+        if claim.problem is None and claim.account is not None:
+            unsigned = dkim_claim.problem(m.head, claim.account, self.engine.dkim, qid)
+            if unsigned is not None:
+                claim = receiving.Claim(claim.account, None, unsigned)
         now = utcnow()
         if len(m.recipients) != 1:
             # One copy for all: a link would reach recipients it does not name.
@@ -209,7 +214,8 @@ async def start(cfg: Config, stop: asyncio.Event, *,
     owns = lookup is None
     if lookup is None:
         lookup = make_lookup(cfg)
-    install(Engine(loop, lookup, fc.lookup_timeout, load_notices(cfg)))
+    install(Engine(loop, lookup, fc.lookup_timeout, load_notices(cfg),
+                   dkim_claim.Policy(fc.dkim, fc.authserv_id)))
     host = libmilter_host.serve(name=MILTER_NAME, spec=fc.milter_socket,
                                 timeout=cfg.milter.timeout, socket_group=cfg.milter.socket_group,
                                 stop=stop, where=f"{cfg.source}: [filter] milter_socket")

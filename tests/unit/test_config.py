@@ -121,3 +121,10 @@ def test_event_loop_uvloop_must_be_installed(tmp_path, monkeypatch):
     assert "[site] event_loop: uvloop is not installed" in error_of(
         tmp_path, '[site]\nevent_loop = "uvloop"\n')
     assert load_file(write(tmp_path, '[site]\nevent_loop = "auto"\n')).site.event_loop == "auto"
+
+
+def test_dkim_needs_the_verifiers_authserv_id(tmp_path):
+    msg = error_of(tmp_path, '[filter]\ndkim = "require"\n')
+    assert "[filter] authserv_id: required" in msg
+    msg = error_of(tmp_path, '[filter]\ndkim = "sometimes"\n')
+    assert "[filter] dkim" in msg
