@@ -1,4 +1,4 @@
-"""Two mail sites end to end (issue 4 §5; the notice, issue 9), every part real.
+"""Two mail sites end to end, the visible notice included, every part real.
 
 a.test and b.test each run the whole site as the README deploys it (support/two_sites.py):
 a private Postfix (a.test on 127.0.14.2, b.test on 127.0.14.3) with SASL submission
@@ -200,7 +200,30 @@ def test_forged_headers_do_not_reach_the_mailbox(world: World) -> None:
     assert b"evil.test" not in got and b"2026-01-01T00:00:00Z" not in got
 
 
-# --- The notice in the message (issue 9) -------------------------------------------
+def test_a_genuine_claim_copied_onto_another_mail_gets_no_link(world: World) -> None:
+    """Mallory takes alice's real X-Messenger-Account and X-Mail-ID from a copy of her
+    mail and sends a new mail with them straight to b.test's MX: the lookup carries the
+    new Message-ID, which is not the one a.test recorded, so the answer is unknown."""
+    w = world
+    w.send([BOB], "the genuine one", "<e2e-claim-1@a.test>")
+    genuine = w.mail(BOB, "<e2e-claim-1@a.test>")
+    ((state, params),) = online(genuine)
+    assert state in ("yes", "no") and "chat" in params, params     # the test can fail
+    claim = {"X-Messenger-Account": header_values(genuine, "X-Messenger-Account")[0],
+             "X-Mail-ID": header_values(genuine, "X-Mail-ID")[0]}
+    # Until a.test has the milter's record (the outbox hands it over after a pause in
+    # the mail), the Mail-ID alone vouches for the mail: the window the binding leaves.
+    w.a_presence.wait_log(rf"mail {claim['X-Mail-ID']} of {ALICE} recorded")
+    msg = make_message(from_=ALICE, to=BOB, subject="a copied claim",
+                       message_id="<e2e-claim-2@evil.test>", headers=claim)
+    smtp_send(B_MX, w.b.smtp_port, msg, sender=ALICE, rcpts=[BOB])
+    got = w.mail(BOB, "<e2e-claim-2@evil.test>")
+    ((state, params),) = online(got)
+    assert state == "unknown" and "chat" not in params, params
+    assert b"mailtalk:" not in got.partition(b"\n\n")[2]       # and no notice
+
+
+# --- The notice in the message ------------------------------------------------------
 
 NOTICE_SUBJECT = "Team offsite agenda"
 NOTICE_MID = "<e2e-notice@a.test>"

@@ -1,4 +1,4 @@
-"""add_notice: the visible notice in the text part(s) a recipient reads (issue 9).
+"""add_notice: the visible notice in the text part(s) a recipient reads.
 
 Real MIME messages made with the `email` package, and hand-written raw ones. Every
 test checks that the top-level header block comes back byte for byte."""

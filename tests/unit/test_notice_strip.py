@@ -1,5 +1,5 @@
 """strip_notices: the sending milter removes our notices (and any chat link) from outgoing
-mail, so that a recipient's link does not travel on in a reply or a forward (issue 9)."""
+mail, so that a recipient's link does not travel on in a reply or a forward."""
 
 from __future__ import annotations
 
