@@ -13,13 +13,16 @@ from mailtalk.config import DomainsConfig
 
 # A conservative local part: what SASL logins and messenger accounts look like in
 # practice. Anything else is refused rather than put into a header.
-_LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
+_LOCAL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
 
 
 def normalize_account(account: str) -> str | None:
-    """`Local@Domain.Example` -> `Local@domain.example`, or None if malformed."""
-    local, sep, domain = account.strip().rpartition("@")
-    if not sep or not _LOCAL_RE.match(local) or not domain:
+    """`Local@Domain.Example` -> `Local@domain.example`, or None if malformed (any
+    control character included: an LF would split a header or a log line)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in account):
+        return None
+    local, sep, domain = account.strip(" ").rpartition("@")
+    if not sep or not _LOCAL_RE.fullmatch(local) or not domain:
         return None
     domain = domain.rstrip(".").lower()
     if not re.fullmatch(r"[a-z0-9.-]{1,253}", domain) or ".." in domain:

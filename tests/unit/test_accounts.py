@@ -1,5 +1,7 @@
 """SASL login -> messenger account, per [domains]."""
 
+import pytest
+
 from mailtalk.accounts import account_for_login, normalize_account
 from mailtalk.config import DomainsConfig
 
@@ -28,3 +30,10 @@ def test_no_login_domain():
 def test_normalize():
     assert normalize_account("Bob@Example.ORG.") == "Bob@example.org"
     assert normalize_account("no-at-sign") is None
+
+
+@pytest.mark.parametrize("bad", ["alice\n@a.test", "alice@a.test\n", "ali\rce@a.test",
+                                 "alice\x00@a.test", "alice@a.te\nst", "\x7f@a.test"])
+def test_control_characters_are_refused(bad: str) -> None:
+    from mailtalk.accounts import normalize_account
+    assert normalize_account(bad) is None
