@@ -72,9 +72,15 @@ def eol_of(raw: bytes) -> bytes:
 
 
 def without(fields: Sequence[bytes], name: str) -> tuple[list[bytes], int]:
-    """(the fields without any copy of `name`, in any case, folded or not; how many)."""
+    """(the fields without any copy of `name`, in any case, folded or not; how many).
+
+    A field that hides a copy behind a lone CR (`X-Note: x\rX-Sender-Online: ...`:
+    we split lines on LF, a MIME parser later may split on the CR) goes whole: RFC 5322
+    allows no lone CR, so the field is malformed anyway, and dropping one field of a
+    mail is no bounce."""
     key = name.lower().encode()
-    kept = [f for f in fields if field_name(f) != key]
+    hidden = re.compile(rb"\r(?!\n)[ \t]*" + re.escape(key) + rb"[ \t]*:", re.IGNORECASE)
+    kept = [f for f in fields if field_name(f) != key and not (b"\r" in f and hidden.search(f))]
     return kept, len(fields) - len(kept)
 
 

@@ -21,15 +21,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
+import stat
 import struct
 import time
 from pathlib import Path
 from typing import Callable
 
 from mailtalk.constants import MAIL_ID_PATTERN
+
+log = logging.getLogger("mailtalk.mailid")
 
 SITE_KEY_BYTES = 32
 _VERSION = 1
@@ -60,9 +64,22 @@ def load_or_create_site_key(path: Path) -> bytes:
         return key
     except OSError as e:
         raise SiteKeyError(f"{path}: cannot read the site key: {e.strerror}") from None
+    _owner_only(path)
     if len(data) != SITE_KEY_BYTES:
         raise SiteKeyError(f"{path}: the site key must be exactly {SITE_KEY_BYTES} bytes")
     return data
+
+
+def _owner_only(path: Path) -> None:
+    """A key readable by group or others is tightened to 0600, and the log says so."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(path, mode & 0o700)
+            log.warning("%s: the site key was readable by others (mode %o): now %o",
+                        path, mode, mode & 0o700)
+    except OSError as e:
+        log.warning("%s: cannot check the site key's mode: %s", path, e.strerror)
 
 
 def derive_key(site_key: bytes, purpose: str) -> bytes:

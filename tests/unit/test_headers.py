@@ -30,3 +30,19 @@ def test_split_keeps_every_byte() -> None:
     for raw in samples:
         fields, rest = headers.split_message(raw)
         assert b"".join(fields) + rest == raw
+
+
+def test_a_copy_hidden_behind_a_lone_cr_is_removed_with_its_field() -> None:
+    import email
+    import email.policy
+    raw = (b"Subject: hi\r\nX-Note: x\rX-Sender-Online: yes; account=e@e; status=online;"
+           b" checked=2026-01-01T00:00:00Z; chat=<https://evil.example/c/x>\r\n"
+           b"X-Other: keep\rme\r\n\r\nbody\r\n")
+    fields, rest = headers.split_message(raw)
+    kept, removed = headers.without(fields, "X-Sender-Online")
+    out = b"".join(kept) + rest
+    assert removed == 1 and b"evil" not in out
+    assert b"X-Other: keep\rme\r\n" in out                      # a lone CR alone stays
+    for policy in (email.policy.compat32, email.policy.default):
+        assert email.message_from_bytes(raw, policy=policy).get_all("X-Sender-Online")
+        assert not email.message_from_bytes(out, policy=policy).get_all("X-Sender-Online")

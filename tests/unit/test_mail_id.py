@@ -79,3 +79,14 @@ def test_bad_site_key_is_named(tmp_path):
 def test_derived_keys_differ_per_purpose():
     assert derive_key(KEY, "mail-id") != derive_key(KEY, "link")
     assert outbox_api_token(KEY) == outbox_api_token(KEY) != outbox_api_token(bytes(32))
+
+
+def test_a_site_key_readable_by_others_is_tightened(tmp_path, caplog):
+    import os
+    from mailtalk.mailid import load_or_create_site_key
+    key = tmp_path / "site.key"
+    key.write_bytes(b"k" * 32)
+    os.chmod(key, 0o644)
+    assert load_or_create_site_key(key) == b"k" * 32
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert "readable by others" in caplog.text
