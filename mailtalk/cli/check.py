@@ -22,6 +22,7 @@ import stat
 import struct
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
@@ -112,6 +113,24 @@ async def _check_config(cfg: Config) -> list[Finding]:
         except BadRecord as e:
             out.append(fail(f"[presence] public_url {cfg.presence.public_url}: {e}; other "
                             "sites refuse it: use https:// (a TLS proxy in front)"))
+    return out + _check_modes(cfg)
+
+
+def _check_modes(cfg: Config) -> list[Finding]:
+    """Keys and databases hold secrets and mail data: for the service's user only."""
+    files = [("[site] secret_file", cfg.site.secret_file),
+             ("[site] signing_key_file", cfg.site.signing_key_file)]
+    if cfg.has("presence") and "://" not in cfg.presence.database:
+        files.append(("[presence] database", Path(cfg.presence.database)))
+    out = []
+    for key, path in files:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            continue                 # not made yet: made 0600 at first start
+        if mode & 0o077:
+            out.append(fail(f"{key} {path}: mode {mode:o}, readable by others: "
+                            f"chmod 600 {path} (the services tighten it at start)"))
     return out
 
 
