@@ -67,6 +67,9 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+ACCOUNT_SLOW_DOWN = 1.0        # seconds before each log-in answer of a guessed-at account
+
+
 class Auth:
     def __init__(self, store: Store, site_key: bytes, session_lifetime: float,
                  attempts_per_minute: int, clock: Callable[[], float]) -> None:
@@ -74,21 +77,25 @@ class Auth:
         self._csrf_key = derive_key(site_key, "csrf")
         self.session_lifetime = session_lifetime
         self._clock = clock
-        # Failed log-ins, counted per client address and per account: a guesser spread
-        # over many addresses still hits the account's limit.
-        self._fail_ip = RateLimiter(attempts_per_minute, clock=clock)
+        # Failed log-ins block only the pair (account, client address) that failed: a
+        # correct password is never refused because of others' failures. A guesser
+        # spread over many addresses is slowed per account instead (ACCOUNT_SLOW_DOWN
+        # before each answer while the account's failures are over the limit).
+        self._fail_pair = RateLimiter(attempts_per_minute, clock=clock)
         self._fail_account = RateLimiter(attempts_per_minute, clock=clock)
 
     def login_blocked(self, ip: str, account: str) -> bool:
-        return self._fail_ip.blocked(ip) or self._fail_account.blocked(account)
+        return self._fail_pair.blocked(f"{account}\n{ip}")
 
     async def login(self, ip: str, account: str, password: str) -> str | None:
         """A new session token, or None (wrong account or password: one answer)."""
+        if self._fail_account.blocked(account):
+            await asyncio.sleep(ACCOUNT_SLOW_DOWN)
         acct = await self.store.get_account(account)
         ok = await asyncio.get_running_loop().run_in_executor(
             None, _verify, acct.password_hash if acct else None, password)
         if not ok:
-            self._fail_ip.hit(ip)
+            self._fail_pair.hit(f"{account}\n{ip}")
             self._fail_account.hit(account)
             log.info("failed log-in for %s from %s", account, ip)
             return None

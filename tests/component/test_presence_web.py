@@ -179,3 +179,28 @@ def test_access_log_never_shows_a_link_token(caplog: pytest.LogCaptureFixture) -
             logger.log(make_mocked_request("GET", path), web.Response(), 0.002)
     assert token not in caplog.text
     assert "GET /c/… 200" in caplog.text and "GET /ws/c/… 200" in caplog.text
+
+
+async def test_failures_from_one_address_do_not_lock_out_another(p: Presence) -> None:
+    """Ten wrong passwords for alice from one address; her correct password from another
+    address still logs in (the limit is per account and client address)."""
+    from aiohttp import ClientSession, CookieJar, TCPConnector
+    r = await p.client.get("/login")
+    csrf = csrf_of(await r.text())
+    for _ in range(10):
+        await p.client.post("/login", data={"csrf": csrf, "account": ALICE,
+                                            "password": "wrong password"})
+    r = await p.client.post("/login", data={"csrf": csrf, "account": ALICE,
+                                            "password": PASSWORD}, allow_redirects=False)
+    assert r.status == 429                                   # that address: slowed down
+    other = ClientSession(base_url=str(p.client.make_url("/")),
+                          cookie_jar=CookieJar(unsafe=True),
+                          connector=TCPConnector(local_addr=("127.0.12.77", 0)))
+    try:
+        r = await other.get("/login")
+        csrf2 = csrf_of(await r.text())
+        r = await other.post("/login", data={"csrf": csrf2, "account": ALICE,
+                                             "password": PASSWORD}, allow_redirects=False)
+        assert r.status == 303
+    finally:
+        await other.close()
