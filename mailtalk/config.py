@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mailtalk import defaults as D
-from mailtalk.config_values import (HostPort, boolean, database, domain_list, event_loop, hostport,
+from mailtalk.config_values import (HostPort, boolean, database, networks, domain_list, event_loop, hostport,
                                     int_min, log_level, nameservers, one_of, optional_path,
                                     parse_base_url,
                                     parse_domain, parse_milter_socket, path_value, pos_float,
@@ -87,6 +87,7 @@ class PresenceConfig:
     lookups_per_minute_per_client: int
     chat_message_max_chars: int
     chat_messages_per_minute: int
+    trusted_proxies: tuple[Any, ...]   # TLS proxies whose X-Forwarded-For is believed
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "lookups_per_minute_per_client": (int_min(1), D.LOOKUPS_PER_MINUTE_PER_CLIENT),
         "chat_message_max_chars": (int_min(1), D.CHAT_MESSAGE_MAX_CHARS),
         "chat_messages_per_minute": (int_min(1), D.CHAT_MESSAGES_PER_MINUTE),
+        "trusted_proxies": (networks, []),
     },
     "dns": {
         "nameservers": (nameservers, D.DNS_NAMESERVERS),

@@ -183,3 +183,14 @@ def database(v: Any) -> str:
     if "://" in s and not s.startswith(("sqlite://", "postgresql://", "postgres://")):
         raise ValueError(f"expected a file path, sqlite:///path or postgresql://..., got {v!r}")
     return s
+
+
+def networks(v: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A list of IP addresses or CIDR networks."""
+    out = []
+    for item in str_list(v):
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"expected IP addresses or networks, got {item!r}") from None
+    return tuple(out)

@@ -65,3 +65,15 @@ ACCOUNTS_RELOAD_SECONDS = 0.5                 # how soon lookups see `mailtalk u
 DNS_NAMESERVERS: list[str] = []               # empty: the system resolver
 DNS_NEGATIVE_TTL = 300                        # seconds a missing record is remembered
 DNS_MAX_TTL = 3600
+
+# Connections under a flood (not config keys yet). A client address is an
+# IPv4 address or an IPv6 /64; loopback peers (and trusted proxies) count in the total only.
+PRESENCE_MAX_CONNECTIONS_PER_CLIENT = 256     # open at once from one client address
+PRESENCE_MAX_CONNECTIONS = 16384              # in all; at most half the open-file limit
+PRESENCE_HEADER_TIMEOUT = 10.0                # seconds for a request's head to arrive
+PRESENCE_REQUEST_TIMEOUT = 30.0               # seconds from a head to the response (not WebSockets)
+PRESENCE_KEEPALIVE_TIMEOUT = 75.0             # an idle keep-alive connection (> nginx's 60 s upstream)
+FILTER_MAX_CONNECTIONS_PER_CLIENT = 100       # >= the `mailtalk` transport's maxproc (10)
+FILTER_MAX_CONNECTIONS = 1000                 # in all; at most 1/8 of the open-file limit
+FILTER_CLIENT_TIMEOUT = 30.0                  # seconds of the client's time per transaction
+FILTER_MIN_DATA_RATE = 500                    # bytes/s that extend it (Postfix's smtpd_min_data_rate)

@@ -32,10 +32,11 @@ from mailtalk.config import Config, ConfigError, FilterConfig
 from mailtalk.lookup import PresenceLookup
 from mailtalk.lookup_signing import SigningKeyError, load_or_create_signing_key
 from mailtalk.notice import NoticeTemplates, default_templates
-from mailtalk import receiving
+from mailtalk import dkim_claim, receiving
 from mailtalk_milter.delivered import FILE_NAME as DELIVERED_FILE_NAME
 from mailtalk_milter.delivered import DeliveredStore
-from mailtalk_milter.filter_smtp import REPLY_TEMPFAIL, XFORWARD_ATTRS, FilterEnvelope, FilterSMTP
+from mailtalk_milter.filter_smtp import (REPLY_TEMPFAIL, XFORWARD_ATTRS, FilterEnvelope, FilterSMTP,
+                                        SmtpLimits)
 from mailtalk_milter.reinject import ReinjectClient, ReinjectError, ReinjectPool, Reply
 
 log = logging.getLogger("mailtalk.filter")
@@ -56,6 +57,7 @@ class FilterHandler:
         self.cfg = cfg
         self.lookup = lookup
         self.notices = notices     # None: header only, no visible notice
+        self.dkim = dkim_claim.Policy(cfg.dkim, cfg.authserv_id)
         self.helo = helo or socket.gethostname()
         # Recipients re-injected before a deferral (None: in memory only).
         self.delivered = delivered if delivered is not None else DeliveredStore(None)
@@ -181,7 +183,7 @@ class FilterHandler:
             return REPLY_REINJECT_DOWN
         raw = envelope.original_content or b""
         prepared = await receiving.prepare(raw, envelope.rcpt_tos, self.lookup,
-                                           notices=self.notices,
+                                           notices=self.notices, dkim=self.dkim,
                                            xforward_ident=envelope.xforward.get("IDENT"))
         qid = prepared.qid
         done: set[str] = set()
@@ -304,8 +306,10 @@ def make_lookup(cfg: Config) -> Any:
 
 
 async def start(cfg: Config, stop: asyncio.Event, *,
-                lookup: receiving.Lookup | None = None) -> Any:
-    """Listen on `[filter] listen`; `lookup` is for tests (default: the real one).
+                lookup: receiving.Lookup | None = None, limits: SmtpLimits | None = None
+                ) -> Any:
+    """Listen on `[filter] listen`; `lookup` and `limits` are for tests (default: the
+    real lookup, the default connection limits: filter_smtp.SmtpLimits).
 
     With `[filter] mode = "milter"` the receiving milter runs instead (Sendmail)."""
     fc = cfg.filter
@@ -322,11 +326,13 @@ async def start(cfg: Config, stop: asyncio.Event, *,
     if logging.getLogger("mail.log").level == logging.NOTSET:
         logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd: a line per command
     loop = asyncio.get_running_loop()
+    limits = limits or SmtpLimits()
+    limiter = limits.limiter()
 
     def factory() -> FilterSMTP:
         return FilterSMTP(handler, data_size_limit=fc.max_message_size, enable_SMTPUTF8=True,
                           decode_data=False, hostname=handler.helo,
-                          ident="mailtalk filter", loop=loop)
+                          ident="mailtalk filter", loop=loop, limits=limits, limiter=limiter)
 
     try:
         server = await loop.create_server(factory, host=fc.listen.host, port=fc.listen.port,

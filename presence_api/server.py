@@ -12,7 +12,7 @@ import contextlib
 import logging
 import re
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -27,6 +27,7 @@ from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
 from presence_api import api, openapi, web as pages, ws
 from presence_api.auth import Auth
 from presence_api.chat import ChatHub
+from presence_api.connguard import GuardedSite, HttpLimits, default_limits, track_requests
 from presence_api.links import Links
 from presence_api.lookup_memo import LookupMemo
 from presence_api.presence import PresenceHub
@@ -85,7 +86,8 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
         lookup_limiter=RateLimiter(p.lookups_per_minute_per_client, clock=clock),
         signatures=Verifier(published_keys(discoverer or Discoverer(cfg.dns)), clock),
     )
-    app = web.Application(middlewares=[pages.security_headers], client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(middlewares=[track_requests, pages.security_headers],
+                          client_max_size=CLIENT_MAX_SIZE)
     app[SERVICE] = svc
     app.add_routes(api.routes())
     app.add_routes([web.get("/openapi.json", openapi.get_openapi),
@@ -151,29 +153,50 @@ class AccessLogger(AbstractAccessLogger):
 
 
 class Running:
-    def __init__(self, runner: web.AppRunner) -> None:
-        self._runner = runner
+    def __init__(self, runner: web.AppRunner, site: GuardedSite) -> None:
+        self._runner, self.site = runner, site
+
+    @property
+    def port(self) -> int:
+        return self.site.port
 
     async def close(self) -> None:
         await self._runner.cleanup()
         log.info("presence service stopped")
 
 
-async def start(cfg: Config, stop: asyncio.Event) -> Running:
-    """Serve on [presence] listen until close(). `stop` is not set by us: aiohttp's
-    server does not die on its own short of the process."""
-    app = make_app(cfg)
-    runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access"),
-                           access_log_class=AccessLogger, shutdown_timeout=5.0)
+async def serve_app(app: web.Application, host: str, port: int, limits: HttpLimits
+                    ) -> Running:
+    """Serve `app` on host:port with the connection limits and timeouts of `limits`
+    (presence_api/connguard.py). OSError if it cannot listen."""
+    handler_args: dict[str, Any] = {
+        "access_log": logging.getLogger("aiohttp.access"), "access_log_class": AccessLogger,
+        # aiohttp's own idle timer, as a backstop to GuardedHandler's.
+        "keepalive_timeout": limits.idle_timeout}
+    runner = web.AppRunner(app, shutdown_timeout=5.0, **handler_args)
     await runner.setup()
-    listen = cfg.presence.listen
-    site = web.TCPSite(runner, listen.host, listen.port)
+    site = GuardedSite(runner, host, port, limits, handler_args)
     try:
         await site.start()
-    except OSError as e:
+    except BaseException:
         await runner.cleanup()
+        raise
+    return Running(runner, site)
+
+
+async def start(cfg: Config, stop: asyncio.Event, *, limits: HttpLimits | None = None
+                ) -> Running:
+    """Serve on [presence] listen until close(). `stop` is not set by us: aiohttp's
+    server does not die on its own short of the process. `limits`: for tests."""
+    if limits is None:
+        limits = default_limits(getattr(cfg.presence, "trusted_proxies", ()))
+    listen = cfg.presence.listen
+    app = make_app(cfg)
+    try:
+        running = await serve_app(app, listen.host, listen.port, limits)
+    except OSError as e:
         raise ConfigError(f"{cfg.source}: [presence] listen: cannot listen on {listen}: "
                           f"{e.strerror}") from None
     log.info("presence service on %s (public URL %s, database %s)", listen,
              cfg.presence.public_url, cfg.presence.database)
-    return Running(runner)
+    return running

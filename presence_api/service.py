@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -74,5 +75,32 @@ def service(request: web.Request) -> Service:
 
 
 def client_ip(request: web.Request) -> str:
-    # The peer address; a reverse proxy in front makes every client one key (see docs).
-    return request.remote or "?"
+    """The client's address: the peer, or behind a `[presence] trusted_proxies` proxy
+    the last X-Forwarded-For address that is not itself a trusted proxy."""
+    peer = request.remote or "?"
+    proxies = request.app[SERVICE].cfg.presence.trusted_proxies
+    if not proxies or not _is_in(peer, proxies):
+        return peer
+    for hop in reversed(request.headers.get("X-Forwarded-For", "").split(",")):
+        hop = hop.strip()
+        if not hop:
+            continue
+        if not _is_in(hop, proxies):
+            return hop if _is_address(hop) else peer
+    return peer
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_in(text: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return any(address in n for n in networks)

@@ -11,9 +11,10 @@ import asyncio
 import importlib
 import logging
 import os
+import resource
 import signal
 import socket
-from typing import Protocol
+from typing import Callable, Protocol
 
 from mailtalk.config import Config
 
@@ -26,6 +27,11 @@ PARTS = {
     "filter": "mailtalk_milter.filter",
     "milter": "mailtalk_milter.sending",
 }
+
+
+# The soft limit aimed at when the hard one is unlimited (not on Linux, where the hard
+# limit is at most fs.nr_open): systemd's own default hard limit.
+NOFILE_IF_UNLIMITED = 524288
 
 
 class Running(Protocol):
@@ -46,7 +52,33 @@ def _sd_notify(state: str) -> None:
         log.warning("cannot notify systemd: %s", e)
 
 
+def raise_nofile_limit(
+        getrlimit: Callable[[int], tuple[int, int]] = resource.getrlimit,
+        setrlimit: Callable[[int, tuple[int, int]], None] = resource.setrlimit) -> int:
+    """The soft RLIMIT_NOFILE raised to the hard one; returns the soft limit in force.
+
+    Every connection is a descriptor, and the usual soft limit of 1024 is reached by a
+    connection flood long before memory runs out. The low soft limit exists for
+    programs that use select(); nothing here does (asyncio and uvloop use epoll,
+    libmilter poll). The units set LimitNOFILE (deploy/systemd). Not fatal: a failure
+    is a warning and the process runs with the limit it has."""
+    soft, hard = getrlimit(resource.RLIMIT_NOFILE)
+    target = NOFILE_IF_UNLIMITED if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        log.debug("open files: soft limit %s (hard %s)", soft, hard)
+        return soft
+    try:
+        setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as e:
+        log.warning("cannot raise the open-file limit from %d to %d: %s; a connection "
+                    "flood reaches it sooner", soft, target, e)
+        return soft
+    log.debug("open files: soft limit raised from %d to %d (hard %s)", soft, target, hard)
+    return target
+
+
 async def serve(cfg: Config, names: list[str]) -> int:
+    raise_nofile_limit()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

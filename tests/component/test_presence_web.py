@@ -204,3 +204,30 @@ async def test_failures_from_one_address_do_not_lock_out_another(p: Presence) ->
         assert r.status == 303
     finally:
         await other.close()
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_behind_a_trusted_proxy_the_forwarded_address_counts(tmp_path, trusted: bool
+                                                                   ) -> None:
+    """Behind `[presence] trusted_proxies`, X-Forwarded-For names the client: failures
+    from one forwarded address do not lock out another. From any other peer the header
+    is ignored."""
+    kw = {"trusted_proxies": ["127.0.0.0/8"]} if trusted else {}      # the test client
+    q = await start_presence(tmp_path, login_attempts_per_minute=3, **kw)
+    try:
+        await q.add_user(ALICE)
+        r = await q.client.get("/login")
+        csrf = csrf_of(await r.text())
+
+        async def attempt(ip: str, password: str) -> int:
+            r = await q.client.post("/login", data={"csrf": csrf, "account": ALICE,
+                                                    "password": password},
+                                    headers={"X-Forwarded-For": f"192.0.2.9, {ip}"},
+                                    allow_redirects=False)
+            return r.status
+        for _ in range(3):
+            assert await attempt("10.0.0.1", "wrong password") == 401
+        assert await attempt("10.0.0.1", PASSWORD) == 429
+        assert await attempt("10.0.0.2", PASSWORD) == (303 if trusted else 429)
+    finally:
+        await q.client.close()

@@ -28,9 +28,10 @@ class Harness:
 
 async def start_filter(lookup: object, reinject_port: int | None = None,
                        lookup_timeout: float = 2.0, state_dir: Path | None = None,
-                       extra: str = "") -> tuple[Harness, list]:
+                       extra: str = "", limits: object = None) -> tuple[Harness, list]:
     """`state_dir`: where the filter keeps its record of partial deliveries (made only
-    when a test defers one; None: the default state dir). `extra`: more [filter] keys."""
+    when a test defers one; None: the default state dir). `extra`: more [filter] keys.
+    `limits`: the connection limits (filter_smtp.SmtpLimits; None: the defaults)."""
     sink_server, sink, sink_port = await start_sink(SINK_HOST)
     port = free_port(HOST)
     site = f'[site]\nstate_dir = "{state_dir}"\n' if state_dir else ""
@@ -42,5 +43,5 @@ lookup_timeout = {lookup_timeout}
 reinject_timeout = 5
 {extra}
 """, "test")
-    running = await filt.start(cfg, asyncio.Event(), lookup=lookup)
+    running = await filt.start(cfg, asyncio.Event(), lookup=lookup, limits=limits)
     return Harness(running, sink, lookup), [running, sink_server]
