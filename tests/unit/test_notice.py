@@ -13,18 +13,11 @@ from email.message import EmailMessage
 
 import pytest
 
+from support.chat_links import chat_link
 from mailtalk.notice import (MARKER, Notice, add_notice, default_templates, display_name,
                              split_header)
 
 SMTP, LF = email.policy.SMTP, email.policy.default
-
-
-def chat_link(sender: str = "alice@a.example", recipient: str = "bob@b.example",
-              base: str = "https://chat.a.example") -> str:
-    """A link of mailtalk/links.py's layout (random Mail-ID and MAC)."""
-    s, r = sender.encode(), recipient.encode()
-    body = bytes([2]) + os.urandom(33) + bytes([len(s)]) + s + r + os.urandom(16)
-    return f"{base}/c/{base64.urlsafe_b64encode(body).rstrip(b'=').decode()}"
 
 
 LINK = chat_link()

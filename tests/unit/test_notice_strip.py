@@ -11,17 +11,11 @@ from email.message import EmailMessage
 
 import pytest
 
+from support.chat_links import chat_link
 from mailtalk.notice import Notice, add_notice, default_templates, split_header
 from mailtalk.notice_strip import REMOVED, is_chat_token, strip_notices
 
 SMTP, LF = email.policy.SMTP, email.policy.default
-
-
-def chat_link(sender: str = "alice@a.example", recipient: str = "bob@b.example",
-              base: str = "https://chat.a.example") -> str:
-    s, r = sender.encode(), recipient.encode()
-    body = bytes([2]) + os.urandom(33) + bytes([len(s)]) + s + r + os.urandom(16)
-    return f"{base}/c/{base64.urlsafe_b64encode(body).rstrip(b'=').decode()}"
 
 
 LINK = chat_link()

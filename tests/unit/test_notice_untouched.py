@@ -3,9 +3,7 @@ mail anywhere in the tree, inline PGP, and MIME that parsers could read in two w
 
 from __future__ import annotations
 
-import base64
 import email.policy
-import os
 import shutil
 import subprocess
 from email.message import EmailMessage
@@ -13,15 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from support.chat_links import chat_link
 from mailtalk.notice import Notice, add_notice
-
-
-def chat_link(sender: str = "alice@a.example", recipient: str = "bob@b.example",
-              base: str = "https://chat.a.example") -> str:
-    """A link of mailtalk/links.py's layout (random Mail-ID and MAC)."""
-    s, r = sender.encode(), recipient.encode()
-    body = bytes([2]) + os.urandom(33) + bytes([len(s)]) + s + r + os.urandom(16)
-    return f"{base}/c/{base64.urlsafe_b64encode(body).rstrip(b'=').decode()}"
 
 
 LINK = chat_link()
