@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mailtalk import defaults as D
-from mailtalk.config_values import (HostPort, boolean, database, networks, domain_list, event_loop, hostport,
+from mailtalk.config_values import (HostPort, UnixPath, boolean, database, domain_list, endpoint,
+                                    event_loop, hostport, networks,
                                     int_min, log_level, nameservers, one_of, optional_path,
                                     parse_base_url,
                                     parse_domain, parse_milter_socket, path_value, pos_float,
@@ -57,7 +58,7 @@ class MilterConfig:
 
 @dataclass(frozen=True)
 class FilterConfig:
-    listen: HostPort
+    listen: HostPort | UnixPath     # a unix: path only with mode = "lmtp"
     reinject: HostPort
     lookup_timeout: float
     max_message_size: int
@@ -65,13 +66,15 @@ class FilterConfig:
     reinject_timeout: float
     reinject_idle_connections: int
     reinject_idle_seconds: float
-    mode: str                  # "smtp" (Postfix content filter) or "milter" (Sendmail)
+    mode: str                  # "smtp" (content filter), "milter" (Sendmail) or "lmtp"
     milter_socket: str         # where the receiving milter listens (mode = "milter")
     notice: bool               # the visible notice with the link in the text part
     notice_text_template: Path | None     # a site's own wording (None: the built-in)
     notice_html_template: Path | None
     dkim: str                  # "off" | "report" | "require": claims and DKIM (dkim_claim)
     authserv_id: str           # our DKIM verifier's authserv-id in Authentication-Results
+    lmtp_next: HostPort | UnixPath   # the site's LMTP server (mode = "lmtp")
+    socket_group: str          # group given a unix: listen socket (0660); empty: 0666
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "socket_group": (text, D.MILTER_SOCKET_GROUP),
     },
     "filter": {
-        "listen": (hostport, D.FILTER_LISTEN),
+        "listen": (endpoint, _DERIVED),
         "reinject": (hostport, D.FILTER_REINJECT),
         "lookup_timeout": (pos_float, D.LOOKUP_TIMEOUT),
         "max_message_size": (int_min(1024), D.MAX_MESSAGE_SIZE),
@@ -146,13 +149,15 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "reinject_timeout": (pos_float, D.REINJECT_TIMEOUT),
         "reinject_idle_connections": (int_min(0), D.REINJECT_IDLE_CONNECTIONS),
         "reinject_idle_seconds": (pos_float, D.REINJECT_IDLE_SECONDS),
-        "mode": (lambda v: one_of(v, ("smtp", "milter")), D.FILTER_MODE),
+        "mode": (lambda v: one_of(v, ("smtp", "milter", "lmtp")), D.FILTER_MODE),
         "milter_socket": (parse_milter_socket, D.FILTER_MILTER_SOCKET),
         "notice": (boolean, D.FILTER_NOTICE),
         "notice_text_template": (optional_path, ""),
         "notice_html_template": (optional_path, ""),
         "dkim": (lambda v: one_of(v, ("off", "report", "require")), "off"),
         "authserv_id": (text, ""),
+        "lmtp_next": (endpoint, D.FILTER_LMTP_NEXT),
+        "socket_group": (text, D.MILTER_SOCKET_GROUP),
     },
     "presence": {
         "listen": (hostport, D.PRESENCE_LISTEN),
@@ -245,6 +250,12 @@ def _build(given: dict[str, dict[str, Any]], source: str) -> Config:
                               f"mail domain of this site (needed by [{needs}])")
 
     filter_ = section_values("filter")
+    if filter_["listen"] is _DERIVED:
+        filter_["listen"] = endpoint(D.FILTER_LMTP_LISTEN if filter_["mode"] == "lmtp"
+                                     else D.FILTER_LISTEN)
+    if isinstance(filter_["listen"], UnixPath) and filter_["mode"] != "lmtp":
+        raise ConfigError(f"{source}: [filter] listen: a unix: socket is for mode = "
+                          f"\"lmtp\"; the content filter listens on HOST:PORT")
     if filter_["dkim"] != "off" and not filter_["authserv_id"]:
         raise ConfigError(f"{source}: [filter] authserv_id: required with dkim = "
                           f"\"{filter_['dkim']}\" (the authserv-id your DKIM verifier "

@@ -119,6 +119,26 @@ def hostport(v: Any) -> HostPort:
     return parse_hostport(v)
 
 
+@dataclass(frozen=True)
+class UnixPath:
+    """A unix-domain socket, written `unix:/path` in the config."""
+    path: str
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+def endpoint(v: Any) -> HostPort | UnixPath:
+    """`HOST:PORT`, `[V6]:PORT` or `unix:/absolute/path`."""
+    s = text(v).strip()
+    if s.startswith("unix:"):
+        path = s[len("unix:"):]
+        if not path.startswith("/"):
+            raise ValueError(f"expected unix:/absolute/path, got {v!r}")
+        return UnixPath(path)
+    return parse_hostport(s)
+
+
 def nameservers(v: Any) -> tuple[HostPort, ...]:
     out = []
     for item in str_list(v):

@@ -43,6 +43,8 @@ REINJECT_IDLE_CONNECTIONS = 10
 REINJECT_IDLE_SECONDS = 2.0                   # as Postfix's smtp_connection_cache_time_limit
 FILTER_MODE = "smtp"                          # "smtp": content filter; "milter": Sendmail
 FILTER_MILTER_SOCKET = "inet:8895@127.0.0.1"  # the receiving milter (mode = "milter")
+FILTER_LMTP_LISTEN = "127.0.0.1:10024"        # the LMTP hook (mode = "lmtp")
+FILTER_LMTP_NEXT = "unix:/run/dovecot/lmtp"   # Debian's Dovecot LMTP socket
 FILTER_NOTICE = True                          # a visible notice with the chat link
 
 # [presence]

@@ -67,6 +67,10 @@ class FilterHandler:
         self.sessions: set[FilterSMTP] = set()
         self.busy = 0            # messages between DATA and our reply
 
+    async def aclose(self) -> None:
+        await self.pool.close()
+        await self.delivered.close()
+
     async def handle_EHLO(self, server: FilterSMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
@@ -254,7 +258,9 @@ class FilterHandler:
 
 
 class Running:
-    def __init__(self, server: asyncio.AbstractServer, handler: FilterHandler,
+    """A listening filter or LMTP hook, and how it stops."""
+
+    def __init__(self, server: asyncio.AbstractServer, handler: Any,
                  lookup: Any, owns_lookup: bool) -> None:
         self.server, self.handler = server, handler
         self._lookup, self._owns_lookup = lookup, owns_lookup
@@ -274,8 +280,7 @@ class Running:
                 s.transport.close()
             s.drop_upstream()
         await self.server.wait_closed()
-        await self.handler.pool.close()
-        await self.handler.delivered.close()
+        await self.handler.aclose()
         if self._owns_lookup and self._lookup is not None:
             await self._lookup.close()
         log.info("filter stopped")
@@ -311,11 +316,15 @@ async def start(cfg: Config, stop: asyncio.Event, *,
     """Listen on `[filter] listen`; `lookup` and `limits` are for tests (default: the
     real lookup, the default connection limits: filter_smtp.SmtpLimits).
 
-    With `[filter] mode = "milter"` the receiving milter runs instead (Sendmail)."""
+    With `[filter] mode = "milter"` the receiving milter runs instead (Sendmail), with
+    `"lmtp"` the LMTP hook (`lmtp_hook.py`)."""
     fc = cfg.filter
     if fc.mode == "milter":
         from mailtalk_milter import receiving_milter
         return await receiving_milter.start(cfg, stop, lookup=lookup)
+    if fc.mode == "lmtp":
+        from mailtalk_milter import lmtp_hook
+        return await lmtp_hook.start(cfg, stop, lookup=lookup, limits=limits)
     notices = load_notices(cfg)
     owns = lookup is None
     if owns:

@@ -53,7 +53,9 @@ FD_SHARE = 8      # the filter takes at most 1/8 of the open-file limit (2 per s
 REPLY_TOO_BIG = "452 4.3.4 Error: message larger than [filter] max_message_size; try again later"
 # aiosmtpd's own size refusals (at MAIL with SIZE=, and after DATA): only these
 # become REPLY_TOO_BIG. Next hops answer with enhanced status codes ("552 5.3.4").
-_OWN_SIZE_REFUSALS = (b"552 Error: message size exceeds", b"552 Error: Too much mail data")
+# A line longer than line_length_limit (= max_message_size) is a message over it too.
+OWN_SIZE_AFTER_DATA = (b"552 Error: Too much mail data", b"500 Line too long")
+_OWN_SIZE_REFUSALS = (b"552 Error: message size exceeds", *OWN_SIZE_AFTER_DATA)
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDRESS = re.compile(
     rf"[ \t]*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>((?:[ \t]*[^( \t].*)?)",

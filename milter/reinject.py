@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Awaitable, Callable, Iterable
 
 log = logging.getLogger("mailtalk.filter.reinject")
 
@@ -24,6 +24,14 @@ REPLY_LINE_MAX = 4096
 XFORWARD_LINE_MAX = 500        # below RFC 5321's 512 octets with CRLF
 _STUFF = re.compile(rb"(?m)^\.")   # a dot after every LF, as the receiver splits lines there
 _XTEXT_SAFE = re.compile(r"[!-~]+")
+
+
+def stuffed(message: bytes) -> bytes:
+    """The message as DATA sends it: dot-stuffed, ending in CRLF and the final dot."""
+    body = _STUFF.sub(b"..", message)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body + b".\r\n"
 
 
 class ReinjectError(Exception):
@@ -72,21 +80,27 @@ class ReinjectClient:
     def connected(self) -> bool:
         return self._writer is not None and not self._writer.is_closing()
 
+    HELLO = b"EHLO"              # LHLO for an LMTP server (lmtp_next.py)
+
+    def _open(self) -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        return asyncio.open_connection(self.host, self.port, limit=REPLY_LINE_MAX * 2)
+
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
     async def connect(self) -> None:
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, limit=REPLY_LINE_MAX * 2),
-                self.timeout)
+            self._reader, self._writer = await asyncio.wait_for(self._open(), self.timeout)
         except (OSError, asyncio.TimeoutError) as e:
-            raise ReinjectError(f"cannot connect to {self.host}:{self.port}: {e or 'timeout'}") from None
+            raise ReinjectError(f"cannot connect to {self.where()}: {e or 'timeout'}") from None
         greeting = await self._read_reply()
         if greeting.code != 220:
             await self.close()
             raise ReinjectError(f"greeting {greeting}")
-        reply = await self.command(b"EHLO " + self.helo.encode("ascii"))
+        reply = await self.command(self.HELLO + b" " + self.helo.encode("ascii"))
         if not reply.ok:
             await self.close()
-            raise ReinjectError(f"EHLO refused: {reply}")
+            raise ReinjectError(f"{self.HELLO.decode()} refused: {reply}")
         self.extensions = {}
         for line in reply.lines[1:]:
             keyword, _, params = line.partition(" ")
@@ -102,7 +116,7 @@ class ReinjectClient:
                 while len(lines) < REPLY_MAX_LINES:
                     raw = await self._reader.readline()
                     if not raw.endswith(b"\n"):
-                        raise ReinjectError("connection closed by the re-injection server")
+                        raise ReinjectError("connection closed by the server")
                     if (len(raw) < 4 or not raw[:3].isdigit()
                             or raw[3:4] not in (b" ", b"-", b"\r", b"\n")):
                         raise ReinjectError(f"malformed reply line {_printable(raw[:80])!r}")
@@ -184,10 +198,7 @@ class ReinjectClient:
         reply = await self.command(b"DATA")
         if reply.code != 354:
             return reply
-        body = _STUFF.sub(b"..", message)
-        if not body.endswith(b"\r\n"):
-            body += b"\r\n"
-        await self._send(body + b".\r\n")
+        await self._send(stuffed(message))
         reply = await self._read_reply()
         self.in_transaction = False
         return reply
@@ -238,8 +249,10 @@ class ReinjectPool:
     timer closes them."""
 
     def __init__(self, host: str, port: int, timeout: float, helo: str,
-                 max_idle: int, idle_seconds: float) -> None:
+                 max_idle: int, idle_seconds: float,
+                 make: Callable[[], ReinjectClient] | None = None) -> None:
         self.host, self.port, self.timeout, self.helo = host, port, timeout, helo
+        self._make = make or (lambda: ReinjectClient(host, port, timeout, helo))
         self.max_idle, self.idle_seconds = max_idle, idle_seconds
         self._idle: list[tuple[float, ReinjectClient]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -252,7 +265,7 @@ class ReinjectPool:
             if client.idle_ok():
                 return client, True
             client.abort()
-        client = ReinjectClient(self.host, self.port, self.timeout, self.helo)
+        client = self._make()
         await client.connect()
         return client, False
 
