@@ -28,6 +28,7 @@ import aiohttp
 
 from mailtalk.cli import check_postfix as ops_postfix
 from mailtalk.config import Config, HostPort
+from mailtalk.config_values import UnixPath
 from mailtalk.constants import DNS_LABEL, DNS_VERSION
 from mailtalk.discovery import BadRecord, Discoverer, parse_endpoint
 from mailtalk.lookup_signing import (SigningKeyError, load_or_create_signing_key,
@@ -264,10 +265,23 @@ def _probe_milter(sock: str) -> str | None:
     return None
 
 
-def _probe_smtp(hp: HostPort) -> str | None:
-    """Read the 220 greeting; None if an SMTP server answers."""
+def _connect(where: HostPort | UnixPath) -> socket.socket:
+    if isinstance(where, UnixPath):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(PROBE_TIMEOUT)
+        try:
+            s.connect(where.path)
+        except OSError:
+            s.close()
+            raise
+        return s
+    return socket.create_connection((where.host, where.port), timeout=PROBE_TIMEOUT)
+
+
+def _probe_smtp(hp: HostPort | UnixPath) -> str | None:
+    """Read the 220 greeting; None if an SMTP or LMTP server answers."""
     try:
-        with socket.create_connection((hp.host, hp.port), timeout=PROBE_TIMEOUT) as s:
+        with _connect(hp) as s:
             greeting = s.recv(512)
             try:
                 s.sendall(b"QUIT\r\n")
@@ -298,6 +312,18 @@ async def _check_sockets(cfg: Config) -> list[Finding]:
                    fail(f"receiving milter on {sock} ([filter] milter_socket): {err}; start "
                         f"`mailtalk filter` (or `mailtalk run`); until then Sendmail (F=T) "
                         f"defers mail, Postfix does what milter_default_action says"))
+    elif cfg.has("filter") and cfg.filter.mode == "lmtp":
+        fc = cfg.filter
+        err = await asyncio.to_thread(_probe_smtp, fc.listen)
+        out.append(ok(f"LMTP hook answers on {fc.listen}") if err is None else
+                   fail(f"LMTP hook on {fc.listen}: {err}; start `mailtalk filter` (or "
+                        f"`mailtalk run`); until then the MTA defers delivery"))
+        err = await asyncio.to_thread(_probe_smtp, fc.lmtp_next)
+        out.append(ok(f"LMTP server answers on {fc.lmtp_next} ([filter] lmtp_next)")
+                   if err is None else
+                   fail(f"LMTP server on {fc.lmtp_next} ([filter] lmtp_next): {err}; point "
+                        f"lmtp_next at your mailbox server's LMTP listener (Dovecot: "
+                        f"service lmtp)"))
     elif cfg.has("filter"):
         err = await asyncio.to_thread(_probe_smtp, cfg.filter.listen)
         out.append(ok(f"filter answers on {cfg.filter.listen}") if err is None else

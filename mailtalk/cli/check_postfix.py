@@ -17,6 +17,7 @@ import shutil
 import subprocess
 
 from mailtalk.config import Config, HostPort
+from mailtalk.config_values import UnixPath
 
 Finding = tuple[str, str]
 _MILTER_TOKEN = re.compile(r"(?:inet6?|unix|local):[^\s,{}]+")
@@ -188,6 +189,47 @@ def _check_receiving_milter(cfg: Config, main: dict[str, str],
     return out
 
 
+_LMTP_TRANSPORTS = ("virtual_transport", "mailbox_transport", "local_transport")
+
+
+def _lmtp_matches(value: str, target: HostPort | UnixPath, queue_dir: str) -> bool:
+    """Whether a transport value `lmtp:inet:H:P`, `lmtp:H:P`, `lmtp:unix:PATH` (PATH
+    relative to the queue directory, as lmtp(8) runs chrooted) reaches `target`."""
+    kind, _, dest = value.strip().partition(":")
+    if kind != "lmtp":
+        return False
+    if dest.startswith("unix:"):
+        path = dest[len("unix:"):]
+        if not path.startswith("/"):
+            path = f"{queue_dir.rstrip('/')}/{path}"
+        return isinstance(target, UnixPath) and path == target.path
+    if dest.startswith("inet:"):
+        dest = dest[len("inet:"):]
+    return isinstance(target, HostPort) and _hostport_matches(dest, target)
+
+
+def _check_lmtp(cfg: Config, main: dict[str, str]) -> list[Finding]:
+    """`[filter] mode = "lmtp"`: mailbox delivery goes over LMTP to the hook."""
+    target = cfg.filter.listen
+    hits = [k for k in _LMTP_TRANSPORTS
+            if _lmtp_matches(main.get(k, ""), target, main.get("queue_directory", ""))]
+    out: list[Finding] = []
+    if hits:
+        out.append(("ok", f"Postfix: {', '.join(f'{k} = {main[k]}' for k in hits)} "
+                    f"delivers to the LMTP hook"))
+    else:
+        form = (f"lmtp:inet:{target.host}:{target.port}" if isinstance(target, HostPort)
+                else f"lmtp:unix:{target.path}")
+        out.append(("FAIL", f"Postfix: no virtual_transport or mailbox_transport delivers to "
+                    f"the LMTP hook {target}: set `virtual_transport = {form}` (or "
+                    f"mailbox_transport for local users) in main.cf "
+                    f"(deploy/postfix/receiver-lmtp-main.cf)"))
+    if main.get("content_filter", "").startswith("mailtalk:"):
+        out.append(("FAIL", f"Postfix: content_filter = {main['content_filter']}, but [filter] "
+                    f"mode = \"lmtp\": remove it (the hook at delivery replaces it)"))
+    return out
+
+
 def check(cfg: Config) -> list[Finding]:
     if not (cfg.has("milter") or cfg.has("filter")):
         return [("skip", "Postfix: no [milter] or [filter] section here")]
@@ -195,7 +237,7 @@ def check(cfg: Config) -> list[Finding]:
         return [("skip", "Postfix: no postconf on this host (Sendmail? see deploy/sendmail/)")]
     try:
         main = _main_values("content_filter", "smtpd_milters", "milter_default_action",
-                            "queue_directory")
+                            "queue_directory", *_LMTP_TRANSPORTS)
         overrides, services = _overrides(), _services()
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         return [("FAIL", f"Postfix: postconf failed: {e}; for another instance set "
@@ -205,6 +247,8 @@ def check(cfg: Config) -> list[Finding]:
         out += _check_milter(cfg, main, overrides)
     if cfg.has("filter") and cfg.filter.mode == "milter":
         out += _check_receiving_milter(cfg, main, overrides)
+    elif cfg.has("filter") and cfg.filter.mode == "lmtp":
+        out += _check_lmtp(cfg, main)
     elif cfg.has("filter"):
         out += _check_filter(cfg, main, overrides, services)
     return out

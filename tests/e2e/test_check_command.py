@@ -27,7 +27,7 @@ from support.dnsmasq import DNS_HOST, Dnsmasq
 from support.fake_milter import fake_milter
 from support.fake_presence_remote import FakeRemote
 from support.smtp_sink import AcceptAll
-from support.wait import free_port
+from support.wait import free_port, wait_for
 
 HOST = "127.0.14.20"
 
@@ -275,3 +275,60 @@ def test_milter_mode_against_the_real_receiving_milter(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"ok   receiving milter answers on inet:{port}@{HOST} ([filter] milter_socket)" in r.stdout
     assert f"ok   Postfix: smtpd_milters has the receiving milter inet:{port}@{HOST} (main.cf)" in r.stdout
+
+
+def _lmtp_greeter(tmp_path: Path) -> tuple[socket.socket, str]:
+    """A stand-in for the site's LMTP server that only greets: check reads the greeting."""
+    path = str(tmp_path / "next.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = s.accept()
+            except OSError:
+                return
+            with c:
+                c.sendall(b"220 next LMTP ready\r\n")
+    import threading
+    threading.Thread(target=serve, daemon=True).start()
+    return s, path
+
+
+def test_lmtp_mode_against_the_real_hook(tmp_path):
+    """`mailtalk filter` in LMTP mode on a unix socket; Postfix's virtual_transport
+    names it (relative to the queue directory, as chrooted lmtp(8) sees it)."""
+    from support.mailtalk import MailtalkService
+    greeter, next_path = _lmtp_greeter(tmp_path)
+    queue = tmp_path / "spool"
+    listen = queue / "private" / "mailtalk-lmtp"
+    good = postfix_conf(tmp_path, [f"queue_directory = {queue}",
+                                   "virtual_transport = lmtp:unix:private/mailtalk-lmtp"])
+    svc = MailtalkService(tmp_path, {"filter": {"mode": "lmtp", "listen": f"unix:{listen}",
+                                                "lmtp_next": f"unix:{next_path}",
+                                                "socket_group": ""}},
+                          subcommand="filter", env={"MAIL_CONFIG": str(good)},
+                          wait_endpoints=[])
+    try:
+        with svc:
+            wait_for(listen.exists, timeout=20, what="the hook's socket")
+            wait_for(lambda: svc.command("check").returncode == 0, timeout=20,
+                     what="check passing")
+            r = svc.command("check")
+            (good / "main.cf").write_text(f"queue_directory = {queue}\n"
+                                          f"content_filter = mailtalk:[127.0.0.1]:10025\n")
+            bad = svc.command("check")
+    finally:
+        greeter.close()
+    assert f"ok   LMTP hook answers on unix:{listen}" in r.stdout, r.stdout
+    assert (f"ok   LMTP server answers on unix:{next_path} ([filter] lmtp_next)"
+            in r.stdout), r.stdout
+    assert ("ok   Postfix: virtual_transport = lmtp:unix:private/mailtalk-lmtp delivers to "
+            "the LMTP hook") in r.stdout, r.stdout
+    assert bad.returncode == 1, bad.stdout
+    assert (f"FAIL Postfix: no virtual_transport or mailbox_transport delivers to the LMTP "
+            f"hook unix:{listen}: set `virtual_transport = lmtp:unix:{listen}`") in bad.stdout
+    assert ("FAIL Postfix: content_filter = mailtalk:[127.0.0.1]:10025, but [filter] mode = "
+            "\"lmtp\": remove it") in bad.stdout
