@@ -26,6 +26,7 @@ log = logging.getLogger("mailtalk.presence.auth")
 
 SESSION_COOKIE = "mt_session"
 PRE_COOKIE = "mt_pre"        # before log-in: what the log-in form's CSRF token is bound to
+BROWSER_COOKIE = "mt_browser"   # link pages: tells one browser from another (chat.py)
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
 
@@ -68,6 +69,41 @@ def token_hash(token: str) -> str:
 
 
 ACCOUNT_SLOW_DOWN = 1.0        # seconds before each log-in answer of a guessed-at account
+# Per (account, client address): failures past FREE_FAILURES delay that pair's next
+# answers by 0.5 s, 1 s, 2 s ... (at most PAIR_DELAY_MAX); a success or FAILURE_MEMORY
+# quiet seconds forget them. A typo costs nothing; a guesser on one address gets slower
+# at each try before the per-minute block.
+FREE_FAILURES = 3
+PAIR_DELAY_FIRST = 0.5
+PAIR_DELAY_MAX = 8.0           # well inside the request timeout (30 s)
+FAILURE_MEMORY = 900.0
+
+
+class GrowingDelay:
+    """Failures per key, and the delay they earn: doubling, capped, forgotten."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._fails: dict[str, tuple[int, float]] = {}     # key -> (count, last failure)
+
+    def delay(self, key: str) -> float:
+        count, last = self._fails.get(key, (0, 0.0))
+        if count <= FREE_FAILURES or self._clock() - last > FAILURE_MEMORY:
+            return 0.0
+        return min(PAIR_DELAY_FIRST * 2 ** (count - FREE_FAILURES - 1), PAIR_DELAY_MAX)
+
+    def failed(self, key: str) -> None:
+        now = self._clock()
+        count, last = self._fails.get(key, (0, now))
+        if now - last > FAILURE_MEMORY:
+            count = 0
+        self._fails[key] = (count + 1, now)
+        if len(self._fails) > 100_000:        # bounded memory under a spray of keys
+            cutoff = now - FAILURE_MEMORY
+            self._fails = {k: v for k, v in self._fails.items() if v[1] > cutoff}
+
+    def succeeded(self, key: str) -> None:
+        self._fails.pop(key, None)
 
 
 class Auth:
@@ -83,22 +119,29 @@ class Auth:
         # before each answer while the account's failures are over the limit).
         self._fail_pair = RateLimiter(attempts_per_minute, clock=clock)
         self._fail_account = RateLimiter(attempts_per_minute, clock=clock)
+        self._pair_delay = GrowingDelay(clock)
 
     def login_blocked(self, ip: str, account: str) -> bool:
         return self._fail_pair.blocked(f"{account}\n{ip}")
 
     async def login(self, ip: str, account: str, password: str) -> str | None:
         """A new session token, or None (wrong account or password: one answer)."""
+        pair = f"{account}\n{ip}"
+        wait = self._pair_delay.delay(pair)
         if self._fail_account.blocked(account):
-            await asyncio.sleep(ACCOUNT_SLOW_DOWN)
+            wait = max(wait, ACCOUNT_SLOW_DOWN)
+        if wait:
+            await asyncio.sleep(wait)
         acct = await self.store.get_account(account)
         ok = await asyncio.get_running_loop().run_in_executor(
             None, _verify, acct.password_hash if acct else None, password)
         if not ok:
-            self._fail_pair.hit(f"{account}\n{ip}")
+            self._fail_pair.hit(pair)
             self._fail_account.hit(account)
+            self._pair_delay.failed(pair)
             log.info("failed log-in for %s from %s", account, ip)
             return None
+        self._pair_delay.succeeded(pair)
         token = secrets.token_urlsafe(32)
         await self.store.create_session(token_hash(token), account,
                                         self._clock() + self.session_lifetime)

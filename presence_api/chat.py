@@ -40,6 +40,9 @@ def message_view(m: Message) -> dict[str, Any]:
             "text": m.text, "ts": m.ts}
 
 
+MAX_BROWSERS_KEPT = 8      # per link: enough to tell "more than one"; bounded memory
+
+
 class ChatError(Exception):
     """A frame refused; str() is the code sent back to the page."""
 
@@ -54,6 +57,11 @@ class ChatHub:
         self._rooms: dict[str, set[Client]] = {}    # mail_id -> link pages in it
         # Per writer (an account or a link's recipient): nobody can flood a room.
         self.flood = RateLimiter(messages_per_minute, clock=clock)
+        # (mail_id, recipient) -> the browsers (cookie hashes) that opened that link. A
+        # link opened from more than one browser is marked to everyone in the room: a
+        # forwarded mail or a leaked header may put the link in another's hands. In
+        # memory: a restart forgets it, as a page reload after it would tell it again.
+        self._browsers: dict[tuple[str, str], set[str]] = {}
 
     # --- membership of pages
 
@@ -108,6 +116,7 @@ class ChatHub:
         sender = client.kind == "user" and client.identity == mail.account
         return {"type": "room", "mail": mail_view(mail, sender),
                 "members": await self.store.members(mail.mail_id),
+                "shared": self.shared(mail.mail_id),
                 "messages": [message_view(m) for m in msgs],
                 "sender_status": self.presence.status(mail.account),
                 "you": client.identity}
@@ -126,15 +135,34 @@ class ChatHub:
         await self.deliver(mail, message_view(msg))
         return msg
 
-    async def opened(self, mail: Mail, recipient: str) -> None:
-        """A recipient opened their link: they join the room and the sender is told at once."""
+    def shared(self, mail_id: str) -> list[str]:
+        """The recipients whose link was opened from more than one browser."""
+        return sorted(r for (m, r), seen in self._browsers.items()
+                      if m == mail_id and len(seen) > 1)
+
+    def _saw_browser(self, mail_id: str, recipient: str, browser: str) -> bool:
+        """Record it; True when this makes the link's second browser."""
+        seen = self._browsers.setdefault((mail_id, recipient.lower()), set())
+        if browser in seen or len(seen) >= MAX_BROWSERS_KEPT:
+            return False
+        seen.add(browser)
+        return len(seen) == 2
+
+    async def members_event(self, mail_id: str) -> dict[str, Any]:
+        return {"type": "members", "mail_id": mail_id,
+                "members": await self.store.members(mail_id), "shared": self.shared(mail_id)}
+
+    async def opened(self, mail: Mail, recipient: str, browser: str) -> None:
+        """A recipient opened their link: they join the room and the sender is told at
+        once. `browser`: what tells one browser from another (a hash of its cookie)."""
         first = await self.store.join(mail.mail_id, recipient, self._clock())
-        log.info("mail %s: link opened by %s%s", mail.mail_id, recipient,
-                 " (joined)" if first else "")
+        second = self._saw_browser(mail.mail_id, recipient, browser)
+        log.info("mail %s: link opened by %s%s%s", mail.mail_id, recipient,
+                 " (joined)" if first else "",
+                 " (from a second browser)" if second else "")
         # Only to the sender's pages: this view holds the envelope recipients.
         await send_all(self.presence.clients.get(mail.account, ()),
                        {"type": "opened", "mail_id": mail.mail_id, "recipient": recipient,
                         "first": first, "mail": mail_view(mail, True)})
-        if first:
-            await self.deliver(mail, {"type": "members", "mail_id": mail.mail_id,
-                                      "members": await self.store.members(mail.mail_id)})
+        if first or second:
+            await self.deliver(mail, await self.members_event(mail.mail_id))

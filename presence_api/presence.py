@@ -29,7 +29,7 @@ class Client:
 
     # Thousands are open at once: no per-object __dict__.
     __slots__ = ("ws", "kind", "identity", "mail_id", "session_hash", "link_expires",
-                 "last_input", "watching", "opened")
+                 "last_input", "watching", "opened", "browser")
 
     def __init__(self, ws: web.WebSocketResponse, kind: str, identity: str, now: float,
                  mail_id: str | None = None, session_hash: str | None = None,
@@ -43,6 +43,7 @@ class Client:
         self.last_input = now
         self.watching: str | None = None  # the sender whose presence a link page shows
         self.opened = False               # a link page said "open" (once per socket)
+        self.browser = ""                 # link pages: which browser (hash of its cookie)
 
     async def send_raw(self, data: str) -> None:
         if self.ws.closed:

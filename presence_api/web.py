@@ -19,12 +19,14 @@ from aiohttp import web
 
 from mailtalk.mailid import is_well_formed
 from presence_api.api import norm_account
-from presence_api.auth import PRE_COOKIE, SESSION_COOKIE
+from presence_api.auth import BROWSER_COOKIE, PRE_COOKIE, SESSION_COOKIE
 from presence_api.chat import mail_view
 from presence_api.service import Service, client_ip, service
 from presence_api.store import MODES
 
 log = logging.getLogger("mailtalk.presence.web")
+
+BROWSER_COOKIE_AGE = 400 * 86400     # seconds: the longest browsers keep a cookie
 
 HERE = Path(__file__).parent
 CONVERSATIONS_SHOWN = 200
@@ -198,11 +200,14 @@ async def get_link(request: web.Request) -> web.StreamResponse:
         return render("gone.html", http_status=404, title="No such link",
                       text="This chat link is not valid.")
     link, mail = opened.link, opened.mail
-    return render("link.html", title=mail.subject or "mailtalk", you=link.recipient,
+    resp = render("link.html", title=mail.subject or "mailtalk", you=link.recipient,
                   token=token, mail=mail_view(mail, False),
                   sender_status=svc.presence.status(mail.account),
                   members=await svc.store.members(mail.mail_id),
                   max_chars=svc.cfg.presence.chat_message_max_chars)
+    if not request.cookies.get(BROWSER_COOKIE):
+        _set_cookie(svc, resp, BROWSER_COOKIE, secrets.token_urlsafe(16), BROWSER_COOKIE_AGE)
+    return resp
 
 
 def routes() -> list[web.AbstractRouteDef]:

@@ -12,13 +12,15 @@ valid, and the room it names is this page's. Frames are JSON objects:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import secrets
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from presence_api.auth import SESSION_COOKIE, token_hash
+from presence_api.auth import BROWSER_COOKIE, SESSION_COOKIE, token_hash
 from presence_api.chat import ChatError
 from presence_api.presence import Client
 from presence_api.service import Service, service
@@ -76,6 +78,10 @@ async def ws_link(request: web.Request) -> web.StreamResponse:
     ws = await _open(svc, request)
     client = Client(ws, "link", link.recipient, svc.clock(), mail_id=link.mail_id,
                     link_expires=link.expires_at)
+    # The link page set the browser cookie; a client without one counts as a browser
+    # of its own each time.
+    cookie = request.cookies.get(BROWSER_COOKIE) or secrets.token_urlsafe(16)
+    client.browser = hashlib.sha256(cookie.encode()).hexdigest()[:32]
     svc.chat.attach(client)
     svc.presence.watch(client, mail.account)
     await client.send({"type": "hello", "kind": "link", "you": link.recipient,
@@ -95,7 +101,7 @@ async def _frame(svc: Service, client: Client, frame: dict[str, Any]) -> None:
         # The recipient's page is up in a browser: join the room, tell the sender.
         client.opened = True
         mail = await svc.chat.authorize(client, client.mail_id)
-        await svc.chat.opened(mail, client.identity)
+        await svc.chat.opened(mail, client.identity, client.browser)
     elif kind == "join":
         mail = await svc.chat.authorize(client, frame.get("mail_id"))
         await client.send(await svc.chat.snapshot(client, mail))

@@ -81,7 +81,13 @@
     list.scrollTop = list.scrollHeight;
   }
 
-  function setMembers(members) { setText("members", (members || []).join(", ")); }
+  // A link opened from more than one browser is marked: it may be in other hands.
+  function setMembers(members, shared) {
+    const marked = new Set(shared || []);
+    setText("members", (members || []).map(function (m) {
+      return marked.has(m.toLowerCase()) ? m + " (opened in more than one browser)" : m;
+    }).join(", "));
+  }
 
   function setPeerStatus(status) {
     if (kind !== "link") return;
@@ -170,7 +176,7 @@
         seen = new Set();
         $("messages").replaceChildren();
         (m.messages || []).forEach(appendMessage);
-        setMembers(m.members);
+        setMembers(m.members, m.shared);
         setPeerStatus(m.sender_status);
         readUpTo(m.messages);
         break;
@@ -197,7 +203,7 @@
         markCurrent();
         break;
       case "members":
-        if (m.mail_id === current) setMembers(m.members);
+        if (m.mail_id === current) setMembers(m.members, m.shared);
         break;
       case "presence":
         if (m.self) setMyStatus(m.status, m.mode);

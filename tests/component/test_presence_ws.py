@@ -326,3 +326,34 @@ def test_origin_of_public_url() -> None:
     assert origin_of("http://127.0.12.1:80/") == "http://127.0.12.1"
     assert origin_of("https://chat.a.example:8443/base") == "https://chat.a.example:8443"
     assert origin_of("http://[::1]:8470") == "http://[::1]:8470"
+
+
+async def test_a_link_opened_in_a_second_browser_is_marked(p: Presence) -> None:
+    """Bob's link opened again in bob's browser: nothing to mark. Opened in another
+    browser (a forward, a leaked header): everyone in the room is told, the sender too."""
+    mid, links = await links_for(p, [BOB, CAROL])
+    alice = await sender_ws(p)
+    await alice.send_json({"type": "join", "mail_id": mid})
+    assert (await next_of(alice, "room"))["shared"] == []
+    bob = await open_link(p, links[BOB])
+    first = await next_of(alice, "members", mail_id=mid)
+    assert first["members"] == [BOB] and first["shared"] == []
+    again = await open_link(p, links[BOB])          # the same browser, a second tab
+    await again.send_json({"type": "join", "mail_id": mid})
+    assert (await next_of(again, "room"))["shared"] == []
+    other = browser(p)
+    try:
+        assert (await other.get(links[BOB])).status == 200
+        ws = await other.ws_connect("/ws" + links[BOB], headers={"Origin": p.origin})
+        await next_of(ws, "hello")
+        await ws.send_json({"type": "open"})
+        marked = await next_of(alice, "members", mail_id=mid)
+        assert marked["shared"] == [BOB]
+        await next_of(bob, "members", mail_id=mid, shared=[BOB])     # the room is told too
+        await ws.close()
+    finally:
+        await other.close()
+    await alice.send_json({"type": "join", "mail_id": mid})
+    assert (await next_of(alice, "room"))["shared"] == [BOB]
+    for w in (alice, bob, again):
+        await w.close()
