@@ -9,7 +9,7 @@ Thread model: sqlite3 blocks, so asyncio code runs every call of one connection 
 one dedicated thread (`Worker`): the event loop never waits on the disk and the
 connection needs no lock. The milter's outbox is called from libmilter's own threads,
 synchronously; it takes `owner_only` from here and opens its connections itself, with
-a lock of its own (outbox.py says why, with the benchmark figure).
+a lock of its own and no checkpoint inside an insert (outbox.py).
 """
 
 from __future__ import annotations
@@ -31,18 +31,22 @@ BUSY_TIMEOUT = 5.0           # seconds a writer waits for another process's lock
 
 
 def owner_only(path: Path) -> None:
-    """Create `path` (and its folder) for this user only; tighten a looser mode."""
+    """Create `path` (and its folder) for this user only; tighten a looser mode.
+
+    An existing file is never opened here: closing any descriptor of a file drops
+    every POSIX lock this process holds on it (fcntl semantics), SQLite's included,
+    and another process could then reset the WAL under a connection of ours."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # Made here, not by sqlite3.connect(), which would give it the umask's mode.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        if mode & 0o077:
-            os.fchmod(fd, mode & 0o700)
-            log.warning("%s: was readable by others (mode %o): now %o", path, mode,
-                        mode & 0o700)
-    finally:
-        os.close(fd)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        # Made here, not by sqlite3.connect(), which would give it the umask's mode.
+        # No connection to it exists yet: closing this descriptor drops no lock.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        return
+    if mode & 0o077:
+        os.chmod(path, mode & 0o700)
+        log.warning("%s: was readable by others (mode %o): now %o", path, mode, mode & 0o700)
 
 
 def connect(path: Path | str, *, synchronous: str = "NORMAL") -> sqlite3.Connection:

@@ -91,10 +91,8 @@ class Outbox:
         self._clock = clock
         self._lock = threading.Lock()
         # Records hold mail text: owner only (mailtalk/sqlite.py). The connections are
-        # opened here, not with sqlite.connect(): with it, the hand-over stalled in
-        # bench/milter_bench.py (an outbox not emptied within 300 s in 4 of 5 runs, the
-        # milter at 0.3-0.4x of no milter); with these settings it empties 1.1-1.3 s
-        # after a burst, at 0.44-0.48x, as before the shared opener.
+        # opened here with settings of their own: libmilter's threads share one under
+        # a lock, and no checkpoint runs inside an insert (below).
         sqlite.owner_only(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                    timeout=5.0)
