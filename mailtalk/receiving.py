@@ -91,8 +91,10 @@ async def decide(claim: Claim, recipients: Sequence[str], lookup: Lookup | None,
                  now: datetime, qid: str) -> tuple[dict[str, SenderOnline], str]:
     """(the X-Sender-Online of each distinct recipient, why it is `unknown` or "")."""
     rcpts = list(dict.fromkeys(recipients))
-    if claim.problem is not None or lookup is None or not rcpts:
-        why = claim.problem or ("no lookup configured" if lookup is None else "")
+    if claim.problem is not None:     # no usable claim: no header at all (NO_HEADER)
+        return {r: NO_HEADER for r in rcpts}, claim.problem
+    if lookup is None or not rcpts:
+        why = "no lookup configured" if lookup is None else ""
         return {r: online_header.unknown(claim.account, now) for r in rcpts}, why
     assert claim.account is not None and claim.mail_id is not None
     try:
@@ -102,6 +104,18 @@ async def decide(claim: Claim, recipients: Sequence[str], lookup: Lookup | None,
         log.exception("%s: lookup for %s failed: unknown", qid, claim.account)
         result = LookupResult("unknown", now, {}, "lookup failed")
     return headers_for(claim.account, result, rcpts), result.reason
+
+
+# A mail without a usable claim (no or several X-Messenger-Account or X-Mail-ID, one
+# malformed, or not covered by DKIM where that is required) gets no X-Sender-Online:
+# the header always names an account, and "unknown" on every outside mail would be
+# noise. Forged copies are removed all the same.
+NO_HEADER = SenderOnline("unknown", None, "unknown", datetime(1970, 1, 1), None)
+
+
+def field_of(h: SenderOnline, eol: bytes = b"\r\n") -> bytes:
+    """The X-Sender-Online field to add for `h`; b"" for none."""
+    return b"" if h.account is None else online_header.format_field(h, eol)
 
 
 @dataclass
@@ -165,11 +179,14 @@ async def prepare(raw: bytes, recipients: Sequence[str], lookup: Lookup | None, 
     eol = headers.eol_of(raw)
     prepared = Prepared(qid, fields, rest, removed, notices=notices)
     for rcpt in recipients:
-        field_bytes = online_header.format_field(decided[rcpt], eol)
+        field_bytes = field_of(decided[rcpt], eol)
         prepared.headers[rcpt] = field_bytes
         prepared.online[field_bytes] = decided[rcpt]
     states = sorted({h.state for h in decided.values()})
     # Logged by the caller with what became of the mail: one line per mail.
-    prepared.summary = (f"{HDR_ONLINE} for {claim.account or '-'}: {'/'.join(states)}"
-                        f"{f' ({why})' if why else ''} to {len(decided)} recipient(s)")
+    if claim.problem is not None:
+        prepared.summary = f"no {HDR_ONLINE} ({why}) for {len(decided)} recipient(s)"
+    else:
+        prepared.summary = (f"{HDR_ONLINE} for {claim.account}: {'/'.join(states)}"
+                            f"{f' ({why})' if why else ''} to {len(decided)} recipient(s)")
     return prepared

@@ -120,6 +120,8 @@ class ReceivingMilter(Milter.Base):
             return Milter.CONTINUE
         try:
             h = self._decide(qid)
+            if h.account is None:          # no usable claim: no header (receiving.NO_HEADER)
+                return Milter.CONTINUE
             self.addheader(HDR_ONLINE, online_header.format_value(h))
         except Exception:
             log.exception("%s: internal error; the mail passes without %s", qid, HDR_ONLINE)
@@ -151,6 +153,9 @@ class ReceivingMilter(Milter.Base):
             if unsigned is not None:
                 claim = receiving.Claim(claim.account, None, unsigned)
         now = utcnow()
+        if claim.problem is not None:
+            log.info("%s: no %s (%s)", qid, HDR_ONLINE, claim.problem)
+            return receiving.NO_HEADER
         if len(m.recipients) != 1:
             # One copy for all: a link would reach recipients it does not name.
             log.info("%s: %d recipients in one milter transaction: %s unknown",

@@ -38,7 +38,7 @@ def online_of(content: bytes) -> list[online_header.SenderOnline]:
             if headers.field_name(f) == b"x-sender-online"]
 
 
-async def test_unknown_mail_goes_in_one_transaction_with_xforward(h: Harness) -> None:
+async def test_unclaimed_mail_goes_in_one_transaction_with_xforward(h: Harness) -> None:
     forged = "X-Sender-Online: yes; account=evil@e.example; status=online; checked=2026-01-01T00:00:00Z; chat=<https://evil.example/c/x>"
     raw = msg("Subject: plain", forged, body="8-bit: Grüße\r\n".encode())
     r = await h.send(["bob@b.example", "carol@b.example"], raw, xforward=XFWD,
@@ -47,7 +47,7 @@ async def test_unknown_mail_goes_in_one_transaction_with_xforward(h: Harness) ->
     assert len(h.sink.got) == 1
     got = h.sink.got[0]
     assert got.rcpts == ["bob@b.example", "carol@b.example"]
-    assert [o.state for o in online_of(got.content)] == ["unknown"]
+    assert online_of(got.content) == []          # no claim: no header, forged one gone
     assert b"evil" not in got.content
     assert got.content.endswith(b"\r\n\r\n8-bit: Gr\xc3\xbc\xc3\x9fe\r\n")
     assert "IDENT=4FQX1234ZZ" in " ".join(got.xforward) and "ADDR=192.0.2.7" in " ".join(got.xforward)

@@ -36,11 +36,11 @@ def test_covered(lines: tuple[str, ...], ok: bool) -> None:
     assert dkim_claim.covered(fields(*lines), "A.Example", "mx.b.example") is ok
 
 
-async def test_require_answers_unknown_without_asking_and_report_asks() -> None:
+async def test_require_adds_nothing_without_asking_and_report_asks() -> None:
     forged = msg(*CLAIM, "Subject: a copied claim")          # no signature, no verdict
     lookup = FakeLookup("online")
     p = await receiving.prepare(forged, ["bob@b.example"], lookup, dkim=POLICY)
-    assert lookup.calls == [] and b"X-Sender-Online: unknown" in p.headers["bob@b.example"]
+    assert lookup.calls == [] and p.headers["bob@b.example"] == b""     # no usable claim
     assert "no passing DKIM signature of a.example" in p.summary
     p = await receiving.prepare(forged, ["bob@b.example"], lookup,
                                 dkim=dkim_claim.Policy("report", "mx.b.example"))

@@ -63,13 +63,26 @@ async def test_unknown_answer_error_and_missing_link_give_unknown() -> None:
     assert b"yes;" in p.headers["bob@b.example"] and b"chat=" not in p.headers["carol@b.example"]
 
 
-async def test_no_claim_asks_nobody() -> None:
+async def test_no_claim_asks_nobody_and_adds_no_header() -> None:
+    """The header always names an account: a mail without a usable claim gets none,
+    and forged copies are removed all the same."""
     lookup = FakeLookup()
-    p = await receiving.prepare(msg("Subject: plain"), ["bob@b.example"], lookup,
+    forged = "X-Sender-Online: yes; account=e@e.example; status=online; checked=2026-01-01T00:00:00Z"
+    for raw in (msg("Subject: plain", forged),
+                msg("X-Messenger-Account: alice@a.example", "Subject: no Mail-ID"),
+                msg(*CLAIM, *CLAIM, "Subject: two claims")):
+        p = await receiving.prepare(raw, ["bob@b.example"], lookup, clock=lambda: NOW)
+        assert lookup.calls == []
+        assert p.headers["bob@b.example"] == b""
+        assert b"X-Sender-Online" not in p.message_with(b"")
+        assert p.summary.startswith("no X-Sender-Online (")
+
+
+async def test_a_claim_without_an_answer_is_unknown_with_its_account() -> None:
+    p = await receiving.prepare(msg(*CLAIM), ["bob@b.example"], FakeLookup(error=OSError()),
                                 clock=lambda: NOW)
-    assert lookup.calls == []
-    assert p.headers["bob@b.example"] == (b"X-Sender-Online: unknown; status=unknown;"
-                                          b" checked=2026-11-29T07:00:00Z\r\n")
+    assert p.headers["bob@b.example"].startswith(
+        b"X-Sender-Online: unknown; account=alice@a.example; status=unknown;")
 
 
 async def test_recipients_are_asked_once_each_in_one_lookup() -> None:

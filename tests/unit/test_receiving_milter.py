@@ -71,6 +71,15 @@ def test_several_recipients_get_unknown_and_no_link(loop) -> None:
     assert lookup.calls == []
 
 
+def test_unclaimed_mail_gets_no_header_and_forged_copies_go(loop) -> None:
+    lookup = FakeLookup("online")
+    ctx = run(loop, lookup, [("Subject", "plain")] + FORGED, ["bob@b.example"])
+    assert [a for a in ctx.actions if a[0] == "chg"] == [("chg", "X-Sender-Online", 2),
+                                                       ("chg", "X-Sender-Online", 1)]
+    assert [a for a in ctx.actions if a[0] == "add"] == []
+    assert lookup.calls == []
+
+
 def test_slow_lookup_gives_unknown_in_time(loop) -> None:
     ctx = run(loop, FakeLookup(delay=30), CLAIM_HEADERS, ["bob@b.example"], timeout=0.2)
     (add,) = [a for a in ctx.actions if a[0] == "add"]
