@@ -37,3 +37,15 @@ def apply_receiver_snippets(mta: PostfixInstance, filter_addr: str, reinject_por
     mta.master_replace("127.0.0.1:10026", f"{mta.address}:{reinject_port}")
     mta.postconf(content_filter=f"mailtalk:[{filter_addr.rpartition(':')[0]}]:"
                                 f"{filter_addr.rpartition(':')[2]}")
+
+
+def apply_lmtp_snippet(mta: PostfixInstance, hook_addr: str) -> None:
+    """deploy/postfix/receiver-lmtp-main.cf as written (the hook's address the test's):
+    mta's domain as a virtual mailbox domain whose every address goes over LMTP, so
+    that the mailbox server behind the hook decides which users exist."""
+    maps = mta.config_dir / "virtual_mailbox_lmtp"
+    maps.write_text(f"@{mta.domain} any\n")
+    mta.postconf(virtual_mailbox_domains=mta.domain, virtual_mailbox_maps=f"texthash:{maps}")
+    mta.apply_snippet(DEPLOY / "receiver-lmtp-main.cf")
+    host, _, port = hook_addr.rpartition(":")
+    mta.postconf(virtual_transport=f"lmtp:inet:{host}:{port}")

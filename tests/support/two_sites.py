@@ -34,7 +34,7 @@ from typing import Iterator
 from .dns import Dnsmasq, mailtalk_txt
 from .mailtalk import MailtalkService
 from .postfix import PostfixInstance, chmod_chain
-from .postfix_deploy import apply_receiver_snippets, apply_sender_snippets
+from .postfix_deploy import apply_lmtp_snippet, apply_receiver_snippets, apply_sender_snippets
 from .postfix_mailbox import wait_mail
 from .smtp import make_message, swaks
 from .wait import free_port
@@ -112,14 +112,19 @@ class World:
         return copies[0]
 
 
-def _site_config(state: Path, domain: str, svc: str, mx: str, dns: str) -> dict:
+def _site_config(state: Path, domain: str, svc: str, mx: str, dns: str,
+                 lmtp_next: str | None = None) -> dict:
     port = free_port(svc)
-    return {"site": {"state_dir": str(state)}, "domains": {"names": [domain]},
-            "presence": {"listen": f"{svc}:{port}", "public_url": f"http://{svc}:{port}"},
-            "dns": {"nameservers": [dns]},
-            "milter": {"socket": f"inet:{free_port(svc)}@{svc}", "outbox_retry_max": 1},
-            "filter": {"listen": f"{svc}:{free_port(svc)}", "reinject": f"{mx}:{free_port(mx)}",
-                       "lookup_timeout": LOOKUP_TIMEOUT}}
+    cfg = {"site": {"state_dir": str(state)}, "domains": {"names": [domain]},
+           "presence": {"listen": f"{svc}:{port}", "public_url": f"http://{svc}:{port}"},
+           "dns": {"nameservers": [dns]},
+           "milter": {"socket": f"inet:{free_port(svc)}@{svc}", "outbox_retry_max": 1},
+           "filter": {"listen": f"{svc}:{free_port(svc)}", "reinject": f"{mx}:{free_port(mx)}",
+                      "lookup_timeout": LOOKUP_TIMEOUT}}
+    if lmtp_next is not None:      # the hook at final delivery, in front of that server
+        cfg["filter"].update(mode="lmtp", lmtp_next=lmtp_next)
+        del cfg["filter"]["reinject"]
+    return cfg
 
 
 def _services(base: Path, site: str, cfg: dict) -> dict[str, MailtalkService]:
@@ -130,9 +135,12 @@ def _services(base: Path, site: str, cfg: dict) -> dict[str, MailtalkService]:
 def _configure_postfix(mta: PostfixInstance, cfg: dict, login: str, password: str,
                        submit_port: int, snippets: Path) -> None:
     """Both sides of deploy/postfix on one instance, as one site runs them."""
-    mta.local_maildir([mta.domain])
-    reinject = int(cfg["filter"]["reinject"].rpartition(":")[2])
-    apply_receiver_snippets(mta, cfg["filter"]["listen"], reinject)
+    if cfg["filter"].get("mode") == "lmtp":
+        apply_lmtp_snippet(mta, cfg["filter"]["listen"])
+    else:
+        mta.local_maildir([mta.domain])
+        reinject = int(cfg["filter"]["reinject"].rpartition(":")[2])
+        apply_receiver_snippets(mta, cfg["filter"]["listen"], reinject)
     port, _, host = cfg["milter"]["socket"][len("inet:"):].partition("@")
     mta.enable_sasl_submission(users={login: password})
     snippets.mkdir(exist_ok=True)
@@ -147,11 +155,15 @@ def _start_side_by_side(services: list[MailtalkService]) -> None:
 
 
 @contextmanager
-def two_sites(base: Path) -> Iterator[World]:
-    """Both sites, started; on leaving, everything stopped (killed if need be)."""
+def two_sites(base: Path, *, b_lmtp_next: str | None = None) -> Iterator[World]:
+    """Both sites, started; on leaving, everything stopped (killed if need be).
+
+    `b_lmtp_next` (HOST:PORT of an LMTP server, e.g. support.dovecot's): b.test
+    delivers its mailboxes over LMTP through mailtalk's LMTP hook to that server
+    (deploy/postfix/receiver-lmtp-main.cf) instead of the content filter and Maildir."""
     dns_ns = f"{DNS}:{free_port(DNS)}"
     a_cfg = _site_config(base / "a-state", "a.test", A_SVC, A_MX, dns_ns)
-    b_cfg = _site_config(base / "b-state", "b.test", B_SVC, B_MX, dns_ns)
+    b_cfg = _site_config(base / "b-state", "b.test", B_SVC, B_MX, dns_ns, b_lmtp_next)
     dns = Dnsmasq(DNS, port=int(dns_ns.rpartition(":")[2]), log_dir=base, txt_records={
         "_mailtalk.a.test": mailtalk_txt(a_cfg["presence"]["public_url"],
                                          base / "a-state" / "lookup-signing.key"),
