@@ -116,3 +116,81 @@ def test_two_sites_on_sendmail(e2e_dir, sendmails, sink, dns_factory, mailtalk_f
     assert h.chat.startswith(f"http://{A_WEB}:{web_port}/"), online
     assert b"evil.test" not in got.content and b"Hello Bob, via Sendmail." in got.content
     site_b.wait_log(r"X-Sender-Online for alice@a.test: no to bob@b.test")
+
+
+B_HOOK, B_DOVECOT = "127.0.13.34", "127.0.13.35"
+
+
+def test_sendmail_lmtp_mode_two_recipients_own_links(e2e_dir, sendmails, dns_factory,
+                                                     mailtalk_factory) -> None:
+    """b.test in `[filter] mode = "lmtp"` (deploy/sendmail/receiver-lmtp.mc): Sendmail ->
+    mailtalk's LMTP hook -> a private Dovecot. One mail to bob and carol: each mailbox
+    (read over IMAP) holds one copy with that recipient's own link to the one chat of
+    the mail; a recipient Dovecot does not know gets Dovecot's own 550."""
+    from support.dovecot import Dovecot, unavailable as no_dovecot
+    if why := no_dovecot():
+        pytest.skip(why)
+    dovecot = Dovecot(e2e_dir, {"bob@b.test": "bob-pw-imap-1", "carol@b.test": "carol-pw-imap-1"},
+                      address=B_DOVECOT).start()
+    try:
+        _lmtp_round(e2e_dir, sendmails, dns_factory, mailtalk_factory, dovecot)
+    finally:
+        dovecot.stop()
+
+
+def _lmtp_round(e2e_dir, sendmails, dns_factory, mailtalk_factory, dovecot) -> None:
+    import urllib.request
+    web_port, a_milter, hook = free_port(A_WEB), free_port(A_MILTER), free_port(B_HOOK)
+    dns = dns_factory(DNS, {"_mailtalk.a.test": f"v=mailtalk1; api=http://{A_WEB}:{web_port}"})
+    site_a = mailtalk_factory({
+        "domains": {"names": ["a.test"]},
+        "milter": {"socket": f"inet:{a_milter}@{A_MILTER}"},
+        "presence": {"listen": f"{A_WEB}:{web_port}", "public_url": f"http://{A_WEB}:{web_port}"},
+        "dns": {"nameservers": [dns.nameserver]},
+    }, name="site-a")
+    r = site_a.command("user", "add", "alice@a.test", "--password-stdin", input="pw-alice\n")
+    assert r.returncode == 0, r.stderr
+    site_b = mailtalk_factory({
+        "filter": {"mode": "lmtp", "listen": f"{B_HOOK}:{hook}", "lmtp_next": dovecot.lmtp},
+        "dns": {"nameservers": [dns.nameserver]},
+    }, subcommand="filter", name="site-b-lmtp")
+    dns.set_records({"_mailtalk.a.test": f"v=mailtalk1; api=http://{A_WEB}:{web_port}",
+                     "_mailtalk.b.test": mailtalk_txt(
+                         "http://127.0.0.1:9", site_b.state_dir / "lookup-signing.key")})
+    mta_b = SendmailInstance(e2e_dir, "b-lmtp", B_MTA, "b.test", (SINK, 9))
+    mta_b.snippets.append("LOCAL_DOMAIN(`b.test')dnl\n")      # local-host-names
+    mta_b.add_snippet(ROOT / "deploy/sendmail/receiver-lmtp.mc",
+                      {"TCP 127.0.0.1 10024": f"TCP {B_HOOK} {hook}"})
+    sendmails.append(mta_b)
+    mta_b.start()
+    mta_a = SendmailInstance(e2e_dir, "a-lmtp", A_MTA, "a.test", (B_MTA, mta_b.port))
+    msa_port = mta_a.enable_msa({"alice@a.test": "sasl-pw"})
+    mta_a.add_snippet(ROOT / "deploy/sendmail/sender.mc",
+                      {"inet:8894@127.0.0.1": f"inet:{a_milter}@{A_MILTER}"})
+    sendmails.append(mta_a)
+    mta_a.start()
+
+    rcpts = ["bob@b.test", "carol@b.test"]
+    status, transcript = swaks(A_MTA, msa_port, to=rcpts, from_="alice@a.test",
+                               auth=("alice@a.test", "sasl-pw"), subject="Sendmail team mail",
+                               extra=["--header", "Message-Id: <sm-lmtp-1@a.test>"],
+                               body="Hello both, via Sendmail and LMTP.")
+    assert status == 0, transcript
+    links, mail_ids = {}, set()
+    for rcpt in rcpts:
+        (got,) = dovecot.wait_mail(rcpt, "<sm-lmtp-1@a.test>", timeout=40)
+        (online,) = values(got, "X-Sender-Online")
+        h = online_header.parse_value(online)
+        assert (h.state, h.account) == ("no", "alice@a.test"), online
+        assert h.chat is not None and h.chat.encode() in got.split(b"\r\n\r\n", 1)[1]
+        links[rcpt] = h.chat
+        mail_ids |= set(values(got, "X-Mail-ID"))
+    assert links["bob@b.test"] != links["carol@b.test"]
+    assert len(mail_ids) == 1                       # one mail: one chat for both
+    site_a.wait_log(rf"mail {next(iter(mail_ids))} of alice@a\.test recorded", timeout=15)
+    for rcpt, link in links.items():                # each link opens that chat, as rcpt
+        with urllib.request.urlopen(link, timeout=10) as resp:
+            page = resp.read().decode()
+        assert "Sendmail team mail" in page and rcpt in page
+    site_b.wait_log(r"X-Sender-Online for alice@a\.test: no .*to 2 recipient\(s\); "
+                    r"delivered to 2 of 2")

@@ -2,7 +2,7 @@
 dovecot.conf of its own (`dovecot -c DIR/dovecot.conf`), never the system service.
 
     DIR/dovecot.conf   DIR/passwd (users, plain passwords)   DIR/dovecot.log
-    DIR/run/           base_dir: the master's sockets, and the LMTP socket `lmtp`
+    /tmp/mt-dovecot-*/ base_dir: the master's sockets, and the LMTP socket `lmtp`
     DIR/mail/<domain>/<local>/   each user's Maildir, owned by `nobody`
 
 LMTP listens on `address:lmtp_port` and on the unix socket `lmtp_socket`; IMAP (plain
@@ -28,8 +28,10 @@ import imaplib
 import os
 import pwd
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 from .postfix import chmod_chain
@@ -55,7 +57,9 @@ class Dovecot:
         self.users = dict(users)
         self.lmtp_port = free_port(address)
         self.imap_port = free_port(address)
-        self.run_dir = self.dir / "run"
+        # base_dir holds unix sockets: a short path (108 bytes at most), not under a
+        # test's long temporary directory.
+        self.run_dir = Path(tempfile.mkdtemp(prefix="mt-dovecot-"))
         self.lmtp_socket = self.run_dir / "lmtp"
         self.mail_dir = self.dir / "mail"
         self.log_path = self.dir / "dovecot.log"
@@ -133,6 +137,7 @@ service imap-login {{
     def start(self, timeout: float = 20.0) -> "Dovecot":
         """Run the master in the foreground (-F) as our child: a daemonizing master
         would keep the pipes of a captured run open."""
+        self.run_dir.mkdir(mode=0o755, exist_ok=True)
         with open(self.dir / "dovecot.stderr", "ab") as err:
             self._proc = subprocess.Popen([DOVECOT, "-F", "-c", str(self.conf)],
                                           stdin=subprocess.DEVNULL, stdout=err, stderr=err)
@@ -158,6 +163,7 @@ service imap-login {{
             proc.wait(5)
         wait_for(lambda: not port_open(self.address, self.lmtp_port), timeout=5,
                  what="Dovecot's LMTP port closed")
+        shutil.rmtree(self.run_dir, ignore_errors=True)      # made again by start()
 
     def __enter__(self) -> "Dovecot":
         return self.start()
