@@ -155,15 +155,19 @@ def _start_side_by_side(services: list[MailtalkService]) -> None:
 
 
 @contextmanager
-def two_sites(base: Path, *, b_lmtp_next: str | None = None) -> Iterator[World]:
+def two_sites(base: Path, *, b_lmtp_next: str | None = None, a_signer: str = "",
+              b_verifier: str = "", b_filter: dict | None = None) -> Iterator[World]:
     """Both sites, started; on leaving, everything stopped (killed if need be).
 
     `b_lmtp_next` (HOST:PORT of an LMTP server, e.g. support.dovecot's): b.test
     delivers its mailboxes over LMTP through mailtalk's LMTP hook to that server
-    (deploy/postfix/receiver-lmtp-main.cf) instead of the content filter and Maildir."""
+    (deploy/postfix/receiver-lmtp-main.cf) instead of the content filter and Maildir.
+    `a_signer`: a DKIM signing milter (Postfix form) after ours on a.test's submission;
+    `b_verifier`: a verifying milter on b.test's smtpd; `b_filter`: more [filter] keys."""
     dns_ns = f"{DNS}:{free_port(DNS)}"
     a_cfg = _site_config(base / "a-state", "a.test", A_SVC, A_MX, dns_ns)
     b_cfg = _site_config(base / "b-state", "b.test", B_SVC, B_MX, dns_ns, b_lmtp_next)
+    b_cfg["filter"].update(b_filter or {})
     dns = Dnsmasq(DNS, port=int(dns_ns.rpartition(":")[2]), log_dir=base, txt_records={
         "_mailtalk.a.test": mailtalk_txt(a_cfg["presence"]["public_url"],
                                          base / "a-state" / "lookup-signing.key"),
@@ -186,6 +190,12 @@ def two_sites(base: Path, *, b_lmtp_next: str | None = None) -> Iterator[World]:
             assert r.returncode == 0, r.stderr
         _configure_postfix(a, a_cfg, ALICE, PASSWORD, w.submit_port, base / "a-snippets")
         _configure_postfix(b, b_cfg, BOB, BOB_PASSWORD, w.b_submit_port, base / "b-snippets")
+        if a_signer:              # deploy/dkim/opendkim.conf: the signer after our milter
+            ours = "inet:" + a_cfg["milter"]["socket"][len("inet:"):].partition("@")[2] \
+                + ":" + a_cfg["milter"]["socket"][len("inet:"):].partition("@")[0]
+            a.master_replace(f"smtpd_milters={ours}", f"smtpd_milters={ours},{a_signer}")
+        if b_verifier:
+            b.postconf(smtpd_milters=b_verifier)
         a.relay_to("b.test", B_MX, b.smtp_port)
         b.relay_to("a.test", A_MX, a.smtp_port)
         b.start()
