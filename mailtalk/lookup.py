@@ -15,8 +15,9 @@ answer) is an `unknown` result whose `reason` says why, for the caller's log lin
 Safety: a returned link is kept only if it is a URL that fits our header grammar
 (`online_header.safe_url`) on exactly the scheme, host and port of the endpoint that
 the account's own domain publishes in DNS; links are never taken from the mail.
-Answers are capped at LOOKUP_RESPONSE_MAX_BYTES a request; connections to one site
-at `[filter] lookup_concurrency_per_domain` (aiohttp's per-host limit: more wait).
+Answers are capped at LOOKUP_RESPONSE_MAX_BYTES a request; lookups to one site at
+`[filter] lookup_concurrency_per_domain` in flight, past which its mails get `unknown`
+at once, and a site that keeps failing is not asked for a while (`site_breaker`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from mailtalk.config import Config
 from mailtalk.constants import API_LOOKUP, LOOKUP_MAX_RECIPIENTS, LOOKUP_RESPONSE_MAX_BYTES
 from mailtalk.discovery import Discoverer, Endpoint
 from mailtalk.online_header import STATUSES, safe_url, state_for
+from mailtalk.site_breaker import SiteBreaker
 
 log = logging.getLogger("mailtalk.lookup")
 
@@ -117,26 +119,36 @@ class PresenceLookup:
                            else Discoverer(cfg.dns, resolver=resolver))
         self._session = session
         self._own_session = session is None
+        # Per sender site: at most `cap` lookups in flight, the rest `unknown` at once
+        # (no queue behind a slow site), and a breaker for a site that fails.
+        self.breaker = SiteBreaker(self._cap)
 
     async def lookup(self, account: str, mail_id: str, recipients: list[str],
                      *, message_id: str = "", queue_id: str = "-") -> LookupResult:
         """Presence of `account` (a checked claim: receiving.read_claim) and a chat link
         per recipient (distinct, as the envelope has them); never raises."""
         started = time.monotonic()
+        site = account_domain(account)
+        if (refused := self.breaker.admit(site)) is not None:
+            return self._unknown(refused)
+        failed = True               # a timeout or a connection failure (site_breaker)
         try:
             async with asyncio.timeout(self._timeout):
                 result = await self._lookup(account, mail_id, message_id, recipients)
+            failed = False
         except TimeoutError:
             result = self._unknown(f"no answer within {self._timeout}s")
         except LookupFailed as e:
-            result = self._unknown(str(e))
+            result, failed = self._unknown(str(e)), False      # an answer: the site is up
         except (aiohttp.ClientError, OSError) as e:
             result = self._unknown(f"{type(e).__name__}: {e}")
         except asyncio.CancelledError:
+            self.breaker.done(site, failed=False)
             raise
         except Exception as e:    # fail open: the mail goes on with `unknown`
             log.exception("%s: lookup of %s failed", queue_id, account)
-            result = self._unknown(f"{type(e).__name__}: {e}")
+            result, failed = self._unknown(f"{type(e).__name__}: {e}"), False
+        self.breaker.done(site, failed)
         log.debug("%s: lookup of %s: %s, %d links in %.1f ms%s", queue_id, account,
                   result.status, len(result.links), 1000 * (time.monotonic() - started),
                   f" ({result.reason})" if result.reason else "")

@@ -204,19 +204,28 @@ def _too_many() -> web.Response:
 
 
 async def post_lookup(request: web.Request) -> web.Response:
+    """The limit counts refusals only: a valid Mail-ID is an unguessable capability,
+    and a busy peer site asking for its own recipients is never held back; a guesser
+    is (`[presence] lookups_per_minute_per_client` refused lookups a minute)."""
     svc = service(request)
     ip = client_ip(request)
-    if not svc.lookup_limiter.hit(ip):
+    if svc.lookup_limiter.blocked(ip):
+        svc.degraded["rate_limited"] += 1
+        log.info("lookup from %s: rate limited (too many refused lookups)", ip)
         return _too_many()
     raw = await request.read()
     body = _parse(raw)
     if (error := _lookup_error(body)) is not None:
+        svc.lookup_limiter.hit(ip)
         return _bad(error)
     assert body is not None
 
     async def signer() -> str | None:
         return await svc.signatures.signer(request.headers, "POST", svc.lookup_path, raw)
-    return _answer(await _lookup_answer(svc, body, svc.clock(), ip, signer))
+    answer = await _lookup_answer(svc, body, svc.clock(), ip, signer)
+    if answer["status"] == "unknown":       # a refusal (every refusal is this answer)
+        svc.lookup_limiter.hit(ip)
+    return _answer(answer)
 
 
 def routes() -> list[web.AbstractRouteDef]:

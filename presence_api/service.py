@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -35,8 +36,11 @@ class Service:
     links: Links
     presence: PresenceHub
     chat: ChatHub
-    lookup_limiter: RateLimiter
+    lookup_limiter: RateLimiter    # refused lookups per client address (api.py)
     signatures: Verifier           # signed lookups: who may have links
+    # Answers given short of what was asked, by reason ("rate_limited"): logged and
+    # counted, never silent.
+    degraded: Counter[str] = field(default_factory=Counter)
 
     @cached_property
     def lookup_path(self) -> str:

@@ -225,13 +225,26 @@ async def test_link_expires(tmp_path: Path) -> None:
 
 
 async def test_lookup_rate_limit_per_client_address(tmp_path: Path) -> None:
+    """The limit counts refusals: a guesser is held back, a busy peer is not."""
     p = await start_presence(tmp_path, lookups_per_minute_per_client=3)
     try:
+        await p.add_user(ALICE)
+        valid = []
+        for _ in range(40):             # far over the limit, every one a valid Mail-ID
+            mid = await p.record(ALICE, ["bob@b.test"])
+            valid.append(mid)
+            answer = await p.lookup(ALICE, mid, ["bob@b.test"])
+            assert answer["status"] != "unknown" and answer["links"], answer
         body = {"account": ALICE, "mail_id": "Z" * 44, "recipients": []}
+        refusal = None
         for _ in range(3):
-            assert (await p.client.post("/api/v1/lookup", json=body)).status == 200
+            r = await p.client.post("/api/v1/lookup", json=body)
+            assert r.status == 200
+            refusal = refusal or await r.read()
+            assert await r.read() == refusal        # refusals stay identical
         r = await p.client.post("/api/v1/lookup", json=body)
         assert r.status == 429 and r.headers["Retry-After"]
+        assert p.svc.degraded["rate_limited"] == 1
         # another client address is not held back
         other = ClientSession(connector=TCPConnector(local_addr=("127.0.12.9", 0)))
         try:

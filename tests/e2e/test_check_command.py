@@ -127,7 +127,7 @@ async def test_check_names_each_problem_and_what_to_do(tmp_path, site, monkeypat
     cfg = _config(tmp_path, ports, dns, public_url=f"http://{HOST}:{ports['presence']}/x")
     text = "\n".join(str(f) for f in await ops.run_checks(cfg) if f.state == "FAIL")
     want = f"http://{HOST}:{ports['presence']}/x"
-    k = mailtalk_txt("x", tmp_path / "lookup-signing.key").rpartition("k=")[2]
+    k = mailtalk_txt("x", tmp_path / "lookup-signing.key").partition("; k=")[2]
     assert (f"FAIL DNS _mailtalk.a.test: api=http://{HOST}:{ports['presence']} is not "
             f"[presence] public_url {want}; publish: _mailtalk.a.test. 3600 IN TXT "
             f"\"v=mailtalk1; api={want}; k={k}\"") in text

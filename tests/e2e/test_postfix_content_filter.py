@@ -69,3 +69,25 @@ def test_postfix_content_filter_round_trip_and_restart(postfix_factory, mailtalk
     assert "status=bounced" not in mx.maillog()
     wait_for(lambda: not mx.queue(), timeout=5, what="an empty queue")
     assert len(mx.delivered("bob@b.test")) == 2 and len(mx.delivered("carol@b.test")) == 1
+
+
+def test_a_next_hop_size_refusal_passes_as_it_is(postfix_factory, mailtalk_factory) -> None:
+    """The re-injection smtpd's message_size_limit is just below the mail (the smtpd
+    that receives it takes it): its `552 5.3.4` reaches Postfix's `mailtalk` transport
+    as it is, which bounces the mail at once. A 4xx of ours would keep it deferred for
+    days, and the filter's own size limit was not exceeded, so it must not say so."""
+    filter_port = free_port(FILTER)
+    mx, reinject = _receiver(postfix_factory, filter_port)
+    mx.master_replace("  -o syslog_name=postfix/reinject\n",
+                      "  -o syslog_name=postfix/reinject\n  -o message_size_limit=20000\n")
+    flt = mailtalk_factory({"filter": {"listen": f"{FILTER}:{filter_port}",
+                                       "reinject": f"{MX}:{reinject}"}},
+                           subcommand="filter", name="filter-size")
+    mx.start()
+    big = make_message(to="bob@b.test", subject="too big for the next hop",
+                       message_id="<size@a.test>", body="x" * 70 + "\r\n" + ("y" * 76 + "\r\n") * 400)
+    smtp_send(MX, mx.smtp_port, big, sender="alice@a.test", rcpts=["bob@b.test"])
+    line = mx.wait_log(r"mailtalk/smtp\[\d+\]: \w+: to=<bob@b.test>.*status=\w+.*", 30).group(0)
+    assert "status=bounced" in line and "552 5.3.4" in line, line
+    assert "max_message_size" not in flt.log(), flt.log_tail()
+    assert mx.delivered("bob@b.test") == []

@@ -1,0 +1,84 @@
+"""A slow sender site may slow only its own mails.
+
+A domain whose presence service never answers (or answers a byte a second) would hold
+a filter slot for the whole lookup timeout for every mail that claims it, and with the
+MTA's few delivery slots full of them, every other site's mail waits too. Per sender
+site (the account's domain) this keeps:
+
+- a cap on lookups in flight: past it, that site's mails get `unknown` at once instead
+  of waiting for a connection (a queue is what must not build up);
+- a breaker: after FAILURES timeouts or connection failures within WINDOW seconds, the
+  site's mails get `unknown` at once for COOL_DOWN seconds; then one lookup goes
+  through as a probe: its success closes the breaker, its failure opens it again.
+
+A refusal from the site (an answer) is no failure: the site is up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("mailtalk.lookup")
+
+FAILURES = 5          # timeouts or connection failures ...
+WINDOW = 60.0         # ... within this many seconds open the breaker
+COOL_DOWN = 30.0      # seconds of `unknown` at once before a probe
+
+
+@dataclass
+class _Site:
+    in_flight: int = 0
+    failures: deque[float] = field(default_factory=deque)
+    open_until: float = 0.0       # 0: closed
+    probing: bool = False
+
+
+class SiteBreaker:
+    def __init__(self, cap: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cap = cap
+        self._clock = clock
+        self._sites: dict[str, _Site] = {}
+        self.refused: dict[str, int] = {"cap": 0, "open": 0}    # counted, never silent
+
+    def admit(self, domain: str) -> str | None:
+        """None: ask the site (then call `done`); else why its mail gets `unknown` now."""
+        site = self._sites.setdefault(domain, _Site())
+        if site.open_until:
+            if self._clock() < site.open_until or site.probing:
+                self.refused["open"] += 1
+                return f"{domain}: site breaker open (its service failed {FAILURES} times)"
+            site.probing = True                   # half-open: this one is the probe
+        elif site.in_flight >= self.cap:
+            self.refused["cap"] += 1
+            return f"{domain}: {site.in_flight} lookups already in flight (the per-site cap)"
+        site.in_flight += 1
+        return None
+
+    def done(self, domain: str, failed: bool) -> None:
+        site = self._sites[domain]
+        site.in_flight -= 1
+        now = self._clock()
+        if site.probing:
+            site.probing = False
+            if failed:
+                site.open_until = now + COOL_DOWN
+                log.warning("%s: probe failed: site breaker open for %g s", domain, COOL_DOWN)
+            else:
+                site.open_until = 0.0
+                site.failures.clear()
+                log.warning("%s: probe answered: site breaker closed", domain)
+        elif failed:
+            site.failures.append(now)
+            while site.failures and site.failures[0] <= now - WINDOW:
+                site.failures.popleft()
+            if len(site.failures) >= FAILURES and not site.open_until:
+                site.open_until = now + COOL_DOWN
+                log.warning("%s: %d lookups failed within %g s: site breaker open for %g s "
+                            "(its mails get unknown at once)", domain, len(site.failures),
+                            WINDOW, COOL_DOWN)
+        if not site.in_flight and not site.open_until and not site.failures:
+            del self._sites[domain]               # bounded: only sites with state stay

@@ -1,0 +1,54 @@
+"""The per-site cap and breaker of the lookup client (mailtalk.site_breaker), on a
+fake clock."""
+
+from __future__ import annotations
+
+from mailtalk.site_breaker import COOL_DOWN, FAILURES, WINDOW, SiteBreaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_cap_answers_at_once_past_it_and_frees_as_lookups_end() -> None:
+    b = SiteBreaker(cap=2, clock=Clock())
+    assert b.admit("slow.test") is None and b.admit("slow.test") is None
+    assert "already in flight" in (b.admit("slow.test") or "")
+    assert b.admit("other.test") is None               # another site is not held back
+    b.done("slow.test", failed=False)
+    assert b.admit("slow.test") is None
+    assert b.refused == {"cap": 1, "open": 0}
+
+
+def test_failures_open_the_breaker_then_one_probe_decides() -> None:
+    clock = Clock()
+    b = SiteBreaker(cap=100, clock=clock)
+    for _ in range(FAILURES):
+        assert b.admit("tarpit.test") is None
+        b.done("tarpit.test", failed=True)
+    assert "breaker open" in (b.admit("tarpit.test") or "")
+    assert b.admit("healthy.test") is None
+    clock.now += COOL_DOWN
+    assert b.admit("tarpit.test") is None              # the probe
+    assert "breaker open" in (b.admit("tarpit.test") or "")     # one probe at a time
+    b.done("tarpit.test", failed=True)                 # fails: open again
+    assert "breaker open" in (b.admit("tarpit.test") or "")
+    clock.now += COOL_DOWN
+    assert b.admit("tarpit.test") is None
+    b.done("tarpit.test", failed=False)                # answers: closed
+    assert b.admit("tarpit.test") is None
+
+
+def test_failures_spread_over_more_than_the_window_do_not_open_it() -> None:
+    clock = Clock()
+    b = SiteBreaker(cap=100, clock=clock)
+    for _ in range(3 * FAILURES):
+        assert b.admit("flaky.test") is None
+        b.done("flaky.test", failed=True)
+        clock.now += WINDOW / (FAILURES - 1) + 0.1
+    assert b.admit("flaky.test") is None
+    assert b.refused == {"cap": 0, "open": 0}
