@@ -91,6 +91,7 @@ class PresenceConfig:
     chat_message_max_chars: int
     chat_messages_per_minute: int
     trusted_proxies: tuple[Any, ...]   # TLS proxies whose X-Forwarded-For is believed
+    retention_days: int        # mail records and their chats kept this long
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "chat_message_max_chars": (int_min(1), D.CHAT_MESSAGE_MAX_CHARS),
         "chat_messages_per_minute": (int_min(1), D.CHAT_MESSAGES_PER_MINUTE),
         "trusted_proxies": (networks, []),
+        "retention_days": (int_min(1), _DERIVED),
     },
     "dns": {
         "nameservers": (nameservers, D.DNS_NAMESERVERS),
@@ -237,6 +239,12 @@ def _build(given: dict[str, dict[str, Any]], source: str) -> Config:
     presence = section_values("presence")
     if presence["database"] is _DERIVED:
         presence["database"] = str(site["state_dir"] / D.DATABASE_FILE_NAME)
+    if presence["retention_days"] is _DERIVED:
+        presence["retention_days"] = presence["link_lifetime_days"] + D.RETENTION_EXTRA_DAYS
+    if presence["retention_days"] < site["mail_id_lifetime_days"]:
+        # A record gone while its Mail-ID is valid would read as "not recorded yet".
+        raise ConfigError(f"{source}: [presence] retention_days: must be at least [site] "
+                          f"mail_id_lifetime_days ({site['mail_id_lifetime_days']})")
 
     milter = section_values("milter")
     if milter["outbox"] is _DERIVED:
@@ -249,18 +257,7 @@ def _build(given: dict[str, dict[str, Any]], source: str) -> Config:
             raise ConfigError(f"{source}: [domains] names: must list at least one "
                               f"mail domain of this site (needed by [{needs}])")
 
-    filter_ = section_values("filter")
-    if filter_["listen"] is _DERIVED:
-        filter_["listen"] = endpoint(D.FILTER_LMTP_LISTEN if filter_["mode"] == "lmtp"
-                                     else D.FILTER_LISTEN)
-    if isinstance(filter_["listen"], UnixPath) and filter_["mode"] != "lmtp":
-        raise ConfigError(f"{source}: [filter] listen: a unix: socket is for mode = "
-                          f"\"lmtp\"; the content filter listens on HOST:PORT")
-    if filter_["dkim"] != "off" and not filter_["authserv_id"]:
-        raise ConfigError(f"{source}: [filter] authserv_id: required with dkim = "
-                          f"\"{filter_['dkim']}\" (the authserv-id your DKIM verifier "
-                          f"writes in Authentication-Results)")
-
+    filter_ = _filter_values(section_values("filter"), source)
     return Config(
         source=source,
         site=SiteConfig(**site),
@@ -271,6 +268,20 @@ def _build(given: dict[str, dict[str, Any]], source: str) -> Config:
         dns=DnsConfig(**section_values("dns")),
         sections=frozenset(given),
     )
+
+
+def _filter_values(filter_: dict[str, Any], source: str) -> dict[str, Any]:
+    if filter_["listen"] is _DERIVED:
+        filter_["listen"] = endpoint(D.FILTER_LMTP_LISTEN if filter_["mode"] == "lmtp"
+                                     else D.FILTER_LISTEN)
+    if isinstance(filter_["listen"], UnixPath) and filter_["mode"] != "lmtp":
+        raise ConfigError(f"{source}: [filter] listen: a unix: socket is for mode = "
+                          f"\"lmtp\"; the content filter listens on HOST:PORT")
+    if filter_["dkim"] != "off" and not filter_["authserv_id"]:
+        raise ConfigError(f"{source}: [filter] authserv_id: required with dkim = "
+                          f"\"{filter_['dkim']}\" (the authserv-id your DKIM verifier "
+                          f"writes in Authentication-Results)")
+    return filter_
 
 
 def parse_text(text: str, source: str) -> Config:

@@ -15,9 +15,10 @@ answer) is an `unknown` result whose `reason` says why, for the caller's log lin
 Safety: a returned link is kept only if it is a URL that fits our header grammar
 (`online_header.safe_url`) on exactly the scheme, host and port of the endpoint that
 the account's own domain publishes in DNS; links are never taken from the mail.
-Answers are capped at LOOKUP_RESPONSE_MAX_BYTES a request; lookups to one site at
-`[filter] lookup_concurrency_per_domain` in flight, past which its mails get `unknown`
-at once, and a site that keeps failing is not asked for a while (`site_breaker`).
+Answers are capped at LOOKUP_RESPONSE_MAX_BYTES a request; connections to one site at
+`[filter] lookup_concurrency_per_domain` (more lookups wait for one, unless the site is
+slow: then its mails get `unknown` at once), and a site that keeps failing is not asked
+for a while (`site_breaker`).
 """
 
 from __future__ import annotations
@@ -119,9 +120,9 @@ class PresenceLookup:
                            else Discoverer(cfg.dns, resolver=resolver))
         self._session = session
         self._own_session = session is None
-        # Per sender site: at most `cap` lookups in flight, the rest `unknown` at once
-        # (no queue behind a slow site), and a breaker for a site that fails.
-        self.breaker = SiteBreaker(self._cap)
+        # Per sender site: a slow site gets at most `cap` lookups in flight, the rest
+        # `unknown` at once (no queue behind it), and a breaker for a site that fails.
+        self.breaker = SiteBreaker(self._cap, slow_after=self._timeout / 2)
 
     async def lookup(self, account: str, mail_id: str, recipients: list[str],
                      *, message_id: str = "", queue_id: str = "-") -> LookupResult:

@@ -5,8 +5,10 @@ a filter slot for the whole lookup timeout for every mail that claims it, and wi
 MTA's few delivery slots full of them, every other site's mail waits too. Per sender
 site (the account's domain) this keeps:
 
-- a cap on lookups in flight: past it, that site's mails get `unknown` at once instead
-  of waiting for a connection (a queue is what must not build up);
+- a cap on lookups in flight once the site is slow (its oldest lookup in flight has
+  waited `slow_after` seconds, or it failed lately): past it, that site's mails get
+  `unknown` at once instead of waiting in a queue behind it. A site that answers is
+  never capped, however busy: its lookups queue for a connection as before;
 - a breaker: after FAILURES timeouts or connection failures within WINDOW seconds, the
   site's mails get `unknown` at once for COOL_DOWN seconds; then one lookup goes
   through as a probe: its success closes the breaker, its failure opens it again.
@@ -31,15 +33,17 @@ COOL_DOWN = 30.0      # seconds of `unknown` at once before a probe
 
 @dataclass
 class _Site:
-    in_flight: int = 0
+    started: deque[float] = field(default_factory=deque)   # lookups in flight (FIFO)
     failures: deque[float] = field(default_factory=deque)
     open_until: float = 0.0       # 0: closed
     probing: bool = False
 
 
 class SiteBreaker:
-    def __init__(self, cap: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cap: int, slow_after: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cap = cap
+        self.slow_after = slow_after
         self._clock = clock
         self._sites: dict[str, _Site] = {}
         self.refused: dict[str, int] = {"cap": 0, "open": 0}    # counted, never silent
@@ -47,20 +51,23 @@ class SiteBreaker:
     def admit(self, domain: str) -> str | None:
         """None: ask the site (then call `done`); else why its mail gets `unknown` now."""
         site = self._sites.setdefault(domain, _Site())
+        now = self._clock()
         if site.open_until:
-            if self._clock() < site.open_until or site.probing:
+            if now < site.open_until or site.probing:
                 self.refused["open"] += 1
                 return f"{domain}: site breaker open (its service failed {FAILURES} times)"
             site.probing = True                   # half-open: this one is the probe
-        elif site.in_flight >= self.cap:
+        elif len(site.started) >= self.cap and (
+                site.failures or now - site.started[0] >= self.slow_after):
             self.refused["cap"] += 1
-            return f"{domain}: {site.in_flight} lookups already in flight (the per-site cap)"
-        site.in_flight += 1
+            return (f"{domain}: {len(site.started)} lookups already in flight to a slow "
+                    f"site (the per-site cap)")
+        site.started.append(now)
         return None
 
     def done(self, domain: str, failed: bool) -> None:
         site = self._sites[domain]
-        site.in_flight -= 1
+        site.started.popleft()        # the oldest: close enough, lookups end in order
         now = self._clock()
         if site.probing:
             site.probing = False
@@ -80,5 +87,5 @@ class SiteBreaker:
                 log.warning("%s: %d lookups failed within %g s: site breaker open for %g s "
                             "(its mails get unknown at once)", domain, len(site.failures),
                             WINDOW, COOL_DOWN)
-        if not site.in_flight and not site.open_until and not site.failures:
+        if not site.started and not site.open_until and not site.failures:
             del self._sites[domain]               # bounded: only sites with state stay

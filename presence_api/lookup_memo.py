@@ -139,6 +139,11 @@ class LookupMemo:
             if mails.pop(old)[0].allowed is not None:      # a record leaves memory
                 self.complete_after = max(self.complete_after, _issued_at(old) or 0.0)
 
+    def forget(self, mail_ids: list[str]) -> None:
+        """Records purged from the store (their Mail-IDs have expired: config.py)."""
+        for mail_id in mail_ids:
+            self.mails.pop(mail_id, None)
+
     # --- writes that lookups must see at once
 
     async def put_mail(self, mail: Mail) -> bool:

@@ -65,8 +65,7 @@ def published_keys(discoverer: Discoverer) -> KeysOf:
 def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float] = time.time,
              site_key: bytes | None = None, discoverer: Discoverer | None = None
              ) -> web.Application:
-    """The aiohttp app. The store is opened at app start-up and closed at clean-up.
-    `discoverer`: finds the signing keys of hooks' domains (tests inject a resolver)."""
+    """The aiohttp app; the store opens at start-up. `discoverer`: hooks' signing keys."""
     p = cfg.presence
     store = store if store is not None else open_store(cfg)
     key = site_key if site_key is not None else load_or_create_site_key(cfg.site.secret_file)
@@ -101,8 +100,9 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
         await svc.lookups.open()
         # Away is a matter of time passing: look a few times per idle period.
         interval = max(0.5, min(10.0, p.idle_away_seconds / 4))
-        sweeper.append(asyncio.create_task(presence.run_sweeper(interval)))
-        sweeper.append(asyncio.create_task(purge_sessions(store, clock)))
+        sweeper.extend(asyncio.create_task(c) for c in (
+            presence.run_sweeper(interval), purge_sessions(store, clock),
+            purge_old_mails(svc, clock)))
 
     async def on_shutdown(app: web.Application) -> None:
         # Open pages would hold the shutdown for shutdown_timeout: close them now.
@@ -134,6 +134,33 @@ async def purge_sessions(store: Store, clock: Callable[[], float]) -> None:
         except Exception:
             log.exception("purging expired sessions failed")
         await asyncio.sleep(SESSION_PURGE_INTERVAL)
+
+
+async def purge_old_mails_once(svc: Service, now: float) -> int:
+    """Mail records (with the mail's text) and their chats older than `[presence]
+    retention_days` go, RETENTION_PURGE_BATCH records per transaction so that lookups
+    are never held long; a chat with a message newer than that stays whole. Returns
+    how many went."""
+    before = now - svc.cfg.presence.retention_days * 86400
+    n = 0
+    while ids := await svc.store.purge_mails(before, D.RETENTION_PURGE_BATCH):
+        svc.lookups.forget(ids)
+        n += len(ids)
+        await asyncio.sleep(0)                # lookups run between batches
+    if n:
+        log.info("purged %d mail records older than %d days, with their chats", n,
+                 svc.cfg.presence.retention_days)
+    return n
+
+
+async def purge_old_mails(svc: Service, clock: Callable[[], float]) -> None:
+    """At start, then hourly."""
+    while True:
+        try:
+            await purge_old_mails_once(svc, clock())
+        except Exception:
+            log.exception("purging old mail records failed")
+        await asyncio.sleep(D.RETENTION_PURGE_INTERVAL)
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -189,6 +189,25 @@ class SqliteStore:
         await self._run(lambda: self.db.execute("DELETE FROM sessions WHERE token_hash=?",
                                                 (token_hash,)))
 
+    async def purge_mails(self, before: float, batch: int) -> list[str]:
+        def do() -> list[str]:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [r[0] for r in db.execute(
+                    "SELECT mail_id FROM mails WHERE created_at < ? AND NOT EXISTS (SELECT 1 "
+                    "FROM messages m WHERE m.mail_id = mails.mail_id AND m.ts >= ?) LIMIT ?",
+                    (before, before, batch))]
+                for table in ("reads", "messages", "members", "mails"):
+                    db.executemany(f"DELETE FROM {table} WHERE mail_id = ?",
+                                   [(i,) for i in ids])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return ids
+        return await self._run(do)
+
     async def purge_sessions(self, now: float) -> int:
         return await self._run(lambda: self.db.execute(
             "DELETE FROM sessions WHERE expires_at <= ?", (now,)).rowcount)

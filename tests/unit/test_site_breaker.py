@@ -14,11 +14,22 @@ class Clock:
         return self.now
 
 
-def test_the_cap_answers_at_once_past_it_and_frees_as_lookups_end() -> None:
-    b = SiteBreaker(cap=2, clock=Clock())
+def test_a_busy_site_that_answers_is_never_capped() -> None:
+    clock = Clock()
+    b = SiteBreaker(cap=2, slow_after=1.0, clock=clock)
+    for _ in range(10):                     # many at once, none waiting long yet
+        assert b.admit("busy.test") is None
+    assert b.refused == {"cap": 0, "open": 0}
+
+
+def test_past_the_cap_a_slow_site_answers_at_once() -> None:
+    clock = Clock()
+    b = SiteBreaker(cap=2, slow_after=1.0, clock=clock)
     assert b.admit("slow.test") is None and b.admit("slow.test") is None
-    assert "already in flight" in (b.admit("slow.test") or "")
-    assert b.admit("other.test") is None               # another site is not held back
+    clock.now += 1.0                        # the oldest has waited slow_after
+    assert "slow site" in (b.admit("slow.test") or "")
+    assert b.admit("other.test") is None    # another site is not held back
+    b.done("slow.test", failed=False)
     b.done("slow.test", failed=False)
     assert b.admit("slow.test") is None
     assert b.refused == {"cap": 1, "open": 0}
@@ -26,7 +37,7 @@ def test_the_cap_answers_at_once_past_it_and_frees_as_lookups_end() -> None:
 
 def test_failures_open_the_breaker_then_one_probe_decides() -> None:
     clock = Clock()
-    b = SiteBreaker(cap=100, clock=clock)
+    b = SiteBreaker(cap=100, slow_after=1.0, clock=clock)
     for _ in range(FAILURES):
         assert b.admit("tarpit.test") is None
         b.done("tarpit.test", failed=True)
@@ -45,7 +56,7 @@ def test_failures_open_the_breaker_then_one_probe_decides() -> None:
 
 def test_failures_spread_over_more_than_the_window_do_not_open_it() -> None:
     clock = Clock()
-    b = SiteBreaker(cap=100, clock=clock)
+    b = SiteBreaker(cap=100, slow_after=1.0, clock=clock)
     for _ in range(3 * FAILURES):
         assert b.admit("flaky.test") is None
         b.done("flaky.test", failed=True)
