@@ -108,7 +108,8 @@ class ReinjectClient:
 
     async def _read_reply(self) -> Reply:
         # asyncio.timeout, not wait_for: wait_for makes a task per line (Python 3.11).
-        assert self._reader is not None
+        if self._reader is None:          # aborted meanwhile (a stop, an error)
+            raise ReinjectError("connection closed")
         lines: list[str] = []
         code = 0
         try:
