@@ -52,12 +52,16 @@ class LmtpClient(ReinjectClient):
         broken connection the client is aborted and must not be reused."""
         out: list[Reply | None] = [None] * len(rcpts)
         self.answered = False
+        # Until the last reply is read: a connection left mid-way (a cancellation, an
+        # error) is never pooled, where a late reply would be read as another mail's.
+        self.in_transaction = True
         try:
             await self._deliver(sender, options, rcpts, message, out)
         except ReinjectError as e:
             self.abort()
             reason = str(e)
             return [r if r is not None else ours(reason) for r in out]
+        self.in_transaction = False
         return [r if r is not None else ours("no reply") for r in out]
 
     async def _deliver(self, sender: str, options: Iterable[str], rcpts: Sequence[str],
@@ -101,4 +105,3 @@ class LmtpClient(ReinjectClient):
         await self._send(stuffed(message))
         for i in accepted:            # RFC 2033: one reply per accepted recipient
             out[i] = await self._read_reply()
-        self.in_transaction = False
