@@ -168,7 +168,10 @@ async def test_links_off_the_published_origin_are_refused(client, remote):
 
 
 async def test_concurrent_requests_per_domain_are_capped(client, remote):
-    # Beyond the cap of 2 connections to one site, lookups wait for a connection.
+    # Beyond the cap of 2 connections to a site that answers, lookups wait for one.
+    assert (await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])).state == "yes"
+    remote.requests.clear()
+
     async def held(request, body):
         await remote.release.wait()
         return web.json_response({"status": "online", "links": {}})
@@ -188,6 +191,9 @@ async def test_concurrent_requests_per_domain_are_capped(client, remote):
 async def test_past_the_cap_a_slow_site_gets_unknown_at_once(client, remote):
     """Once a lookup to the site has waited half the lookup timeout, a mail does not
     queue behind it: `unknown` at once, nothing sent; the ones in flight go on."""
+    assert (await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])).state == "yes"
+    remote.requests.clear()
+
     async def held(request, body):
         await remote.release.wait()
         return web.json_response({"status": "online", "links": {}})

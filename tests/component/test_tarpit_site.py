@@ -1,8 +1,7 @@
 """A hostile sender site slows only its own mails: the real filter and lookup client,
 a "tarpit" presence service that accepts connections and never answers, and a healthy
 site (a stand-in service answering at once), their `_mailtalk` records from an
-injected resolver. After a first wave of tarpit mails times out, 25 more and 10
-healthy ones are sent together."""
+injected resolver. 30 tarpit mails and 10 healthy ones are sent together."""
 
 from __future__ import annotations
 
@@ -45,25 +44,25 @@ async def test_a_tarpit_site_slows_only_its_own_mails() -> None:
         def mail(account: str, n: int) -> bytes:
             return msg(f"X-Messenger-Account: {account}", f"X-Mail-ID: {MAIL_ID}",
                        f"Subject: {account} {n}")
-        # A first wave: FAILURES mails wait for the tarpit until the lookup timeout.
-        first = [harness.send(["bob@b.example"], mail("mallory@tarpit.example", n))
-                 for n in range(FAILURES)]
-        assert all(r.data[0] == 250 for r in await asyncio.wait_for(asyncio.gather(*first), 60))
-        # Then 25 more from the tarpit and 10 from a healthy site, together.
+        # The healthy site has answered before (as a site one hears from does).
+        r = await harness.send(["bob@b.example"], mail("alice@a.example", 99))
+        assert r.data[0] == 250
         sends = [harness.send(["bob@b.example"], mail("mallory@tarpit.example", n))
-                 for n in range(FAILURES, 30)]
+                 for n in range(30)]
         sends += [harness.send(["bob@b.example"], mail("alice@a.example", n)) for n in range(10)]
         results = await asyncio.wait_for(asyncio.gather(*sends), 60)
         assert all(r.data[0] == 250 for r in results)
         got = {m.content.split(b"Subject: ")[1].split(b"\r\n")[0].decode(): online_of(m.content)
                for m in harness.sink.got}
         healthy_states = [h.state for s, h in got.items() if s.startswith("alice@")]
-        assert healthy_states == ["yes"] * 10              # every healthy mail answered
+        assert healthy_states == ["yes"] * 11              # every healthy mail answered
         tarpit_states = {h.state for s, h in got.items() if s.startswith("mallory@")}
-        assert tarpit_states == {"unknown"} and len(got) == 40
-        # The breaker opened after the first wave: the rest never reached the tarpit.
-        assert lookup.breaker.refused["open"] == 30 - FAILURES
-        assert len(accepted) <= FAILURES, len(accepted)        # the first wave's only
+        assert tarpit_states == {"unknown"} and len(got) == 41
+        # A site not heard from gets half the cap, then the breaker: few ever reached
+        # the tarpit, the others were answered `unknown` at once.
+        assert len(accepted) <= FAILURES, len(accepted)
+        refused = lookup.breaker.refused
+        assert refused["cap"] + refused["open"] >= 30 - FAILURES, refused
     finally:
         await things[0].close()
         things[1].close()

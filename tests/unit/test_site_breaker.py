@@ -3,7 +3,7 @@ fake clock."""
 
 from __future__ import annotations
 
-from mailtalk.site_breaker import COOL_DOWN, FAILURES, WINDOW, SiteBreaker
+from mailtalk.site_breaker import COOL_DOWN, FAILURES, PROVEN_FOR, WINDOW, SiteBreaker
 
 
 class Clock:
@@ -14,17 +14,40 @@ class Clock:
         return self.now
 
 
+def _proven(b: SiteBreaker, domain: str) -> None:
+    assert b.admit(domain) is None
+    b.done(domain, failed=False)
+
+
 def test_a_busy_site_that_answers_is_never_capped() -> None:
     clock = Clock()
     b = SiteBreaker(cap=2, slow_after=1.0, clock=clock)
+    _proven(b, "busy.test")
     for _ in range(10):                     # many at once, none waiting long yet
         assert b.admit("busy.test") is None
     assert b.refused == {"cap": 0, "open": 0}
 
 
+def test_a_site_not_heard_from_gets_half_the_cap_until_it_answers() -> None:
+    clock = Clock()
+    b = SiteBreaker(cap=4, slow_after=1.0, clock=clock)
+    assert b.admit("new.test") is None and b.admit("new.test") is None
+    assert "not answered lately" in (b.admit("new.test") or "")
+    b.done("new.test", failed=False)        # it answers: queued lookups are fine now
+    for _ in range(6):
+        assert b.admit("new.test") is None
+    clock.now += PROVEN_FOR + 1             # long silent: half the cap again
+    for _ in range(7):
+        b.done("new.test", failed=False)
+    clock.now += PROVEN_FOR + 1
+    assert b.admit("new.test") is None and b.admit("new.test") is None
+    assert "not answered lately" in (b.admit("new.test") or "")
+
+
 def test_past_the_cap_a_slow_site_answers_at_once() -> None:
     clock = Clock()
     b = SiteBreaker(cap=2, slow_after=1.0, clock=clock)
+    _proven(b, "slow.test")
     assert b.admit("slow.test") is None and b.admit("slow.test") is None
     clock.now += 1.0                        # the oldest has waited slow_after
     assert "slow site" in (b.admit("slow.test") or "")
