@@ -106,18 +106,72 @@ def _content_filters(main: dict[str, str], overrides: list[tuple[str, str, str, 
     return [(w, v) for w, v in places if v and _hostport_matches(v.partition(":")[2], hp)]
 
 
+_LIST_ITEM = re.compile(r"(?:inet6?|unix|local):[^\s,{}]+|\{[^{}]*\}")
+_SEPARATORS = re.compile(r"[\s,]*")
+
+
+def _stray(value: str) -> str:
+    """A milter list from its first non-milter word on (`non_smtpd_milters = ...` when
+    an indented line continued the parameter above it), or ""."""
+    pos = _SEPARATORS.match(value).end()
+    while pos < len(value):
+        item = _LIST_ITEM.match(value, pos)
+        if item is None:
+            return value[pos:].strip()
+        pos = _SEPARATORS.match(value, item.end()).end()
+    return ""
+
+
+def _milter_lists(main: dict[str, str], overrides: list[tuple[str, str, str, str]]
+                  ) -> list[tuple[str, str]]:
+    """(where, value) of every milter list Postfix has: main.cf and master.cf -o."""
+    lists = [(f"main.cf {n}", main.get(n, "")) for n in ("smtpd_milters", "non_smtpd_milters")]
+    return lists + [(f"master.cf {s}/{t} {p}", v) for s, t, p, v in overrides
+                    if p in ("smtpd_milters", "non_smtpd_milters")]
+
+
 def _check_milter(cfg: Config, main: dict[str, str],
                   overrides: list[tuple[str, str, str, str]]) -> list[Finding]:
-    where = _milter_places(cfg.milter.socket, main, overrides)
-    postfix_form = _postfix_form(cfg.milter.socket, main.get("queue_directory", ""))
-    if not where:
-        return [("FAIL", f"Postfix: no smtpd_milters entry for {cfg.milter.socket}: add "
-                 f"`smtpd_milters = {postfix_form}` to main.cf (or `-o smtpd_milters=...` "
-                 f"on the submission service in master.cf), then `postfix reload`")]
-    out = [("ok", f"Postfix: smtpd_milters has the milter ({', '.join(where)})")]
+    """The sending milter: on the submission services (-o in master.cf) and in
+    non_smtpd_milters, never in main.cf's smtpd_milters (port 25: it would strip other
+    sites' claims), first in each list (a DKIM signer after it signs our fields)."""
+    forms = _milter_forms(cfg.milter.socket, main.get("queue_directory", ""))
+    form = _postfix_form(cfg.milter.socket, main.get("queue_directory", ""))
+    out: list[Finding] = []
+    ours: list[str] = []
+    for where, value in _milter_lists(main, overrides):
+        if stray := _stray(value):
+            out.append(("FAIL", f"Postfix: {where} = {value}: `{stray}` is not a milter: an "
+                        f"indented line continues the parameter above it; start each "
+                        f"parameter at the beginning of its line"))
+        names = _MILTER_TOKEN.findall(value)
+        if not forms & set(names):
+            continue
+        ours.append(where)
+        if names[0] not in forms:
+            out.append(("FAIL", f"Postfix: {where} = {value}: put {form} first (a DKIM "
+                        f"signer listed before it signs the mail without our fields)"))
+    if "main.cf smtpd_milters" in ours:
+        out.append(("FAIL", f"Postfix: main.cf smtpd_milters has the sending milter: it "
+                    f"then runs on port 25 too and removes other sites' X-Messenger-Account "
+                    f"and X-Mail-ID; move it to `-o smtpd_milters={form}` on the submission "
+                    f"services in master.cf (deploy/postfix/sender-master.cf)"))
+    submission = [w for w in ours if w.startswith("master.cf") and "non_smtpd" not in w]
+    if submission:
+        out.append(("ok", f"Postfix: smtpd_milters has the milter ({', '.join(submission)})"))
+    else:
+        out.append(("FAIL", f"Postfix: no submission service has the milter: add `-o "
+                    f"smtpd_milters={form}` to the submission and submissions services in "
+                    f"master.cf (deploy/postfix/sender-master.cf), then `postfix reload`"))
+    if "main.cf non_smtpd_milters" in ours:
+        out.append(("ok", "Postfix: non_smtpd_milters has the milter"))
+    else:
+        out.append(("FAIL", f"Postfix: non_smtpd_milters lacks the milter: add "
+                    f"`non_smtpd_milters = {form}` to main.cf (mail handed to "
+                    f"/usr/sbin/sendmail then loses forged copies of our fields too)"))
     actions = [main.get("milter_default_action", "")]
     actions += [v for s, t, p, v in overrides if p == "milter_default_action"
-                and f"master.cf {s}/{t}" in where]
+                and any(w.startswith(f"master.cf {s}/{t} ") for w in ours)]
     if "accept" in actions:
         out.append(("ok", "Postfix: milter_default_action = accept"))
     else:
@@ -236,8 +290,8 @@ def check(cfg: Config) -> list[Finding]:
     if shutil.which("postconf") is None:
         return [("skip", "Postfix: no postconf on this host (Sendmail? see deploy/sendmail/)")]
     try:
-        main = _main_values("content_filter", "smtpd_milters", "milter_default_action",
-                            "queue_directory", *_LMTP_TRANSPORTS)
+        main = _main_values("content_filter", "smtpd_milters", "non_smtpd_milters",
+                            "milter_default_action", "queue_directory", *_LMTP_TRANSPORTS)
         overrides, services = _overrides(), _services()
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         return [("FAIL", f"Postfix: postconf failed: {e}; for another instance set "

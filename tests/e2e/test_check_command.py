@@ -63,7 +63,8 @@ def postfix_dir(tmp_path: Path, milter_port: int, filter_port: int, reinject_por
                 *, complete: bool = True) -> Path:
     d = tmp_path / "postfix"
     d.mkdir()
-    main = [f"content_filter = mailtalk:[{HOST}]:{filter_port}", "milter_default_action = accept"]
+    main = [f"content_filter = mailtalk:[{HOST}]:{filter_port}", "milter_default_action = accept",
+            f"non_smtpd_milters = inet:{HOST}:{milter_port}"]
     master = ["smtp inet n - n - - smtpd",
               f"{HOST}:587 inet n - n - - smtpd",
               f"  -o smtpd_milters=inet:{HOST}:{milter_port}",
@@ -132,8 +133,9 @@ async def test_check_names_each_problem_and_what_to_do(tmp_path, site, monkeypat
             f"[presence] public_url {want}; publish: _mailtalk.a.test. 3600 IN TXT "
             f"\"v=mailtalk1; api={want}; k={k}\"") in text
     assert "presence service ([presence] public_url) does not answer" in text  # /x/openapi.json
-    assert "no smtpd_milters entry" in text
-    assert f"smtpd_milters = inet:{HOST}:{ports['milter']}" in text
+    assert "no submission service has the milter" in text
+    assert f"-o smtpd_milters=inet:{HOST}:{ports['milter']}" in text
+    assert f"non_smtpd_milters = inet:{HOST}:{ports['milter']}" in text
     assert "lacks `-o content_filter=`" in text
 
 
@@ -332,3 +334,30 @@ def test_lmtp_mode_against_the_real_hook(tmp_path):
             f"hook unix:{listen}: set `virtual_transport = lmtp:unix:{listen}`") in bad.stdout
     assert ("FAIL Postfix: content_filter = mailtalk:[127.0.0.1]:10025, but [filter] mode = "
             "\"lmtp\": remove it") in bad.stdout
+
+
+@pytest.mark.parametrize("main, master, wants", [
+    # The indented paste: one parameter swallowed the next.
+    (["smtpd_milters = inet:127.0.0.1:8894", "  non_smtpd_milters = inet:127.0.0.1:8894",
+      "milter_default_action = accept"], [],
+     ["`non_smtpd_milters = inet:127.0.0.1:8894` is not a milter: an indented line "
+      "continues the parameter above it",
+      "main.cf smtpd_milters has the sending milter: it then runs on port 25 too",
+      "non_smtpd_milters lacks the milter"]),
+    # A DKIM signer listed before ours on submission.
+    (["non_smtpd_milters = inet:127.0.0.1:8894", "milter_default_action = accept"],
+     ["submission inet n - n - - smtpd",
+      "  -o smtpd_milters=inet:127.0.0.1:8891,inet:127.0.0.1:8894"],
+     ["put inet:127.0.0.1:8894 first (a DKIM signer listed before it"]),
+])
+def test_broken_milter_lines_are_named(tmp_path, monkeypatch, main, master, wants):
+    """Postfix's own view (postconf -h, -P) of main.cf and master.cf, not substrings."""
+    from mailtalk.cli import check_postfix
+    from mailtalk.config import parse_text
+    conf = postfix_conf(tmp_path, main, master or None)
+    cfg = parse_text('[domains]\nnames = ["a.test"]\n[milter]\nsocket = "inet:8894@127.0.0.1"\n',
+                     "t")
+    monkeypatch.setenv("MAIL_CONFIG", str(conf))
+    text = "\n".join(f"{s} {t}" for s, t in check_postfix.check(cfg))
+    for want in wants:
+        assert want in text, text
