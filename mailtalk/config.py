@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from mailtalk import defaults as D
 from mailtalk.config_values import (HostPort, UnixPath, boolean, database, domain_list, endpoint,
-                                    event_loop, hostport, networks,
+                                    STATIC_SELF, event_loop, hostport, is_loopback_host,
+                                    networks, static_records,
                                     int_min, log_level, nameservers, one_of, optional_path,
                                     parse_base_url,
                                     parse_domain, parse_milter_socket, path_value, pos_float,
@@ -99,6 +101,7 @@ class DnsConfig:
     nameservers: tuple[HostPort, ...]
     negative_ttl: int
     max_ttl: int
+    static: tuple[tuple[str, str], ...] = ()   # (domain, record or "self"), no DNS asked
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "nameservers": (nameservers, D.DNS_NAMESERVERS),
         "negative_ttl": (int_min(0), D.DNS_NEGATIVE_TTL),
         "max_ttl": (int_min(0), D.DNS_MAX_TTL),
+        "static": (static_records, {}),
     },
 }
 
@@ -258,6 +262,11 @@ def _build(given: dict[str, dict[str, Any]], source: str) -> Config:
                               f"mail domain of this site (needed by [{needs}])")
 
     filter_ = _filter_values(section_values("filter"), source)
+    dns = section_values("dns")
+    if any(r == STATIC_SELF for _, r in dns["static"]) and not is_loopback_host(
+            urlsplit(presence["public_url"]).hostname or ""):
+        raise ConfigError(f"{source}: [dns] static: \"{STATIC_SELF}\" needs a loopback "
+                          f"[presence] public_url; a real site publishes its record in DNS")
     return Config(
         source=source,
         site=SiteConfig(**site),
@@ -265,7 +274,7 @@ def _build(given: dict[str, dict[str, Any]], source: str) -> Config:
         milter=MilterConfig(**milter),
         filter=FilterConfig(**filter_),
         presence=PresenceConfig(**presence),
-        dns=DnsConfig(**section_values("dns")),
+        dns=DnsConfig(**dns),
         sections=frozenset(given),
     )
 

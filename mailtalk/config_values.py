@@ -214,3 +214,39 @@ def networks(v: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...
         except ValueError:
             raise ValueError(f"expected IP addresses or networks, got {item!r}") from None
     return tuple(out)
+
+
+def is_loopback_host(host: str) -> bool:
+    h = host.strip("[]").lower().rstrip(".")
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+STATIC_SELF = "self"     # [dns] static: the record `mailtalk dns` prints for this site
+
+
+def static_records(v: Any) -> tuple[tuple[str, str], ...]:
+    """`[dns] static`: {domain = "v=mailtalk1; api=...", or "self"}, answered without
+    DNS. For trials and tests on one host: a record's api must be a loopback address."""
+    from mailtalk.discovery import BadRecord, parse_record   # it imports this module
+    if not isinstance(v, dict):
+        raise ValueError('expected a table of domain = "record", e.g. { localhost = "self" }')
+    out = []
+    for name, record in v.items():
+        domain = parse_domain(name)
+        if not isinstance(record, str):
+            raise ValueError(f"{name}: expected a record string or \"{STATIC_SELF}\"")
+        if record != STATIC_SELF:
+            try:
+                api_host = parse_record(record).host
+            except BadRecord as e:
+                raise ValueError(f"{name}: {e}") from None
+            if not is_loopback_host(api_host):
+                raise ValueError(f"{name}: a static record's api must be a loopback "
+                                 f"address; a real site publishes its record in DNS")
+        out.append((domain, record))
+    return tuple(out)

@@ -17,12 +17,11 @@ import asyncio
 import dataclasses
 import functools
 import re
-import ipaddress
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -32,7 +31,9 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from mailtalk.config import DnsConfig, parse_domain
+from mailtalk.config import Config, DnsConfig, parse_domain
+from mailtalk.config_values import STATIC_SELF, is_loopback_host
+from mailtalk.lookup_signing import load_or_create_signing_key, public_key_text
 from mailtalk.constants import DNS_CACHE_MAX_ENTRIES, DNS_LABEL, DNS_VERSION, TXT_RECORD_MAX_BYTES
 
 log = logging.getLogger("mailtalk.discovery")
@@ -65,16 +66,6 @@ class DiscoveryResult:
     endpoint: Endpoint | None
     error: str = ""           # "", "no record", "bad record: ...", "timeout", ...
     cached: bool = False
-
-
-def is_loopback_host(host: str) -> bool:
-    h = host.strip("[]").lower().rstrip(".")
-    if h == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(h).is_loopback
-    except ValueError:
-        return False
 
 
 def origin_of(url: str) -> tuple[str, str, int] | None:
@@ -191,8 +182,11 @@ class Discoverer:
     """Resolves and caches `_mailtalk.<domain>` records; one per process."""
 
     def __init__(self, cfg: DnsConfig, *, resolver: _Resolver | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 static: Mapping[str, Endpoint] | None = None) -> None:
+        """`static`: endpoints answered without DNS (`static_endpoints`)."""
         self._cfg = cfg
+        self._static = dict(static or {})
         self._resolver = resolver if resolver is not None else make_resolver(cfg)
         self._clock = clock
         self._cache: OrderedDict[str, tuple[float, DiscoveryResult]] = OrderedDict()
@@ -205,6 +199,8 @@ class Discoverer:
             domain = parse_domain(domain)
         except ValueError:
             return DiscoveryResult(None, f"bad domain: {domain!r}")
+        if (fixed := self._static.get(domain)) is not None:
+            return DiscoveryResult(fixed)
         hit = self._cache.get(domain)
         if hit is not None:
             if hit[0] > self._clock():
@@ -262,3 +258,22 @@ class Discoverer:
             while len(self._cache) > DNS_CACHE_MAX_ENTRIES:
                 self._cache.popitem(last=False)
         return result
+
+
+def static_endpoints(cfg: Config) -> dict[str, Endpoint]:
+    """`[dns] static` as endpoints; "self" is the record `mailtalk dns` prints for this
+    site: `[presence] public_url` and this site's lookup signing key (made if absent)."""
+    out = {}
+    for domain, record in cfg.dns.static:
+        if record == STATIC_SELF:
+            key = public_key_text(load_or_create_signing_key(cfg.site.signing_key_file))
+            out[domain] = dataclasses.replace(parse_endpoint(cfg.presence.public_url),
+                                              keys=(key,))
+        else:
+            out[domain] = parse_record(record)
+    return out
+
+
+def for_config(cfg: Config, resolver: _Resolver | None = None) -> Discoverer:
+    """The Discoverer a service of this config uses: its DNS and its static records."""
+    return Discoverer(cfg.dns, resolver=resolver, static=static_endpoints(cfg))

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from mailtalk import __version__, lookup_signing
+from mailtalk import __version__, discovery, lookup_signing
 from mailtalk.accounts import account_domain
 from mailtalk.config import Config
 from mailtalk.constants import API_LOOKUP, LOOKUP_MAX_RECIPIENTS, LOOKUP_RESPONSE_MAX_BYTES
@@ -117,7 +117,7 @@ class PresenceLookup:
         self._cap = cfg.filter.lookup_concurrency_per_domain
         self._clock = clock
         self.discoverer = (resolver if isinstance(resolver, Discoverer)
-                           else Discoverer(cfg.dns, resolver=resolver))
+                           else discovery.for_config(cfg, resolver))
         self._session = session
         self._own_session = session is None
         # Per sender site: a slow site gets at most `cap` lookups in flight, the rest

@@ -21,6 +21,7 @@ from aiohttp.web_response import StreamResponse
 
 from mailtalk import defaults as D
 from mailtalk.config import Config, ConfigError
+from mailtalk import discovery
 from mailtalk.discovery import Discoverer
 from mailtalk.lookup_signing import KeysOf, Verifier
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
@@ -83,7 +84,7 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
         chat=ChatHub(store, presence, clock, p.chat_message_max_chars,
                      p.chat_messages_per_minute),
         lookup_limiter=RateLimiter(p.lookups_per_minute_per_client, clock=clock),
-        signatures=Verifier(published_keys(discoverer or Discoverer(cfg.dns)), clock),
+        signatures=Verifier(published_keys(discoverer or discovery.for_config(cfg)), clock),
     )
     app = web.Application(middlewares=[track_requests, pages.security_headers],
                           client_max_size=CLIENT_MAX_SIZE)

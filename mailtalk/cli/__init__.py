@@ -49,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("dns", help="print the DNS records this site must publish",
                    description="Print the _mailtalk TXT record of every [domains] name.")
 
+    t = sub.add_parser("trial", help="send one mail through the running services",
+                       description="Pass one mail from SENDER (as if logged in) to each "
+                                   "RECIPIENT through the running sending milter, presence "
+                                   "service and content filter, take it back at [filter] "
+                                   "reinject and print the recipients' X-Sender-Online and "
+                                   "notice. For a trial on one host (no MTA).")
+    t.add_argument("sender", metavar="SENDER", help="e.g. alice@localhost")
+    t.add_argument("recipients", metavar="RECIPIENT", nargs="+", help="e.g. bob@localhost")
+
     user = sub.add_parser("user", help="add, passwd, list, remove messenger accounts",
                           description="Manage the presence service's accounts.")
     usub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
@@ -126,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             return _call("mailtalk.cli.user", "main", cfg, args)
         if args.command == "check":
             return _call("mailtalk.cli.check", "check", cfg)
+        if args.command == "trial":
+            return _call("mailtalk.cli.trial", "trial", cfg, args)
         if args.command == "dns":
             return _call("mailtalk.cli.check", "dns_records", cfg)
     except (ConfigError, SiteKeyError) as e:

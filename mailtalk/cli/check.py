@@ -30,7 +30,8 @@ from mailtalk.cli import check_postfix as ops_postfix
 from mailtalk.config import Config, HostPort
 from mailtalk.config_values import UnixPath
 from mailtalk.constants import DNS_LABEL, DNS_VERSION
-from mailtalk.discovery import BadRecord, Discoverer, parse_endpoint
+from mailtalk import discovery
+from mailtalk.discovery import BadRecord, parse_endpoint
 from mailtalk.lookup_signing import (SigningKeyError, load_or_create_signing_key,
                                      public_key_text)
 
@@ -149,7 +150,7 @@ async def _check_resolver(cfg: Config, servers: str) -> list[Finding]:
     if not cfg.has("filter") or not cfg.domains.names:
         return [skip("DNS: no [milter] or [presence] here: this host publishes no record")]
     domain = cfg.domains.names[0]
-    found = await Discoverer(cfg.dns).discover(domain, timeout=PROBE_TIMEOUT)
+    found = await discovery.for_config(cfg).discover(domain, timeout=PROBE_TIMEOUT)
     if _transient(found.error):
         return [fail(f"DNS: {servers} gave {found.error} for {DNS_LABEL}.{domain}: the "
                      f"filter cannot find senders' presence services; check [dns] nameservers")]
@@ -161,15 +162,19 @@ async def _check_dns(cfg: Config) -> list[Finding]:
     if not _publishes(cfg):
         return await _check_resolver(cfg, servers)
     want = cfg.presence.public_url.rstrip("/")
-    disc = Discoverer(cfg.dns)
+    disc = discovery.for_config(cfg)
     answers = await asyncio.gather(*(disc.discover(d, timeout=PROBE_TIMEOUT)
                                      for d in cfg.domains.names))
     key = signing_key(cfg) if cfg.has("filter") else None
     out = []
+    static = dict(cfg.dns.static)
     for domain, found in zip(cfg.domains.names, answers, strict=True):
         name = f"{DNS_LABEL}.{domain}"
         publish = f"publish: {zone_line(domain, want, key)}"
-        if found.endpoint is not None and found.endpoint.api == want:
+        if domain in static:
+            out.append(ok(f"DNS {name}: from [dns] static = \"{static[domain]}\" (this "
+                          f"host's services only; other sites need it in DNS)"))
+        elif found.endpoint is not None and found.endpoint.api == want:
             if key is not None and key not in found.endpoint.keys:
                 out.append(fail(f"DNS {name}: k= does not have this site's lookup signing "
                                 f"key: other sites give its recipients no links; {publish}"))

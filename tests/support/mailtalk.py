@@ -36,7 +36,8 @@ def mailtalk_argv(config_path: str | os.PathLike[str], *args: str) -> list[str]:
 
 
 def to_toml(config: Mapping[str, Mapping[str, Any]]) -> str:
-    """A TOML document from {section: {key: value}} (str, int, float, bool, lists)."""
+    """A TOML document from {section: {key: value}} (str, int, float, bool, lists,
+    mappings as inline tables)."""
     lines: list[str] = []
     for section, table in config.items():
         lines.append(f"[{section}]")
@@ -56,6 +57,8 @@ def _toml_value(v: Any) -> str:
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{_toml_value(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {type(v).__name__} as TOML")
 
 

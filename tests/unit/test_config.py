@@ -80,6 +80,13 @@ def test_embedded_defaults_run_everything_on_loopback():
     ('[site]\nlog_level = "loud"\n', "[site] log_level: expected one of"),
     ('[site]\nevent_loop = "trio"\n', "[site] event_loop: expected one of auto, uvloop, asyncio"),
     ('[milter]\n', "[domains] names: must list at least one mail domain"),
+    ('[dns]\nstatic = ["localhost"]\n', "[dns] static: expected a table of domain"),
+    ('[dns]\nstatic = { localhost = "v=mailtalk1; api=https://chat.a.example" }\n',
+     "[dns] static: localhost: a static record's api must be a loopback address"),
+    ('[dns]\nstatic = { localhost = "v=mailtalk1" }\n', "[dns] static: localhost: no api= tag"),
+    ('[domains]\nnames = ["a"]\n[presence]\npublic_url = "https://chat.a.example"\n'
+     '[dns]\nstatic = { a = "self" }\n',
+     '[dns] static: "self" needs a loopback [presence] public_url'),
     ('[filter\n', "not valid TOML"),
     ('filter = 1\n', "filter: expected a [filter] table"),
 ])

@@ -93,3 +93,29 @@ async def test_bad_domain_is_not_queried():
     disc, counting = discoverer(Clock())
     found = await disc.discover("not a domain")
     assert found.endpoint is None and counting.queries == []
+
+
+async def test_static_records_answer_without_dns(tmp_path):
+    """`[dns] static`: a given record, and "self" = this site's public URL and key."""
+    from mailtalk import discovery
+    from mailtalk.config import parse_text
+    from mailtalk.lookup_signing import load_or_create_signing_key, public_key_text
+    cfg = parse_text(f"""
+[site]
+state_dir = "{tmp_path}"
+[domains]
+names = ["localhost"]
+[presence]
+public_url = "http://127.0.0.1:8470"
+[dns]
+static = {{ localhost = "self", "x.test" = "v=mailtalk1; api=http://127.0.0.2:81" }}
+""", "t")
+    counting = StaticResolver({}, ttl=60)
+    disc = discovery.for_config(cfg, counting)
+    own = (await disc.discover("LOCALHOST")).endpoint
+    assert own is not None and own.api == "http://127.0.0.1:8470"
+    assert own.keys == (public_key_text(load_or_create_signing_key(cfg.site.signing_key_file)),)
+    other = (await disc.discover("x.test")).endpoint
+    assert other is not None and other.api == "http://127.0.0.2:81" and other.keys == ()
+    assert (await disc.discover("y.test")).error == "no record"
+    assert counting.queries == ["_mailtalk.y.test"]          # only the one not static
