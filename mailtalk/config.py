@@ -199,6 +199,12 @@ def default_state_dir() -> Path:
     return Path(xdg, "mailtalk") if xdg else Path(D.STATE_DIR_USER).expanduser()
 
 
+def _elsewhere(key: str, section: str) -> str:
+    """"here; it belongs in [x] " when another section has this key, else ""."""
+    homes = [f"[{s}]" for s in SCHEMA if s != section and key in SCHEMA[s]]
+    return f"here; it belongs in {' or '.join(homes)} " if homes else ""
+
+
 def _parse_sections(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for section, table in raw.items():
@@ -212,7 +218,8 @@ def _parse_sections(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]
             spec = SCHEMA[section].get(key)
             if spec is None:
                 raise ConfigError(f"{where}: [{section}] {key}: unknown key "
-                                  f"(known: {', '.join(SCHEMA[section])})")
+                                  f"{_elsewhere(key, section)}(known: "
+                                  f"{', '.join(SCHEMA[section])})")
             try:
                 values[key] = spec[0](value)
             except ValueError as e:

@@ -234,7 +234,10 @@ class Running:
     async def close(self) -> None:
         await self._host.stop()
         await self._handover.close()
+        left = self._outbox.count()
         self._outbox.close()
+        log.info("milter stopped" + (f" ({left} mail records wait in the outbox for the "
+                                     f"next start)" if left else ""))
 
 
 async def start(cfg: Config, stop: asyncio.Event) -> Running:

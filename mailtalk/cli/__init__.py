@@ -29,27 +29,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     p.add_argument("--version", action="version", version=f"mailtalk {__version__}")
     sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    # -c and -v after the subcommand too (`mailtalk check -c my.toml`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="CONFIG", default=argparse.SUPPRESS,
+                        help="the TOML config file")
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more logging")
 
-    sub.add_parser("run", help="every service whose config section is present, in one process",
+    sub.add_parser("run", parents=[common], help="every service whose config section is present, in one process",
                    description="Start every service whose section ([milter], [filter], "
                                "[presence]) is in the config, in one process; SIGTERM or "
                                "SIGINT stops them all.")
-    sub.add_parser("milter", help="the sending milter (sender's MTA)",
+    sub.add_parser("milter", parents=[common], help="the sending milter (sender's MTA)",
                    description="The pymilter milter for the sender's MTA: adds "
                                "X-Messenger-Account and X-Mail-ID for SASL senders.")
-    sub.add_parser("filter", help="the receiving content filter (recipient's MTA)",
-                   description="The aiosmtpd after-queue content filter for Postfix: adds "
-                               "X-Sender-Online with a chat link.")
-    sub.add_parser("presence", help="the presence service and web chat",
+    sub.add_parser("filter", parents=[common], help="the receiving content filter (recipient's MTA)",
+                   description="The receiving hook, as [filter] mode says: the after-queue "
+                               "content filter for Postfix (smtp), the LMTP hook before "
+                               "the mailbox server (lmtp) or the milter for Sendmail "
+                               "(milter). Adds X-Sender-Online with each recipient's chat "
+                               "link, and the notice.")
+    sub.add_parser("presence", parents=[common], help="the presence service and web chat",
                    description="The aiohttp presence service: log-in, presence, web chat, "
                                "the lookup API (/openapi.json).")
-    sub.add_parser("check", help="diagnose config, DNS and reachability",
+    sub.add_parser("check", parents=[common], help="diagnose config, DNS and reachability",
                    description="Check the config, this site's _mailtalk DNS records, that "
                                "the presence service answers and that Postfix has our lines.")
-    sub.add_parser("dns", help="print the DNS records this site must publish",
+    sub.add_parser("dns", parents=[common], help="print the DNS records this site must publish",
                    description="Print the _mailtalk TXT record of every [domains] name.")
 
-    t = sub.add_parser("trial", help="send one mail through the running services",
+    t = sub.add_parser("trial", parents=[common], help="send one mail through the running services",
                        description="Pass one mail from SENDER (as if logged in) to each "
                                    "RECIPIENT through the running sending milter, presence "
                                    "service and content filter, take it back at [filter] "
@@ -58,16 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("sender", metavar="SENDER", help="e.g. alice@localhost")
     t.add_argument("recipients", metavar="RECIPIENT", nargs="+", help="e.g. bob@localhost")
 
-    user = sub.add_parser("user", help="add, passwd, list, remove messenger accounts",
+    user = sub.add_parser("user", parents=[common], help="add, passwd, list, remove messenger accounts",
                           description="Manage the presence service's accounts.")
     usub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
     for name, text in (("add", "create an account"), ("passwd", "set an account's password")):
-        a = usub.add_parser(name, help=text, description=text)
+        a = usub.add_parser(name, parents=[common], help=text, description=text)
         a.add_argument("account", metavar="ACCOUNT", help="e.g. alice@a.example")
         a.add_argument("--password-stdin", action="store_true",
                        help="read the password from standard input (else: prompt)")
-    usub.add_parser("list", help="list accounts", description="list accounts")
-    r = usub.add_parser("remove", help="remove an account", description="remove an account")
+    usub.add_parser("list", parents=[common], help="list accounts", description="list accounts")
+    r = usub.add_parser("remove", parents=[common], help="remove an account", description="remove an account")
     r.add_argument("account", metavar="ACCOUNT")
     return p
 

@@ -16,6 +16,7 @@ import signal
 import socket
 from typing import Callable, Protocol
 
+from mailtalk.cli import runlock
 from mailtalk.config import Config
 
 log = logging.getLogger("mailtalk")
@@ -78,6 +79,19 @@ def raise_nofile_limit(
 
 
 async def serve(cfg: Config, names: list[str]) -> int:
+    try:
+        locks = runlock.hold(cfg.site.state_dir, names)
+    except (runlock.AlreadyRunning, OSError) as e:
+        log.error("%s", e)
+        return 1
+    try:
+        return await _serve(cfg, names)
+    finally:
+        for fd in locks:
+            os.close(fd)
+
+
+async def _serve(cfg: Config, names: list[str]) -> int:
     raise_nofile_limit()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

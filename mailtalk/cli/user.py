@@ -51,9 +51,16 @@ def _read_password(from_stdin: bool) -> str | None:
 async def _run(cfg: Config, args: argparse.Namespace, store: Store) -> int:
     cmd = args.user_command
     if cmd == "list":
-        for a in await store.list_accounts():
-            print(f"{a.account}\t{a.mode}\t"
-                  f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(a.created_at))}")
+        accounts = await store.list_accounts()
+        width = max([len("ACCOUNT"), *(len(a.account) for a in accounts)])
+        # Presence mode: what the account set on its page (auto: online while a page
+        # is open). Tab-free columns; `cut`/`awk` still split them on spaces.
+        print(f"{'ACCOUNT':<{width}}  {'PRESENCE':<8}  CREATED (UTC)")
+        for a in accounts:
+            created = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(a.created_at))
+            print(f"{a.account:<{width}}  {a.mode:<8}  {created}")
+        if not accounts:
+            print("(no accounts; add one: mailtalk user add ACCOUNT)", file=sys.stderr)
         return 0
 
     account = norm_account(args.account)

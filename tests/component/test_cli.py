@@ -8,7 +8,7 @@ import sys
 import pytest
 
 MAILTALK = [sys.executable, "-m", "mailtalk"]
-SUBCOMMANDS = ["run", "milter", "filter", "presence", "check", "dns", "user"]
+SUBCOMMANDS = ["run", "milter", "filter", "presence", "check", "dns", "trial", "user"]
 
 
 def mailtalk(*args: str, env: dict | None = None, stdin: str = "") -> subprocess.CompletedProcess:
@@ -28,6 +28,18 @@ def test_bad_config_stops_with_one_line_naming_file_and_key(tmp_path):
     r = mailtalk("-c", str(cfg), "run")
     assert r.returncode == 2
     assert r.stderr.strip() == f"mailtalk: {cfg}: [filter] listen: expected HOST:PORT, got 'nowhere'"
+
+
+def test_options_go_before_or_after_the_subcommand(tmp_path):
+    """`mailtalk dns -c FILE` as well as `mailtalk -c FILE dns`; a key in the wrong
+    section names the section it belongs in."""
+    cfg = tmp_path / "wrong.toml"
+    cfg.write_text("[filter]\nretention_days = 60\n")
+    for argv in (("-c", str(cfg), "dns"), ("dns", "-c", str(cfg)), ("user", "list", "-c", str(cfg))):
+        r = mailtalk(*argv)
+        assert r.returncode == 2, argv
+        assert f"{cfg}: [filter] retention_days: unknown key here; it belongs in [presence]" \
+            in r.stderr, r.stderr
 
 
 def test_env_config_is_used(tmp_path):

@@ -40,14 +40,36 @@ def test_busy_socket_is_one_clear_line(tmp_path: Path) -> None:
     first = MailtalkService(tmp_path, milter_config(socket), subcommand="milter",
                             name="first").start()
     try:
+        # Another state directory: not this mailtalk again, another program on the port.
         cfg_path = tmp_path / "second.toml"
-        cfg_path.write_text(first.config_path.read_text())
+        cfg_path.write_text(first.config_path.read_text().replace(
+            str(first.state_dir), str(tmp_path / "second-state")))
         res = run_mailtalk(cfg_path, "milter", timeout=30)
         assert res.returncode == 2
         assert f"[milter] socket: cannot listen on {socket}" in res.stderr
         assert "Traceback" not in res.stderr
     finally:
         first.stop(timeout=5)
+
+
+def test_second_start_says_already_running(tmp_path: Path) -> None:
+    """The same config (state directory) started twice: the second says so and which
+    pid runs, and leaves the first alone; Ctrl-C on the first logs "milter stopped"."""
+    first = MailtalkService(tmp_path, milter_config(f"inet:{free_port(HOST)}@{HOST}"),
+                            subcommand="milter").start()
+    assert first.proc is not None
+    try:
+        res = run_mailtalk(first.config_path, "milter", timeout=30)
+        assert res.returncode == 1, res.stderr
+        assert (f"mailtalk is already running (its milter: pid {first.proc.pid}, lock "
+                f"{first.state_dir}/milter.pid)") in res.stderr
+        assert first.running
+    finally:
+        first.proc.send_signal(signal.SIGINT)
+        assert first.proc.wait(timeout=10) == 0
+    assert "milter stopped" in first.log()
+    res = run_mailtalk(first.config_path, "dns", timeout=30)   # the lock went with it
+    assert res.returncode == 0
 
 
 LOOP_ENDS_BY_ITSELF = """

@@ -30,8 +30,10 @@ _DEFAULT_LISTEN = {"milter": "inet:8894@127.0.0.1", "filter": "127.0.0.1:10025",
 _SERVICES = ("milter", "filter", "presence")
 
 
-def mailtalk_argv(config_path: str | os.PathLike[str], *args: str) -> list[str]:
-    base = [MAILTALK] if MAILTALK else [sys.executable, "-m", "mailtalk"]
+def mailtalk_argv(config_path: str | os.PathLike[str], *args: str,
+                  program: str | None = None) -> list[str]:
+    """`program`: another `mailtalk` executable (e.g. one installed from the wheel)."""
+    base = [program or MAILTALK] if program or MAILTALK else [sys.executable, "-m", "mailtalk"]
     return [*base, "-c", str(config_path), *args]
 
 
@@ -109,10 +111,12 @@ class MailtalkService:
                  config: Mapping[str, Mapping[str, Any]] | str,
                  subcommand: str = "run", name: str = "mailtalk",
                  env: Mapping[str, str] | None = None,
-                 wait_endpoints: list[str] | None = None) -> None:
+                 wait_endpoints: list[str] | None = None,
+                 program: str | None = None) -> None:
         self.dir = Path(workdir, name)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
+        self.program = program
         self.subcommand = subcommand
         self.config_path = self.dir / "mailtalk.toml"
         self.log_path = self.dir / "mailtalk.log"
@@ -135,7 +139,7 @@ class MailtalkService:
         """Start the process; wait until every endpoint answers (or it dies)."""
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                mailtalk_argv(self.config_path, self.subcommand), stdout=out,
+                mailtalk_argv(self.config_path, self.subcommand, program=self.program), stdout=out,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
 
         def up() -> bool:
@@ -203,7 +207,7 @@ class MailtalkService:
         """Run another subcommand with the same config, e.g.
         `command("user", "add", "alice@a.test", "--password-stdin", input="pw")`."""
         return run_mailtalk(self.config_path, *args, input=input, timeout=timeout,
-                            env=self.env)
+                            env=self.env, program=self.program)
 
     def __enter__(self) -> "MailtalkService":
         return self.start()
@@ -214,8 +218,9 @@ class MailtalkService:
 
 def run_mailtalk(config_path: str | os.PathLike[str], *args: str, input: str | None = None,
                  timeout: float = 60.0, env: Mapping[str, str] | None = None,
-                 ) -> subprocess.CompletedProcess[str]:
+                 program: str | None = None) -> subprocess.CompletedProcess[str]:
     """`mailtalk -c CONFIG ARGS...` to completion (stdout and stderr captured)."""
-    return subprocess.run(mailtalk_argv(config_path, *args), input=input, text=True,
+    return subprocess.run(mailtalk_argv(config_path, *args, program=program), input=input,
+                          text=True,
                           capture_output=True, timeout=timeout,
                           env=dict(env) if env is not None else None)
