@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from mailtalk import defaults as D
 from mailtalk.config_values import (HostPort, UnixPath, boolean, database, domain_list, endpoint,
                                     STATIC_SELF, event_loop, hostport, is_loopback_host,
-                                    networks, static_records,
+                                    networks, static_records, email_address, submit_target,
                                     int_min, log_level, nameservers, one_of, optional_path,
                                     parse_base_url,
                                     parse_domain, parse_milter_socket, path_value, pos_float,
@@ -94,6 +94,10 @@ class PresenceConfig:
     chat_messages_per_minute: int
     trusted_proxies: tuple[Any, ...]   # TLS proxies whose X-Forwarded-For is believed
     retention_days: int        # mail records and their chats kept this long
+    digest: bool               # mail a participant what they missed in a quiet chat
+    digest_after_minutes: float
+    digest_from: str
+    submit: HostPort | Path    # the site's MTA for digests: SMTP, or the sendmail command
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "chat_messages_per_minute": (int_min(1), D.CHAT_MESSAGES_PER_MINUTE),
         "trusted_proxies": (networks, []),
         "retention_days": (int_min(1), _DERIVED),
+        "digest": (boolean, True),
+        "digest_after_minutes": (pos_float, D.DIGEST_AFTER_MINUTES),
+        "digest_from": (email_address, _DERIVED),
+        "submit": (submit_target, D.DIGEST_SUBMIT),
     },
     "dns": {
         "nameservers": (nameservers, D.DNS_NAMESERVERS),
@@ -256,6 +264,9 @@ def _build(given: dict[str, dict[str, Any]], source: str) -> Config:
         # A record gone while its Mail-ID is valid would read as "not recorded yet".
         raise ConfigError(f"{source}: [presence] retention_days: must be at least [site] "
                           f"mail_id_lifetime_days ({site['mail_id_lifetime_days']})")
+
+    if presence["digest_from"] is _DERIVED:
+        presence["digest_from"] = f"mailtalk@{domains['names'][0] if domains['names'] else 'localhost'}"
 
     milter = section_values("milter")
     if milter["outbox"] is _DERIVED:

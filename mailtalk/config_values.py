@@ -178,6 +178,26 @@ def parse_base_url(v: Any) -> str:
     return s.rstrip("/")
 
 
+def submit_target(v: Any) -> HostPort | Path:
+    """`[presence] submit`: `HOST:PORT` (SMTP) or `sendmail[:/path]` (the command)."""
+    s = text(v).strip()
+    if s == "sendmail" or s.startswith("sendmail:"):
+        path = Path(s.partition(":")[2] or "/usr/sbin/sendmail")
+        if not path.is_absolute():
+            raise ValueError(f"sendmail:PATH needs an absolute path, got {v!r}")
+        return path
+    return parse_hostport(s)
+
+
+def email_address(v: Any) -> str:
+    s = text(v).strip()
+    local, at, domain = s.rpartition("@")
+    if not at or not local or any(c in s for c in " <>\r\n\t,;\"") or not domain:
+        raise ValueError(f"expected an address like mailtalk@example.org, got {v!r}")
+    parse_domain(domain)
+    return s
+
+
 def boolean(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError(f"expected true or false, got {v!r}")

@@ -3,6 +3,7 @@
 HDR_ACCOUNT = "X-Messenger-Account"
 HDR_MAIL_ID = "X-Mail-ID"
 HDR_ONLINE = "X-Sender-Online"
+HDR_DIGEST = "X-Mailtalk-Digest"   # on the presence service's digests (mailid.digest_token)
 OUR_HEADERS = (HDR_ACCOUNT, HDR_MAIL_ID, HDR_ONLINE)
 
 DNS_LABEL = "_mailtalk"

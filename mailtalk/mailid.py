@@ -87,6 +87,18 @@ def derive_key(site_key: bytes, purpose: str) -> bytes:
     return hmac.new(site_key, b"mailtalk-derive-v1|" + purpose.encode(), hashlib.sha256).digest()
 
 
+def digest_token(site_key: bytes, message_id: str) -> str:
+    """X-Mailtalk-Digest of the presence service's digest with this Message-ID: the
+    sending milter leaves the chat link in a mail that carries a valid one."""
+    return hmac.new(derive_key(site_key, "digest"), message_id.strip().encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def is_digest(site_key: bytes, message_id: str, token: str) -> bool:
+    return bool(message_id.strip()) and hmac.compare_digest(
+        digest_token(site_key, message_id), token.strip())
+
+
 def outbox_api_token(site_key: bytes) -> str:
     """The bearer token with which this site's milter hands records to its presence service."""
     return derive_key(site_key, "outbox-api").hex()

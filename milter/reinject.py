@@ -181,6 +181,9 @@ class ReinjectClient:
 
     def _mail_line(self, sender: str, options: Iterable[str]) -> bytes:
         opts = [o for o in options if self._offers_option(o)]
+        # aiosmtpd gives the null sender (bounces, auto-replies) as "<>": it must go on
+        # as MAIL FROM:<>, which strict servers (Dovecot's LMTP) insist on.
+        sender = "" if sender == "<>" else sender
         line = f"MAIL FROM:<{sender}>" + "".join(" " + o for o in opts)
         line_b = line.encode("utf-8", errors="surrogateescape")
         if b"\r" in line_b or b"\n" in line_b:

@@ -33,8 +33,8 @@ import Milter
 from mailtalk import headers
 from mailtalk.accounts import account_for_login
 from mailtalk.config import Config, ConfigError, DomainsConfig
-from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, OUR_HEADERS
-from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
+from mailtalk.constants import HDR_ACCOUNT, HDR_DIGEST, HDR_MAIL_ID, OUR_HEADERS
+from mailtalk.mailid import MailIds, is_digest, load_or_create_site_key, outbox_api_token
 from mailtalk.notice import MARKER, split_header
 from mailtalk.notice_strip import strip_notices
 from mailtalk_milter import libmilter_host, milter_socket
@@ -62,6 +62,7 @@ class Engine:
     mail_ids: MailIds
     outbox: RecordSink
     body_text_limit: int
+    site_key: bytes = b""      # to know the presence service's digests (mailid.is_digest)
 
 
 @dataclass
@@ -179,11 +180,23 @@ class SendingMilter(Milter.Base):
                  len(m.recipients))
         return Milter.CONTINUE
 
+    def _is_digest(self) -> bool:
+        """The presence service's digest (its X-Mailtalk-Digest fits its Message-ID):
+        its chat link is the recipient's own and stays."""
+        if not self.engine.site_key:
+            return False
+        found = {n.lower(): v.decode("ascii", "replace") for n, v in self.msg.headers
+                 if n.lower() in ("message-id", HDR_DIGEST.lower())}
+        return is_digest(self.engine.site_key, found.get("message-id", ""),
+                         found.get(HDR_DIGEST.lower(), ""))
+
     def _strip_notices(self, qid: str, body: bytes) -> bytes:
         """The body without mailtalk notices and chat links; replaced in the MTA's copy
         when anything was removed. Signed or encrypted mail is never touched."""
         if MARKER.encode() not in body and b"/c/" not in body:
             return body                  # the usual case: nothing that could be one
+        if self._is_digest():
+            return body
         head = b"".join(name.encode("ascii", "replace") + b": "
                         + headers.crlf_folds(value) + b"\r\n"
                         for name, value in self.msg.headers) + b"\r\n"
@@ -256,7 +269,7 @@ async def start(cfg: Config, stop: asyncio.Event) -> Running:
                         max_age=cfg.site.mail_id_lifetime_days * 86400.0)
     outbox.on_added = handover.wake_threadsafe
     install(Engine(cfg.domains, MailIds(key, cfg.site.mail_id_lifetime_days), outbox,
-                   mc.body_text_limit))
+                   mc.body_text_limit, key))
 
     try:
         host = libmilter_host.serve(name=MILTER_NAME, spec=mc.socket, timeout=mc.timeout,

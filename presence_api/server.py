@@ -12,6 +12,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Coroutine
 from typing import Any, Callable
 
 from aiohttp import web
@@ -20,12 +21,12 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from mailtalk import defaults as D
-from mailtalk.config import Config, ConfigError
 from mailtalk import discovery
+from mailtalk.config import Config, ConfigError
 from mailtalk.discovery import Discoverer
 from mailtalk.lookup_signing import KeysOf, Verifier
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
-from presence_api import api, openapi, web as pages, ws
+from presence_api import api, digest, openapi, web as pages, ws
 from presence_api.auth import Auth
 from presence_api.chat import ChatHub
 from presence_api.connguard import GuardedSite, HttpLimits, default_limits, track_requests
@@ -85,6 +86,7 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
                      p.chat_messages_per_minute),
         lookup_limiter=RateLimiter(p.lookups_per_minute_per_client, clock=clock),
         signatures=Verifier(published_keys(discoverer or discovery.for_config(cfg)), clock),
+        site_key=key,
     )
     app = web.Application(middlewares=[track_requests, pages.security_headers],
                           client_max_size=CLIENT_MAX_SIZE)
@@ -99,11 +101,7 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
     async def on_startup(app: web.Application) -> None:
         await store.open()
         await svc.lookups.open()
-        # Away is a matter of time passing: look a few times per idle period.
-        interval = max(0.5, min(10.0, p.idle_away_seconds / 4))
-        sweeper.extend(asyncio.create_task(c) for c in (
-            presence.run_sweeper(interval), purge_sessions(store, clock),
-            purge_old_mails(svc, clock)))
+        sweeper.extend(asyncio.create_task(c) for c in background(svc))
 
     async def on_shutdown(app: web.Application) -> None:
         # Open pages would hold the shutdown for shutdown_timeout: close them now.
@@ -123,6 +121,16 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+def background(svc: Service) -> list[Coroutine[Any, Any, None]]:
+    """The service's own rounds: away status, expired sessions, old mails, digests."""
+    p = svc.cfg.presence
+    # Away is a matter of time passing: look a few times per idle period.
+    interval = max(0.5, min(10.0, p.idle_away_seconds / 4))
+    rounds = [svc.presence.run_sweeper(interval), purge_sessions(svc.store, svc.clock),
+              purge_old_mails(svc, svc.clock)]
+    return rounds + [digest.run(svc)] if p.digest else rounds
 
 
 async def purge_sessions(store: Store, clock: Callable[[], float]) -> None:

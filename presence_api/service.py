@@ -41,6 +41,7 @@ class Service:
     # Answers given short of what was asked, by reason ("rate_limited"): logged and
     # counted, never silent.
     degraded: Counter[str] = field(default_factory=Counter)
+    site_key: bytes = b""          # digests' X-Mailtalk-Digest (digest_mail.py)
 
     @cached_property
     def lookup_path(self) -> str:

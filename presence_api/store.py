@@ -137,6 +137,26 @@ class Store(Protocol):
     async def add_message(self, mail_id: str, author: str, text: str, now: float) -> Message: ...
     async def messages(self, mail_id: str, limit: int) -> list[Message]: ...
     async def mark_read(self, mail_id: str, address: str, message_id: int) -> None: ...
+    # digests (digest.py)
+    async def quiet_rooms(self, quiet_before: float, since: float) -> list[tuple[str, int]]:
+        """(mail_id, newest message id) of recorded mails whose newest message came
+        after `since` and no later than `quiet_before`."""
+
+    async def digest_marks(self, mail_id: str) -> tuple[dict[str, int], dict[str, int]]:
+        """Per lowercased address: the last message read on a page, and the last
+        message a digest that went out covered."""
+
+    async def claim_digest(self, mail_id: str, address: str, up_to: int, now: float,
+                           retry_before: float) -> bool:
+        """Claim the digest up to `up_to` for `address`: True for the one caller that
+        gets it (a newer one than before, or a claim made before `retry_before` that
+        never went out)."""
+
+    async def digest_sent(self, mail_id: str, address: str, up_to: int) -> None: ...
+    async def set_digests(self, address: str, on: bool) -> None: ...
+    async def digests_off(self, addresses: list[str]) -> set[str]:
+        """Those of `addresses` (lowercased) who turned their digests off."""
+
     async def conversations(self, account: str, limit: int) -> list[Conversation]:
         """The account's sent mails with activity, and the rooms it joined as a
         recipient; newest activity first."""

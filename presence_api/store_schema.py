@@ -73,4 +73,18 @@ MIGRATIONS: list[str] = [
         AND NOT EXISTS (SELECT 1 FROM members WHERE members.mail_id = mails.mail_id)
         AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.mail_id = mails.mail_id);
     """,
+    # 3: digests (digest.py): per participant, the last message a digest covered and
+    # whether it went out (a claim not sent is retried); who turned digests off.
+    """
+    CREATE TABLE digests (
+        mail_id TEXT NOT NULL,
+        address TEXT NOT NULL,
+        up_to INTEGER NOT NULL,
+        claimed_at REAL NOT NULL,
+        sent INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (mail_id, address)
+    );
+    CREATE TABLE digests_off (address TEXT PRIMARY KEY);
+    CREATE INDEX messages_ts ON messages(ts);
+    """,
 ]

@@ -24,6 +24,7 @@ from presence_api.store import (
     Message,
 )
 from presence_api.store_schema import MIGRATIONS
+from presence_api.store_sqlite_digests import SqliteDigests
 
 log = logging.getLogger("mailtalk.presence.store")
 T = TypeVar("T")
@@ -60,7 +61,7 @@ def _message(row: sqlite3.Row) -> Message:
     return Message(row["id"], row["mail_id"], row["author"], row["text"], row["ts"])
 
 
-class SqliteStore:
+class SqliteStore(SqliteDigests):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
@@ -198,7 +199,7 @@ class SqliteStore:
                     "SELECT mail_id FROM mails WHERE created_at < ? AND NOT EXISTS (SELECT 1 "
                     "FROM messages m WHERE m.mail_id = mails.mail_id AND m.ts >= ?) LIMIT ?",
                     (before, before, batch))]
-                for table in ("reads", "messages", "members", "mails"):
+                for table in ("reads", "digests", "messages", "members", "mails"):
                     db.executemany(f"DELETE FROM {table} WHERE mail_id = ?",
                                    [(i,) for i in ids])
                 db.execute("COMMIT")

@@ -152,6 +152,14 @@ async def post_status(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/")
 
 
+async def _digest_choice(svc: Service, address: str) -> dict[str, bool]:
+    """Whether the page offers the digest switch (site-wide on), and its state."""
+    if not svc.cfg.presence.digest:
+        return {"digests_site": False, "digests_on": False}
+    return {"digests_site": True,
+            "digests_on": address.lower() not in await svc.store.digests_off([address])}
+
+
 # --- the sender's pages
 
 async def _home(request: web.Request, mail_id: str | None) -> web.StreamResponse:
@@ -173,7 +181,8 @@ async def _home(request: web.Request, mail_id: str | None) -> web.StreamResponse
                   mode=acct.mode if acct else "auto", modes=MODES,
                   status=svc.presence.status(account),
                   members=await svc.store.members(mail.mail_id) if mail else [],
-                  max_chars=svc.cfg.presence.chat_message_max_chars)
+                  max_chars=svc.cfg.presence.chat_message_max_chars,
+                  **await _digest_choice(svc, account))
 
 
 async def get_home(request: web.Request) -> web.StreamResponse:
@@ -204,7 +213,8 @@ async def get_link(request: web.Request) -> web.StreamResponse:
                   token=token, mail=mail_view(mail, False),
                   sender_status=svc.presence.status(mail.account),
                   members=await svc.store.members(mail.mail_id),
-                  max_chars=svc.cfg.presence.chat_message_max_chars)
+                  max_chars=svc.cfg.presence.chat_message_max_chars,
+                  **await _digest_choice(svc, link.recipient))
     if not request.cookies.get(BROWSER_COOKIE):
         _set_cookie(svc, resp, BROWSER_COOKIE, secrets.token_urlsafe(16), BROWSER_COOKIE_AGE)
     return resp

@@ -113,6 +113,13 @@ async def _frame(svc: Service, client: Client, frame: dict[str, Any]) -> None:
         up_to = frame.get("up_to")
         if isinstance(up_to, int) and not isinstance(up_to, bool) and up_to > 0:
             await svc.store.mark_read(mail.mail_id, client.identity, up_to)
+    elif kind == "digests":
+        # The participant's own choice: digests of missed messages by mail, or not.
+        on = frame.get("on")
+        if not isinstance(on, bool):
+            raise ChatError("bad_frame")
+        await svc.store.set_digests(client.identity, on)
+        await client.send({"type": "digests", "on": on})
     elif kind == "activity":
         await svc.presence.activity(client)
     elif kind == "status" and client.kind == "user":

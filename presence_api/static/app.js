@@ -249,6 +249,11 @@
     if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); compose.requestSubmit(); }
   });
 
+  const digests = $("digests");
+  if (digests) digests.addEventListener("change", function () {
+    send({type: "digests", on: digests.checked});
+  });
+
   const mode = $("mode");
   if (mode) mode.addEventListener("change", function () { send({type: "status", mode: mode.value}); });
 

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import ClientWebSocketResponse, WSServerHandshakeError
 
 from support.presence_app import Presence, browser, start_presence
+from support.presence_ws import link_ws, links_for, next_of, open_link, sender_ws
 
 ALICE, MALLORY = "alice@a.test", "mallory@a.test"
 BOB, CAROL = "bob@b.test", "carol@c.test"
@@ -24,50 +25,6 @@ async def p(tmp_path: Path) -> AsyncIterator[Presence]:
     await pres.add_user(MALLORY)
     yield pres
     await pres.client.close()
-
-
-async def next_of(ws: ClientWebSocketResponse, kind: str, timeout: float = 10.0,
-                  **match: Any) -> dict[str, Any]:
-    """The next frame of this type (and fields), skipping others; fails at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"no {kind} frame {match} within {timeout} s")
-        try:
-            frame = await ws.receive_json(timeout=left)
-        except asyncio.TimeoutError:
-            continue
-        if frame.get("type") == kind and all(frame.get(k) == v for k, v in match.items()):
-            return frame
-
-
-async def links_for(p: Presence, recipients: list[str],
-                    subject: str = "Hello") -> tuple[str, dict[str, str]]:
-    mid = await p.record(ALICE, recipients, subject=subject)
-    links = (await p.lookup(ALICE, mid, recipients))["links"]
-    return mid, {r: p.link_path(u) for r, u in links.items()}
-
-
-async def sender_ws(p: Presence) -> ClientWebSocketResponse:
-    await p.login(ALICE)
-    ws = await p.client.ws_connect("/ws", headers={"Origin": p.origin})
-    assert (await ws.receive_json())["type"] == "hello"
-    return ws
-
-
-async def link_ws(p: Presence, path: str) -> ClientWebSocketResponse:
-    ws = await p.client.ws_connect("/ws" + path, headers={"Origin": p.origin})
-    assert (await next_of(ws, "hello"))["kind"] == "link"
-    return ws
-
-
-async def open_link(p: Presence, path: str) -> ClientWebSocketResponse:
-    """What a browser does with a link: load the page, connect its socket, say "open"."""
-    assert (await p.client.get(path)).status == 200
-    ws = await link_ws(p, path)
-    await ws.send_json({"type": "open"})
-    return ws
 
 
 async def test_websocket_origin_is_checked(p: Presence) -> None:

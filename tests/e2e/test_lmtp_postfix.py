@@ -207,3 +207,15 @@ def test_hook_killed_in_a_burst_loses_nothing(site: tuple[World, Dovecot]) -> No
     log.info("hook killed in a burst of %d mails x 2 recipients: %d duplicate(s)",
              len(mids), twice)
     assert "status=bounced" not in w.b.maillog().split("lmtp-kill-0")[-1]
+
+
+def test_a_bounce_reaches_the_mailbox(site: tuple[World, Dovecot]) -> None:
+    """The null sender (bounces, auto-replies, digests) goes on as MAIL FROM:<>, which
+    Dovecot insists on (it refuses "<<>>" as an invalid path)."""
+    w, d = site
+    mid = "<lmtp-bounce@a.test>"
+    smtp_send(B_MX, w.b.smtp_port, make_message(from_="MAILER-DAEMON@a.test", to=[BOB],
+                                                subject="Undelivered Mail", message_id=mid),
+              sender="", rcpts=[BOB])
+    assert len(copies(w, d, BOB, mid)) == 1
+    w.b.wait_queue_empty()

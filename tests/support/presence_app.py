@@ -77,7 +77,8 @@ class Clock:
 
 def make_config(tmp: Path, public_url: str = f"http://{HOST}:8470", **presence: Any) -> Config:
     presence.setdefault("database", f"{tmp}/presence.sqlite3")
-    extra = "".join(f"{k} = {v!r}\n" if not isinstance(v, str) else f'{k} = "{v}"\n'
+    extra = "".join(f'{k} = "{v}"\n' if isinstance(v, str) else
+                    f"{k} = {str(v).lower()}\n" if isinstance(v, bool) else f"{k} = {v!r}\n"
                     for k, v in presence.items())
     text = (f'[site]\nstate_dir = "{tmp}"\n'
             f'[domains]\nnames = ["{DOMAIN}"]\n'

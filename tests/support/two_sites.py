@@ -156,18 +156,21 @@ def _start_side_by_side(services: list[MailtalkService]) -> None:
 
 @contextmanager
 def two_sites(base: Path, *, b_lmtp_next: str | None = None, a_signer: str = "",
-              b_verifier: str = "", b_filter: dict | None = None) -> Iterator[World]:
+              b_verifier: str = "", b_filter: dict | None = None,
+              a_presence: dict | None = None) -> Iterator[World]:
     """Both sites, started; on leaving, everything stopped (killed if need be).
 
     `b_lmtp_next` (HOST:PORT of an LMTP server, e.g. support.dovecot's): b.test
     delivers its mailboxes over LMTP through mailtalk's LMTP hook to that server
     (deploy/postfix/receiver-lmtp-main.cf) instead of the content filter and Maildir.
     `a_signer`: a DKIM signing milter (Postfix form) after ours on a.test's submission;
-    `b_verifier`: a verifying milter on b.test's smtpd; `b_filter`: more [filter] keys."""
+    `b_verifier`: a verifying milter on b.test's smtpd; `b_filter`: more [filter] keys;
+    `a_presence`: more [presence] keys at a.test (`submit = "MTA"`: a.test's Postfix)."""
     dns_ns = f"{DNS}:{free_port(DNS)}"
     a_cfg = _site_config(base / "a-state", "a.test", A_SVC, A_MX, dns_ns)
     b_cfg = _site_config(base / "b-state", "b.test", B_SVC, B_MX, dns_ns, b_lmtp_next)
     b_cfg["filter"].update(b_filter or {})
+    a_cfg["presence"].update(a_presence or {})
     dns = Dnsmasq(DNS, port=int(dns_ns.rpartition(":")[2]), log_dir=base, txt_records={
         "_mailtalk.a.test": mailtalk_txt(a_cfg["presence"]["public_url"],
                                          base / "a-state" / "lookup-signing.key"),
@@ -175,6 +178,9 @@ def two_sites(base: Path, *, b_lmtp_next: str | None = None, a_signer: str = "",
                                          base / "b-state" / "lookup-signing.key")})
     a = PostfixInstance(base, "a", A_MX, "a.test")
     b = PostfixInstance(base, "b", B_MX, "b.test")
+    digests_via_mta = a_cfg["presence"].get("submit") == "MTA"
+    if digests_via_mta:
+        a_cfg["presence"]["submit"] = f"{A_MX}:{a.smtp_port}"
     w = World(base, a, b, dns, a_cfg, b_cfg, **_services(base, "a", a_cfg),
               **_services(base, "b", b_cfg), submit_port=free_port(A_MX),
               b_submit_port=free_port(B_MX))
@@ -190,6 +196,8 @@ def two_sites(base: Path, *, b_lmtp_next: str | None = None, a_signer: str = "",
             assert r.returncode == 0, r.stderr
         _configure_postfix(a, a_cfg, ALICE, PASSWORD, w.submit_port, base / "a-snippets")
         _configure_postfix(b, b_cfg, BOB, BOB_PASSWORD, w.b_submit_port, base / "b-snippets")
+        if digests_via_mta:       # the presence service's digests, from 127.0.0.1, relay
+            a.postconf(mynetworks="127.0.0.1/32")
         if a_signer:              # deploy/dkim/opendkim.conf: the signer after our milter
             ours = "inet:" + a_cfg["milter"]["socket"][len("inet:"):].partition("@")[2] \
                 + ":" + a_cfg["milter"]["socket"][len("inet:"):].partition("@")[0]

@@ -38,10 +38,10 @@ class BrokenSink:
 
 def run(raw: bytes, login: str | None = None, sink: Any = None,
         rcpts: tuple[str, ...] = ("bob@b.test",), qid: str = "4XyZq1",
-        ) -> tuple[RecordingCtx, Message, Any]:
+        site_key: bytes = b"") -> tuple[RecordingCtx, Message, Any]:
     """Feed one message the way libmilter does (NOREPLY callbacks included)."""
     sink = ListSink() if sink is None else sink
-    install(Engine(CFG.domains, MailIds(KEY, 30), sink, CFG.milter.body_text_limit))
+    install(Engine(CFG.domains, MailIds(KEY, 30), sink, CFG.milter.body_text_limit, site_key))
     ctx = RecordingCtx()
     assert ctx._connect() == Milter.CONTINUE
     if login is not None:
@@ -284,3 +284,28 @@ def test_a_signed_reply_is_never_touched() -> None:
 def test_mail_without_notices_keeps_its_body() -> None:
     ctx, _, _ = run(PLAIN.replace(b"bis morgen", b"see https://x.example/c/abc"), login="alice")
     assert not [a for a in ctx.actions if a[0] == "body"]
+
+
+def test_the_presence_services_digest_keeps_its_link_a_forged_one_does_not() -> None:
+    """A digest (presence_api/digest_mail.py) carries its recipient's own chat link; the
+    milter knows it by X-Mailtalk-Digest, an HMAC under the site key. Copied onto
+    another mail, or made up, it counts for nothing: that mail's links go."""
+    from mailtalk.links import LinkTokens
+    from presence_api.digest_mail import Digest, compose
+    from presence_api.store import Mail, Message
+    mail_id = MailIds(KEY, 30).issue("alice@a.test")
+    link = LinkTokens(KEY, "http://127.0.0.1:8470", 30).url(mail_id, "alice@a.test", "bob@b.test")
+    assert link is not None
+    mail = Mail(mail_id, "alice@a.test", True, "<m1@a.test>", "Budget", recipients=("bob@b.test",))
+    said = [Message(1, mail_id, "alice@a.test", "Friday?", 1.8e9)]
+    digest = compose(Digest("bob@b.test", mail, said, link, False), "mailtalk@a.test", KEY, 1.8e9)
+    raw = bytes(digest)
+    assert link.encode() in raw
+    ctx, _, sink = run(raw, site_key=KEY)
+    assert not [a for a in ctx.actions if a[0] == "body"] and not sink.records
+    ctx, _, _ = run(raw, site_key=bytes(32))             # another site's key
+    (body,) = [a[2] for a in ctx.actions if a[0] == "body"]
+    assert link.encode() not in body
+    forged = raw.replace(b"Message-ID: <", b"Message-ID: <x", 1)
+    ctx, _, _ = run(forged, site_key=KEY)
+    assert [a for a in ctx.actions if a[0] == "body"]
