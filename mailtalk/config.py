@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 from mailtalk import defaults as D
 from mailtalk.config_values import (HostPort, UnixPath, boolean, database, domain_list, endpoint,
                                     STATIC_SELF, event_loop, hostport, is_loopback_host,
-                                    networks, static_records, email_address, submit_target,
+                                    ImapServer, email_address, imap_server, networks,
+                                    optional_endpoint, static_records, submit_target,
                                     int_min, log_level, nameservers, one_of, optional_path,
                                     parse_base_url,
                                     parse_domain, parse_milter_socket, path_value, pos_float,
@@ -98,6 +99,9 @@ class PresenceConfig:
     digest_after_minutes: float
     digest_from: str
     submit: HostPort | Path    # the site's MTA for digests: SMTP, or the sendmail command
+    auth: str                  # "local" | "imap" | "dovecot": who checks chat passwords
+    imap: ImapServer | None    # auth = "imap": the site's IMAP server
+    dovecot_auth: HostPort | UnixPath | None   # auth = "dovecot": its auth-client socket
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "digest_after_minutes": (pos_float, D.DIGEST_AFTER_MINUTES),
         "digest_from": (email_address, _DERIVED),
         "submit": (submit_target, D.DIGEST_SUBMIT),
+        "auth": (lambda v: one_of(v, ("local", "imap", "dovecot")), "local"),
+        "imap": (imap_server, ""),
+        "dovecot_auth": (optional_endpoint, ""),
     },
     "dns": {
         "nameservers": (nameservers, D.DNS_NAMESERVERS),
@@ -255,18 +262,7 @@ def _build(given: dict[str, dict[str, Any]], source: str) -> Config:
     if domains["login_domain"] is _DERIVED:
         domains["login_domain"] = domains["names"][0] if domains["names"] else ""
 
-    presence = section_values("presence")
-    if presence["database"] is _DERIVED:
-        presence["database"] = str(site["state_dir"] / D.DATABASE_FILE_NAME)
-    if presence["retention_days"] is _DERIVED:
-        presence["retention_days"] = presence["link_lifetime_days"] + D.RETENTION_EXTRA_DAYS
-    if presence["retention_days"] < site["mail_id_lifetime_days"]:
-        # A record gone while its Mail-ID is valid would read as "not recorded yet".
-        raise ConfigError(f"{source}: [presence] retention_days: must be at least [site] "
-                          f"mail_id_lifetime_days ({site['mail_id_lifetime_days']})")
-
-    if presence["digest_from"] is _DERIVED:
-        presence["digest_from"] = f"mailtalk@{domains['names'][0] if domains['names'] else 'localhost'}"
+    presence = _presence_values(section_values("presence"), site, domains, source)
 
     milter = section_values("milter")
     if milter["outbox"] is _DERIVED:
@@ -295,6 +291,25 @@ def _build(given: dict[str, dict[str, Any]], source: str) -> Config:
         dns=DnsConfig(**dns),
         sections=frozenset(given),
     )
+
+
+def _presence_values(presence: dict[str, Any], site: dict[str, Any], domains: dict[str, Any],
+                     source: str) -> dict[str, Any]:
+    if presence["database"] is _DERIVED:
+        presence["database"] = str(site["state_dir"] / D.DATABASE_FILE_NAME)
+    if presence["retention_days"] is _DERIVED:
+        presence["retention_days"] = presence["link_lifetime_days"] + D.RETENTION_EXTRA_DAYS
+    if presence["retention_days"] < site["mail_id_lifetime_days"]:
+        # A record gone while its Mail-ID is valid would read as "not recorded yet".
+        raise ConfigError(f"{source}: [presence] retention_days: must be at least [site] "
+                          f"mail_id_lifetime_days ({site['mail_id_lifetime_days']})")
+    if presence["digest_from"] is _DERIVED:
+        first = domains["names"][0] if domains["names"] else "localhost"
+        presence["digest_from"] = f"mailtalk@{first}"
+    for mode, key in (("imap", "imap"), ("dovecot", "dovecot_auth")):
+        if presence["auth"] == mode and presence[key] is None:
+            raise ConfigError(f"{source}: [presence] {key}: required with auth = \"{mode}\"")
+    return presence
 
 
 def _filter_values(filter_: dict[str, Any], source: str) -> dict[str, Any]:

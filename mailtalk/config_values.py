@@ -189,6 +189,37 @@ def submit_target(v: Any) -> HostPort | Path:
     return parse_hostport(s)
 
 
+@dataclass(frozen=True)
+class ImapServer:
+    """`[presence] imap`: where chat log-ins are checked (`imaps://` or `imap://`)."""
+    host: str
+    port: int
+    tls: bool          # imaps: TLS from the start; imap: STARTTLS (plain on loopback)
+
+    def __str__(self) -> str:
+        return f"{'imaps' if self.tls else 'imap'}://{self.host}:{self.port}"
+
+
+def imap_server(v: Any) -> ImapServer | None:
+    s = text(v).strip()
+    if not s:
+        return None
+    u = urlsplit(s)
+    try:
+        port = u.port
+    except ValueError:
+        raise ValueError(f"bad port in {v!r}") from None
+    if u.scheme not in ("imap", "imaps") or not u.hostname or u.path not in ("", "/") \
+            or u.username or u.query:
+        raise ValueError(f"expected imaps://HOST[:PORT] or imap://HOST[:PORT], got {v!r}")
+    tls = u.scheme == "imaps"
+    return ImapServer(u.hostname, port or (993 if tls else 143), tls)
+
+
+def optional_endpoint(v: Any) -> HostPort | UnixPath | None:
+    return endpoint(v) if text(v).strip() else None
+
+
 def email_address(v: Any) -> str:
     s = text(v).strip()
     local, at, domain = s.rpartition("@")

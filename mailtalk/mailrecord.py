@@ -13,7 +13,7 @@ import email.header
 import email.utils
 import html.parser
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timezone
 from email.message import Message
 from email.parser import BytesParser
@@ -52,6 +52,9 @@ class MailRecord:
     recipients: list[str]
     body_text: str
     queue_id: str
+    # Display names from From, To and Cc (lower-cased address -> name): what every
+    # recipient of the mail saw in its header; never Bcc, which no header shows.
+    names: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -208,4 +211,24 @@ def make_record(*, mail_id: str, account: str, queue_id: str,
         recipients=recipients_of(recipients),
         body_text=text,
         queue_id=queue_id[:QUEUE_ID_MAX_CHARS],
+        names=display_names(headers),
     )
+
+
+NAMES_MAX = 200               # names kept per mail
+NAME_MAX_CHARS = 200
+
+
+def display_names(headers: list[tuple[str, bytes]]) -> dict[str, str]:
+    """address -> display name from the From, To and Cc fields (RFC 2047 decoded);
+    an address without a name, or a name with control characters, is left out."""
+    fields = [header_text(headers, n) for n in ("From", "To", "Cc")]
+    names: dict[str, str] = {}
+    for name, addr in email.utils.getaddresses([f for f in fields if f]):
+        name, addr = " ".join(name.split()), normalize_account(addr.strip())
+        if (addr and name and len(name) <= NAME_MAX_CHARS and name.isprintable()
+                and name.lower() != addr.lower() and addr.lower() not in names):
+            names[addr.lower()] = name
+        if len(names) >= NAMES_MAX:
+            break
+    return names

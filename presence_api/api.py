@@ -33,6 +33,7 @@ MAX_SUBJECT = 2000
 MAX_HEADER_FIELD = 1000
 MAX_BODY_TEXT = 512 * 1024
 MAX_RECORD_RECIPIENTS = 1000
+MAX_NAMES, MAX_NAME = 200, 200      # display names per record, characters per name
 
 
 def _answer(obj: dict[str, Any], status: int = 200) -> web.Response:
@@ -99,7 +100,21 @@ def _record(body: dict[str, Any], now: float) -> Mail:
                 date=_str_field(body, "date", MAX_HEADER_FIELD, False),
                 recipients=tuple(recipients),
                 body_text=_str_field(body, "body_text", MAX_BODY_TEXT, False),
-                queue_id=_str_field(body, "queue_id", 64, False), created_at=now)
+                queue_id=_str_field(body, "queue_id", 64, False), created_at=now,
+                names=_names(body.get("names")))
+
+
+def _names(value: Any) -> dict[str, str]:
+    """The record's display names; what does not fit is left out, never a refusal
+    (an older milter sends none)."""
+    if not isinstance(value, dict):
+        return {}
+    out: dict[str, str] = {}
+    for addr, name in list(value.items())[:MAX_NAMES]:
+        if (isinstance(addr, str) and isinstance(name, str) and len(addr) <= 320
+                and 0 < len(name) <= MAX_NAME and name.isprintable()):
+            out[addr.lower()] = name
+    return out
 
 
 async def post_mails(request: web.Request) -> web.Response:
@@ -130,6 +145,8 @@ async def post_mails(request: web.Request) -> web.Response:
     if existing is not None and existing.account != mail.account:
         return _bad("mail_id: belongs to another account")
     stored = await svc.lookups.put_mail(mail)
+    if stored and existing is not None:      # a link page opened before it came
+        await svc.chat.mail_arrived(mail)
     log.info("%s: mail %s of %s %s (%d recipients)", queue_id, mail.mail_id, mail.account,
              "recorded" if stored else "already recorded", len(mail.recipients))
     return web.json_response({"mail_id": mail.mail_id, "stored": stored},

@@ -13,12 +13,14 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Awaitable
 from typing import Callable
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from mailtalk.mailid import derive_key
+from presence_api.auth_external import PasswordCheck
 from presence_api.ratelimit import RateLimiter
 from presence_api.store import Store
 
@@ -106,10 +108,22 @@ class GrowingDelay:
         self._fails.pop(key, None)
 
 
+EXTERNAL = "!external"          # password_hash of an account whose password the mail
+                               # server checks (auth_external): no local password matches
+
+
 class Auth:
     def __init__(self, store: Store, site_key: bytes, session_lifetime: float,
-                 attempts_per_minute: int, clock: Callable[[], float]) -> None:
+                 attempts_per_minute: int, clock: Callable[[], float], *,
+                 external: PasswordCheck | None = None, domains: tuple[str, ...] = (),
+                 create_account: Callable[[str, str, float], Awaitable[bool]] | None = None
+                 ) -> None:
+        """`external`: the site's mail server checks passwords ([presence] auth); an
+        account of one of `domains` is then made (`create_account`) at its first log-in."""
         self.store = store
+        self._external = external
+        self._domains = {d.lower() for d in domains}
+        self._create = create_account
         self._csrf_key = derive_key(site_key, "csrf")
         self.session_lifetime = session_lifetime
         self._clock = clock
@@ -125,16 +139,15 @@ class Auth:
         return self._fail_pair.blocked(f"{account}\n{ip}")
 
     async def login(self, ip: str, account: str, password: str) -> str | None:
-        """A new session token, or None (wrong account or password: one answer)."""
+        """A new session token, or None (wrong account or password: one answer).
+        auth_external.Unavailable when the mail server cannot say: not a failure."""
         pair = f"{account}\n{ip}"
         wait = self._pair_delay.delay(pair)
         if self._fail_account.blocked(account):
             wait = max(wait, ACCOUNT_SLOW_DOWN)
         if wait:
             await asyncio.sleep(wait)
-        acct = await self.store.get_account(account)
-        ok = await asyncio.get_running_loop().run_in_executor(
-            None, _verify, acct.password_hash if acct else None, password)
+        ok = await self._password_ok(account, password)     # Unavailable goes up
         if not ok:
             self._fail_pair.hit(pair)
             self._fail_account.hit(account)
@@ -147,6 +160,20 @@ class Auth:
                                         self._clock() + self.session_lifetime)
         log.info("log-in: %s from %s", account, ip)
         return token
+
+    async def _password_ok(self, account: str, password: str) -> bool:
+        if self._external is None:
+            acct = await self.store.get_account(account)
+            return await asyncio.get_running_loop().run_in_executor(
+                None, _verify, acct.password_hash if acct else None, password)
+        if account.rpartition("@")[2].lower() not in self._domains:
+            return False                 # never asks the mail server for other domains
+        if not await self._external.check(account, password):
+            return False
+        create = self._create or self.store.create_account
+        if await create(account, EXTERNAL, self._clock()):
+            log.info("account %s made at its first log-in", account)
+        return True
 
     async def session_account(self, token: str | None) -> str | None:
         if not token or len(token) > 128:

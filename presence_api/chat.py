@@ -29,7 +29,8 @@ def mail_view(mail: Mail, for_sender: bool) -> dict[str, Any]:
     (that would reveal Bcc), the sender does (seed claim 4)."""
     view: dict[str, Any] = {"mail_id": mail.mail_id, "sender": mail.account,
                             "recorded": mail.recorded, "subject": mail.subject,
-                            "date": mail.date, "body_text": mail.body_text}
+                            "date": mail.date, "body_text": mail.body_text,
+                            "names": mail.names}
     if for_sender:
         view["recipients"] = list(mail.recipients)
     return view
@@ -108,6 +109,15 @@ class ChatHub:
             for m in await self.store.members(mail.mail_id):
                 targets |= clients.get(m.lower(), set())
         await send_all(targets, event)
+
+    async def mail_arrived(self, mail: Mail) -> None:
+        """The record of a mail whose link was opened before it came: the pages in its
+        room show it now (the sender's pages with the envelope recipients)."""
+        event = {"type": "mail", "mail_id": mail.mail_id}
+        await send_all(self._rooms.get(mail.mail_id, set()),
+                       {**event, "mail": mail_view(mail, False)})
+        await send_all(self.presence.clients.get(mail.account, ()),
+                       {**event, "mail": mail_view(mail, True)})
 
     # --- actions
 

@@ -51,6 +51,8 @@ def _schemas() -> dict[str, Any]:
                 "subject": {"type": "string"},
                 "date": {"type": "string", "description": "The Date header"},
                 "recipients": {"type": "array", "items": {"type": "string"}},
+                "names": {"type": "object", "additionalProperties": {"type": "string"},
+                          "description": "display names from From, To and Cc"},
                 "body_text": {"type": "string"},
                 "queue_id": {"type": "string"},
             },

@@ -28,6 +28,7 @@ from mailtalk.lookup_signing import KeysOf, Verifier
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
 from presence_api import api, digest, openapi, web as pages, ws
 from presence_api.auth import Auth
+from presence_api.auth_external import make_check
 from presence_api.chat import ChatHub
 from presence_api.connguard import GuardedSite, HttpLimits, default_limits, track_requests
 from presence_api.links import Links
@@ -72,14 +73,15 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
     store = store if store is not None else open_store(cfg)
     key = site_key if site_key is not None else load_or_create_site_key(cfg.site.secret_file)
     presence = PresenceHub(p.idle_away_seconds, clock)
+    lookups = LookupMemo(store, D.LOOKUP_CACHE_MAILS, D.LOOKUP_NO_RECORD_SECONDS,
+                         D.ACCOUNTS_RELOAD_SECONDS)
     svc = Service(
-        cfg=cfg, store=store, clock=clock,
-        lookups=LookupMemo(store, D.LOOKUP_CACHE_MAILS, D.LOOKUP_NO_RECORD_SECONDS,
-                           D.ACCOUNTS_RELOAD_SECONDS),
+        cfg=cfg, store=store, clock=clock, lookups=lookups,
         mail_ids=MailIds(key, cfg.site.mail_id_lifetime_days, clock=clock),
         outbox_token=outbox_api_token(key),
         auth=Auth(store, key, p.session_lifetime_hours * 3600, p.login_attempts_per_minute,
-                  clock),
+                  clock, external=make_check(p.auth, p.imap, p.dovecot_auth),
+                  domains=cfg.domains.names, create_account=lookups.create_account),
         links=Links(store, key, p.public_url, p.link_lifetime_days),
         presence=presence,
         chat=ChatHub(store, presence, clock, p.chat_message_max_chars,

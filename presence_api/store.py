@@ -9,7 +9,7 @@ network database fits as well as SQLite run in a worker thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # Presence modes a user can choose; "auto" means: online/away from activity.
@@ -36,6 +36,7 @@ class Mail:
     body_text: str = ""
     queue_id: str = ""
     created_at: float = 0.0
+    names: dict[str, str] = field(default_factory=dict)   # address -> display name
 
 
 @dataclass(frozen=True)

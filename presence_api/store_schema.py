@@ -87,4 +87,8 @@ MIGRATIONS: list[str] = [
     CREATE TABLE digests_off (address TEXT PRIMARY KEY);
     CREATE INDEX messages_ts ON messages(ts);
     """,
+    # 4: display names from the mail's From, To and Cc (JSON: address -> name).
+    """
+    ALTER TABLE mails ADD COLUMN names TEXT NOT NULL DEFAULT '{}';
+    """,
 ]

@@ -43,7 +43,8 @@ def _mail(row: sqlite3.Row) -> Mail:
     return Mail(mail_id=row["mail_id"], account=row["account"], recorded=bool(row["recorded"]),
                 message_id=row["message_id"], subject=row["subject"], date=row["date"],
                 recipients=tuple(json.loads(row["recipients"])), body_text=row["body_text"],
-                queue_id=row["queue_id"], created_at=row["created_at"])
+                queue_id=row["queue_id"], created_at=row["created_at"],
+                names=json.loads(row["names"]))
 
 
 def _state(row: sqlite3.Row) -> MailState:
@@ -218,18 +219,19 @@ class SqliteStore(SqliteDigests):
     async def put_mail(self, mail: Mail) -> bool:
         def do() -> bool:
             vals = (mail.account, mail.message_id, mail.subject, mail.date,
-                    json.dumps(list(mail.recipients)), mail.body_text, mail.queue_id)
+                    json.dumps(list(mail.recipients)), mail.body_text, mail.queue_id,
+                    json.dumps(mail.names))
             # A placeholder (a link opened early) is completed; a record is never replaced.
             cur = self.db.execute(
                 "UPDATE mails SET recorded=1, account=?, message_id=?, subject=?, date=?, "
-                "recipients=?, body_text=?, queue_id=? WHERE mail_id=? AND recorded=0",
+                "recipients=?, body_text=?, queue_id=?, names=? WHERE mail_id=? AND recorded=0",
                 vals + (mail.mail_id,))
             if cur.rowcount:
                 return True
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO mails (mail_id, account, recorded, message_id, subject, "
-                "date, recipients, body_text, queue_id, created_at) "
-                "VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?)",
+                "date, recipients, body_text, queue_id, names, created_at) "
+                "VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (mail.mail_id,) + vals + (mail.created_at,))
             return cur.rowcount == 1
         return await self._run(do)

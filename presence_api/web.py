@@ -20,6 +20,7 @@ from aiohttp import web
 from mailtalk.mailid import is_well_formed
 from presence_api.api import norm_account
 from presence_api.auth import BROWSER_COOKIE, PRE_COOKIE, SESSION_COOKIE
+from presence_api.auth_external import Unavailable
 from presence_api.chat import mail_view
 from presence_api.service import Service, client_ip, service
 from presence_api.store import MODES
@@ -34,6 +35,9 @@ CONVERSATIONS_SHOWN = 200
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                           autoescape=True, trim_blocks=True, lstrip_blocks=True)
 _env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else ""
+# "Alice Example <alice@a.example>", or the address alone when the mail gave no name.
+_env.filters["person"] = lambda addr, names: (f"{names[addr.lower()]} <{addr}>"
+                                              if names and addr.lower() in names else addr)
 
 
 def render(template: str, http_status: int = 200, **ctx: Any) -> web.Response:
@@ -112,7 +116,12 @@ async def post_login(request: web.Request) -> web.StreamResponse:
     if svc.auth.login_blocked(ip, account):
         log.warning("log-in rate limit hit for %s from %s", account, ip)
         return await login_page(request, "Too many failed log-ins; wait a minute.", 429, account)
-    token = await svc.auth.login(ip, account, password)
+    try:
+        token = await svc.auth.login(ip, account, password)
+    except Unavailable as e:
+        log.warning("log-in for %s from %s not checked: %s", account, ip, e)
+        return await login_page(request, "Your mail server could not check the password "
+                                "just now. Please try again in a minute.", 503, account)
     if token is None:
         return await login_page(request, "Wrong account or password.", 401, account)
     resp = web.HTTPSeeOther("/")
@@ -209,7 +218,8 @@ async def get_link(request: web.Request) -> web.StreamResponse:
         return render("gone.html", http_status=404, title="No such link",
                       text="This chat link is not valid.")
     link, mail = opened.link, opened.mail
-    resp = render("link.html", title=mail.subject or "mailtalk", you=link.recipient,
+    resp = render("link.html", title=f"{mail.subject or '(no subject)'} \u2013 mailtalk",
+                  you=link.recipient,
                   token=token, mail=mail_view(mail, False),
                   sender_status=svc.presence.status(mail.account),
                   members=await svc.store.members(mail.mail_id),

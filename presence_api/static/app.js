@@ -9,9 +9,54 @@
   let sender = body.dataset.sender || "";  // whose presence a link page shows
   let ws = null, retry = 0, lastActivity = 0, opened = false;
   let seen = new Set();                    // message ids shown in the current room
+  let names = {};                          // address -> display name (the mail's headers)
+  let baseTitle = document.title, unread = 0;
   const pending = [];                      // messages written while not connected
   const $ = (id) => document.getElementById(id);
+  const phone = window.matchMedia("(max-width: 59.99rem)");
   body.classList.add("js");
+
+  // People by their display name from the mail's From/To/Cc, the address beside it
+  // (as a tooltip where space is short); the address alone when the mail had no name.
+  function person(addr) {
+    const n = names[(addr || "").toLowerCase()];
+    return n ? n : addr;
+  }
+  function personFull(addr) {
+    const n = names[(addr || "").toLowerCase()];
+    return n ? n + " <" + addr + ">" : addr;
+  }
+
+  // One time format everywhere, in the reader's time zone: "14:05" today, else
+  // "Tue 1 Dec, 14:05" (with the year when it is not this year).
+  function fmtTime(ms) {
+    const d = new Date(ms), now = new Date();
+    if (isNaN(d.getTime())) return "";
+    const time = d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+    if (d.toDateString() === now.toDateString()) return time;
+    const opts = {weekday: "short", day: "numeric", month: "short"};
+    if (d.getFullYear() !== now.getFullYear()) opts.year = "numeric";
+    return d.toLocaleDateString([], opts) + ", " + time;
+  }
+  function showTimes() {
+    for (const el of document.querySelectorAll("[data-ts]")) {
+      const ts = parseFloat(el.dataset.ts);
+      if (ts) el.textContent = fmtTime(ts * 1000);
+    }
+  }
+
+  // Unread messages in the page title while the page is not looked at.
+  function countUnread() {
+    unread++;
+    document.title = "(" + unread + ") " + baseTitle;
+  }
+  function clearUnread() {
+    if (document.hidden || !document.hasFocus()) return;
+    unread = 0;
+    document.title = baseTitle;
+  }
+  document.addEventListener("visibilitychange", clearUnread);
+  window.addEventListener("focus", clearUnread);
 
   function send(obj) {
     if (ws && ws.readyState === 1) { ws.send(JSON.stringify(obj)); return true; }
@@ -48,15 +93,21 @@
   // --- rendering
 
   function renderMail(mail) {
+    names = mail.names || {};
     setText("mail-subject", mail.subject || "(no subject)");
-    setText("mail-from", mail.sender || "");
-    if (Array.isArray(mail.recipients)) setText("mail-to", mail.recipients.join(", "));
-    setText("mail-date", mail.date || "");
-    setText("mail-id", mail.mail_id || "");
+    setText("mail-from", personFull(mail.sender || ""));
+    if (Array.isArray(mail.recipients)) setText("mail-to", mail.recipients.map(personFull).join(", "));
+    const date = $("mail-date");
+    if (date) {
+      date.dateTime = mail.date || "";
+      date.textContent = mail.date ? fmtTime(Date.parse(mail.date)) : "";
+    }
     setText("mail-body", mail.body_text || "");
     const pending = $("mail-pending");
     if (pending) pending.hidden = !!mail.recorded;
-    if (kind === "user") document.title = (mail.subject || "(no subject)") + " \u2013 mailtalk";
+    for (const el of document.querySelectorAll(".peer-name")) el.textContent = personFull(mail.sender);
+    baseTitle = (mail.subject || "(no subject)") + " \u2013 mailtalk";
+    document.title = unread ? "(" + unread + ") " + baseTitle : baseTitle;
   }
 
   function appendMessage(m) {
@@ -68,9 +119,11 @@
     head.className = "head";
     const who = document.createElement("span");
     who.className = "author";
-    who.textContent = m.author;
+    who.textContent = person(m.author);
+    who.title = m.author;
     const when = document.createElement("time");
-    when.textContent = new Date(m.ts * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+    when.dateTime = new Date(m.ts * 1000).toISOString();
+    when.textContent = fmtTime(m.ts * 1000);
     head.append(who, when);
     const text = document.createElement("div");
     text.className = "text";
@@ -85,13 +138,19 @@
   function setMembers(members, shared) {
     const marked = new Set(shared || []);
     setText("members", (members || []).map(function (m) {
-      return marked.has(m.toLowerCase()) ? m + " (opened in more than one browser)" : m;
+      return marked.has(m.toLowerCase()) ? person(m) + " (opened in more than one browser)"
+                                         : person(m);
     }).join(", "));
   }
 
+  // "offline" is said once: by the banner, which also says what writing then means.
   function setPeerStatus(status) {
     if (kind !== "link") return;
-    setText("peer-status", sender + " is " + status);
+    const line = $("peer-status");
+    if (line) {
+      line.textContent = person(sender) + " is " + status;
+      line.hidden = status === "offline";
+    }
     const note = $("offline-note");
     if (note) note.hidden = status !== "offline";
   }
@@ -127,6 +186,9 @@
       if (empty) empty.hidden = true;
     }
     if (mail) li.querySelector(".subj").textContent = mail.subject || "(no subject)";
+    const when = li.querySelector(".when");
+    when.dataset.ts = String(Date.now() / 1000);
+    when.textContent = fmtTime(Date.now());
     $("conversations").prepend(li);   // newest activity first
     return li;
   }
@@ -171,8 +233,8 @@
         break;
       case "room":
         if (!m.mail || m.mail.mail_id !== current) return;
-        if (kind === "user") renderMail(m.mail);
-        else sender = m.mail.sender;
+        renderMail(m.mail);
+        if (kind === "link") sender = m.mail.sender;
         seen = new Set();
         $("messages").replaceChildren();
         (m.messages || []).forEach(appendMessage);
@@ -181,14 +243,17 @@
         readUpTo(m.messages);
         break;
       case "message":
+        if (m.author !== you) { notify(person(m.author), m.text); countUnread(); }
         if (m.mail_id === current) {
           appendMessage(m);
           readUpTo([m]);
-          if (m.author !== you) notify(m.author, m.text);
         } else if (kind === "user") {
           bumpUnread(m.mail_id);
-          notify(m.author, m.text);
         }
+        clearUnread();
+        break;
+      case "mail":       // the record came after the page opened: show it now
+        if (m.mail && m.mail_id === current) renderMail(m.mail);
         break;
       case "opened":
         if (kind !== "user") return;
@@ -197,7 +262,7 @@
           const names = who.textContent ? who.textContent.split(", ") : [];
           if (!names.includes(m.recipient)) { names.push(m.recipient); who.textContent = names.join(", "); }
         }
-        notify(m.recipient + " opened your mail", (m.mail && m.mail.subject) || m.mail_id);
+        notify(m.recipient + " opened your mail", (m.mail && m.mail.subject) || "(no subject)");
         // Show the mail at once (Fig. 5), unless the user is writing in another chat.
         if (m.mail_id !== current && !$("text").value) switchTo(m.mail_id, m.mail);
         markCurrent();
@@ -265,6 +330,15 @@
     });
   }
 
+  // On a phone the sender's page opens on the chat: the mail is folded (one tap
+  // unfolds it); the recipient, who came from the mail, sees it first.
+  const mailBox = $("mail-box");
+  if (mailBox && kind === "user" && phone.matches && current) {
+    mailBox.open = false;
+    $("conv").scrollIntoView({block: "start"});
+  }
+
+  showTimes();
   markCurrent();
   connect();
 })();

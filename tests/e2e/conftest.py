@@ -6,7 +6,7 @@ component tests use too, are in tests/conftest.py.)"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Any, AsyncIterator, Callable, Iterator, Mapping
 
 import pytest
 
@@ -56,3 +56,13 @@ def dns_factory(e2e_dir: Path) -> Iterator[DnsFactory]:
     yield make
     for server in made:
         server.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Debian's Chromium under playwright (support/browser.py), closed after the test;
+    the test skips when playwright is not installed."""
+    pytest.importorskip("playwright")
+    from support.browser import launch
+    async for b in launch():
+        yield b

@@ -11,54 +11,36 @@ from __future__ import annotations
 
 import email
 import email.policy
-import logging
 import re
-import shutil
-from typing import AsyncIterator, Iterator
+from typing import Iterator
 
 import pytest
 
 from support.dovecot import Dovecot, unavailable
 from support.postfix_mailbox import online
-from support.requires import require_dnsmasq, require_postfix, require_swaks
-from support.two_sites import ALICE, BOB, PASSWORD, World, make_base, two_sites
+from support.two_sites import ALICE, BOB, PASSWORD, World, two_sites, world_dir
 from support.wait import wait_for
 
 pytest.importorskip("playwright")
 from playwright.async_api import Browser, expect  # noqa: E402
-from support.browser import launch  # noqa: E402
 
-log = logging.getLogger("tests.digest")
 QUIET_MINUTES = 0.05            # 3 s: the chat counts as quiet this soon
 WAIT = 20_000
 
 
 @pytest.fixture(scope="module")
 def site(request: pytest.FixtureRequest) -> Iterator[tuple[World, Dovecot]]:
-    require_postfix()
-    require_swaks()
-    require_dnsmasq()
     if why := unavailable():
         pytest.skip(why)
-    base = make_base()
-    failed = request.session.testsfailed
-    dovecot = Dovecot(base, {BOB: "bob-imap-pw-1"}).start()
-    try:
-        with two_sites(base, b_lmtp_next=dovecot.lmtp, a_presence={
-                "digest_after_minutes": QUIET_MINUTES, "submit": "MTA"}) as w:
-            yield w, dovecot
-    finally:
-        dovecot.stop()
-    if request.session.testsfailed == failed:
-        shutil.rmtree(base, ignore_errors=True)
-    else:
-        log.warning("kept %s for inspection", base)
+    with world_dir(request) as base:
+        dovecot = Dovecot(base, {BOB: "bob-imap-pw-1"}).start()
+        try:
+            with two_sites(base, b_lmtp_next=dovecot.lmtp, a_presence={
+                    "digest_after_minutes": QUIET_MINUTES, "submit": "MTA"}) as w:
+                yield w, dovecot
+        finally:
+            dovecot.stop()
 
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async for b in launch():
-        yield b
 
 
 def inbox(w: World, d: Dovecot, count: int) -> list[bytes]:

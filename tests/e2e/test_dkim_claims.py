@@ -9,9 +9,7 @@ a.test's public key from a file (support/opendkim.py says why).
 
 from __future__ import annotations
 
-import logging
 import re
-import shutil
 from typing import Iterator
 
 import pytest
@@ -19,12 +17,10 @@ import pytest
 from support.opendkim import OpenDkim, unavailable
 from support.postfix import header_values
 from support.postfix_mailbox import online
-from support.requires import require_dnsmasq, require_postfix, require_swaks
 from support.smtp import make_message, smtp_send
 from support.wait import wait_for
-from support.two_sites import ALICE, B_MX, BOB, World, make_base, two_sites
+from support.two_sites import ALICE, B_MX, BOB, World, two_sites, world_dir
 
-log = logging.getLogger("tests.dkim")
 
 SIGNER, VERIFIER = "127.0.14.55", "127.0.14.56"
 AUTHSERV = "mx.b.test"
@@ -32,29 +28,21 @@ AUTHSERV = "mx.b.test"
 
 @pytest.fixture(scope="module")
 def site(request: pytest.FixtureRequest) -> Iterator[tuple[World, OpenDkim]]:
-    require_postfix()
-    require_swaks()
-    require_dnsmasq()
     if why := unavailable():
         pytest.skip(why)
-    base = make_base()
-    failed = request.session.testsfailed
-    signer = OpenDkim.signer(base, SIGNER, "a.test", "mt")
-    verifier = OpenDkim.verifier(base, VERIFIER, AUTHSERV,
-                                 {"mt._domainkey.a.test": signer.key_record})
-    try:
-        signer.start()
-        verifier.start()
-        with two_sites(base, a_signer=signer.milter, b_verifier=verifier.milter,
-                       b_filter={"dkim": "require", "authserv_id": AUTHSERV}) as w:
-            yield w, signer
-    finally:
-        for stop in (signer.stop, verifier.stop):
-            stop()
-    if request.session.testsfailed == failed:
-        shutil.rmtree(base, ignore_errors=True)
-    else:
-        log.warning("kept %s for inspection", base)
+    with world_dir(request) as base:
+        signer = OpenDkim.signer(base, SIGNER, "a.test", "mt")
+        verifier = OpenDkim.verifier(base, VERIFIER, AUTHSERV,
+                                     {"mt._domainkey.a.test": signer.key_record})
+        try:
+            signer.start()
+            verifier.start()
+            with two_sites(base, a_signer=signer.milter, b_verifier=verifier.milter,
+                           b_filter={"dkim": "require", "authserv_id": AUTHSERV}) as w:
+                yield w, signer
+        finally:
+            for stop in (signer.stop, verifier.stop):
+                stop()
 
 
 @pytest.fixture(scope="module")

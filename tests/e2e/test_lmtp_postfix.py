@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import signal
 from typing import Iterator
 
@@ -25,9 +24,8 @@ from support.dovecot import Dovecot, unavailable
 from support.mailtalk import MailtalkService, run_mailtalk
 from support.postfix import header_values
 from support.postfix_mailbox import online
-from support.requires import require_dnsmasq, require_postfix, require_swaks
 from support.smtp import make_message, smtp_send
-from support.two_sites import ALICE, B_MX, BOB, CAROL, World, make_base, two_sites
+from support.two_sites import ALICE, B_MX, BOB, CAROL, World, two_sites, world_dir
 from support.wait import wait_for
 
 log = logging.getLogger("tests.lmtp")
@@ -37,24 +35,16 @@ TMP, NOBODY = "tmp@b.test", "nobody@b.test"
 
 @pytest.fixture(scope="module")
 def site(request: pytest.FixtureRequest) -> Iterator[tuple[World, Dovecot]]:
-    require_postfix()
-    require_swaks()
-    require_dnsmasq()
     if why := unavailable():
         pytest.skip(why)
-    base = make_base()
-    failed = request.session.testsfailed
-    dovecot = Dovecot(base, {BOB: "bob-imap-pw-1", CAROL: "carol-imap-pw-1",
-                             TMP: "tmp-imap-pw-1"}).start()
-    try:
-        with two_sites(base, b_lmtp_next=dovecot.lmtp) as w:
-            yield w, dovecot
-    finally:
-        dovecot.stop()
-    if request.session.testsfailed == failed:
-        shutil.rmtree(base, ignore_errors=True)
-    else:
-        log.warning("kept %s for inspection", base)
+    with world_dir(request) as base:
+        dovecot = Dovecot(base, {BOB: "bob-imap-pw-1", CAROL: "carol-imap-pw-1",
+                                 TMP: "tmp-imap-pw-1"}).start()
+        try:
+            with two_sites(base, b_lmtp_next=dovecot.lmtp) as w:
+                yield w, dovecot
+        finally:
+            dovecot.stop()
 
 
 def copies(w: World, d: Dovecot, rcpt: str, mid: str, count: int = 1) -> list[bytes]:

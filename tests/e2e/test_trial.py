@@ -11,7 +11,7 @@ import re
 import socket
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -20,7 +20,6 @@ from support.wait import free_port
 
 pytest.importorskip("playwright")
 from playwright.async_api import expect  # noqa: E402
-from support.browser import launch  # noqa: E402
 
 HOST = "127.0.20.1"
 ALICE, BOB, CAROL = "alice@localhost", "bob@localhost", "carol@localhost"
@@ -60,7 +59,7 @@ def test_embedded_defaults_find_their_own_service() -> None:
 
 
 async def test_trial_says_no_then_yes_with_each_recipients_link(
-        service: MailtalkService) -> None:
+        service: MailtalkService, browser: Any) -> None:
     code, out = trial(service, ALICE, BOB, CAROL)
     assert code == 0, out
     assert "added X-Messenger-Account: alice@localhost, X-Mail-ID: " in out
@@ -74,17 +73,16 @@ async def test_trial_says_no_then_yes_with_each_recipients_link(
             assert page.status == 200 and who in page.read().decode()
 
     url = service.config_path.read_text().split('public_url = "')[1].split('"')[0]
-    async for browser in launch():
-        page = await (await browser.new_context()).new_page()
-        await page.goto(url + "/login")
-        await page.fill("input[name=account]", ALICE)
-        await page.fill("input[name=password]", PASSWORD)
-        await page.click("button[type=submit]")
-        await expect(page.locator("#my-status")).to_have_text("online", timeout=WAIT)
-        code, out = trial(service, ALICE, BOB)
-        assert code == 0, out
-        assert "X-Sender-Online: yes; account=alice@localhost;" in out, out
-        assert "mailtalk: alice@localhost was online when this mail arrived." in out
+    page = await (await browser.new_context()).new_page()
+    await page.goto(url + "/login")
+    await page.fill("input[name=account]", ALICE)
+    await page.fill("input[name=password]", PASSWORD)
+    await page.click("button[type=submit]")
+    await expect(page.locator("#my-status")).to_have_text("online", timeout=WAIT)
+    code, out = trial(service, ALICE, BOB)
+    assert code == 0, out
+    assert "X-Sender-Online: yes; account=alice@localhost;" in out, out
+    assert "mailtalk: alice@localhost was online when this mail arrived." in out
 
 
 def test_trial_names_what_stands_in_the_way(service: MailtalkService) -> None:

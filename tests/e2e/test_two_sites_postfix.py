@@ -15,14 +15,12 @@ at b.test, the presence service at a.test): keep them last.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -31,17 +29,14 @@ from support.mailtalk import MailtalkService, run_mailtalk
 from support.message import split_message
 from support.postfix import header_values
 from support.postfix_mailbox import online
-from support.requires import require_dnsmasq, require_postfix, require_swaks
 from support.signed_mail import pgp_mime_signed, smime_signed, smime_verify
 from support.smtp import make_message, smtp_send
 from support.two_sites import (ALICE, B_MX, BOB, CAROL, DAVE, LOOKUP_TIMEOUT, PASSWORD,
-                               World, make_base, two_sites)
+                               World, two_sites, world_dir)
 
 pytest.importorskip("playwright")
 from playwright.async_api import Browser, Page, expect  # noqa: E402
-from support.browser import launch  # noqa: E402
 
-log = logging.getLogger("tests.two_sites")
 
 WAIT = 15_000                 # ms: the deadline of every browser wait
 FORGED = {"X-Sender-Online": "yes; account=alice@a.test; status=online; "
@@ -55,23 +50,9 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
     """Both sites, started once for the module (two Postfix and six services take
     seconds). Its directory (maillogs, services' logs, dnsmasq's log) is kept when a
     test of the module failed."""
-    require_postfix()
-    require_swaks()
-    require_dnsmasq()
-    base = make_base()
-    failed = request.session.testsfailed
-    with two_sites(base) as w:
+    with world_dir(request) as base, two_sites(base) as w:
         yield w
-    if request.session.testsfailed == failed:
-        shutil.rmtree(base, ignore_errors=True)
-    else:
-        log.warning("kept %s for inspection", base)
 
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async for b in launch():
-        yield b
 
 
 async def alice_logs_in(w: World, browser: Browser) -> Page:
@@ -125,12 +106,12 @@ async def test_no_then_yes_then_chat_both_ways(world: World, browser: Browser) -
     link = link_of(params, w)
     w.a_presence.wait_log(rf"mail {mail_id} of {ALICE} recorded", timeout=15)
 
-    # Bob opens his link: the subject is shown; Alice's page is told, with the Mail-ID.
+    # Bob opens his link: the subject is shown; Alice's page is told and opens that mail.
     bob = await (await browser.new_context()).new_page()
     await bob.goto(link)
     await expect(bob.locator("#mail-subject")).to_have_text("Budget 2027", timeout=WAIT)
     await expect(bob.locator("#peer-status")).to_have_text(f"{ALICE} is online", timeout=WAIT)
-    await expect(alice.locator("#mail-id")).to_have_text(mail_id, timeout=WAIT)
+    await expect(alice).to_have_url(re.compile(rf"/m/{re.escape(mail_id)}$"), timeout=WAIT)
     await expect(alice.locator("#mail-subject")).to_have_text("Budget 2027")
     await expect(alice.locator(f'#conversations li[data-mail-id="{mail_id}"]')).to_have_count(1)
 
@@ -167,7 +148,7 @@ async def test_two_recipients_own_links_one_group_chat(world: World, browser: Br
                                                                          timeout=WAIT)
     for page in (alice, pages[BOB], pages[CAROL]):
         await expect(page.locator("#members")).to_have_text(f"{BOB}, {CAROL}", timeout=WAIT)
-    await expect(alice.locator("#mail-id")).to_have_text(mail_id, timeout=WAIT)
+    await expect(alice).to_have_url(re.compile(rf"/m/{re.escape(mail_id)}$"), timeout=WAIT)
     await pages[CAROL].fill("#text", "Count me in")
     await pages[CAROL].press("#text", "Enter")
     for page in (alice, pages[BOB]):
@@ -311,7 +292,8 @@ async def test_html_notice_in_chromium_opens_bobs_chat_beside_the_mail(
     await expect(page.locator("#mail-subject")).to_have_text(NOTICE_SUBJECT, timeout=WAIT)
     await expect(page.locator("#mail-from")).to_contain_text(ALICE)
     await expect(page.locator("#mail-body")).to_contain_text("09:00 planning, 14:00 the lake.")
-    await expect(page.locator("#peer-status")).to_contain_text(ALICE, timeout=WAIT)
+    await expect(page.locator("#offline-note")).to_contain_text(f"<{ALICE}> is offline",
+                                                                timeout=WAIT)
     await page.screenshot(path=str(e2e_dir / "bob-chat.png"), full_page=True)
 
 

@@ -61,6 +61,7 @@ class Dovecot:
         # test's long temporary directory.
         self.run_dir = Path(tempfile.mkdtemp(prefix="mt-dovecot-"))
         self.lmtp_socket = self.run_dir / "lmtp"
+        self.auth_socket = self.run_dir / "auth-client"    # Dovecot's own, for log-ins
         self.mail_dir = self.dir / "mail"
         self.log_path = self.dir / "dovecot.log"
         self.conf = self.dir / "dovecot.conf"

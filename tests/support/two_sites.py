@@ -24,18 +24,20 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .dns import Dnsmasq, mailtalk_txt
 from .mailtalk import MailtalkService
 from .postfix import PostfixInstance, chmod_chain
 from .postfix_deploy import apply_lmtp_snippet, apply_receiver_snippets, apply_sender_snippets
 from .postfix_mailbox import wait_mail
+from .requires import require_dnsmasq, require_postfix, require_swaks
 from .smtp import make_message, swaks
 from .wait import free_port
 
@@ -48,6 +50,23 @@ ALICE, BOB, CAROL, DAVE = "alice@a.test", "bob@b.test", "carol@b.test", "dave@a.
 PASSWORD = "alice-e2e-Secret-42"                 # alice's, at a.test
 BOB_PASSWORD = "bob-e2e-Secret-43"               # bob's, at b.test
 LOOKUP_TIMEOUT = 1.5          # both sites' [filter] lookup_timeout
+
+
+@contextmanager
+def world_dir(request: Any) -> Iterator[Path]:
+    """A module's world directory (`make_base`), after the checks every world needs:
+    removed after the module, or kept (and its path logged) when a test of it failed,
+    with the maillogs, the services' logs and dnsmasq's log for inspection."""
+    require_postfix()
+    require_swaks()
+    require_dnsmasq()
+    base = make_base()
+    failed = request.session.testsfailed
+    yield base
+    if request.session.testsfailed == failed:
+        shutil.rmtree(base, ignore_errors=True)
+    else:
+        log.warning("kept %s for inspection", base)
 
 
 def make_base() -> Path:

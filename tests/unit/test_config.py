@@ -87,6 +87,12 @@ def test_embedded_defaults_run_everything_on_loopback():
     ('[domains]\nnames = ["a"]\n[presence]\npublic_url = "https://chat.a.example"\n'
      '[dns]\nstatic = { a = "self" }\n',
      '[dns] static: "self" needs a loopback [presence] public_url'),
+    ('[presence]\nauth = "ldap"\n', "[presence] auth: expected one of local, imap, dovecot"),
+    ('[domains]\nnames = ["a"]\n[presence]\nauth = "imap"\n',
+     '[presence] imap: required with auth = "imap"'),
+    ('[presence]\nimap = "https://mail.a"\n', "[presence] imap: expected imaps://HOST[:PORT]"),
+    ('[presence]\nsubmit = "sendmail:bin/sendmail"\n', "[presence] submit: sendmail:PATH needs"),
+    ('[presence]\ndigest_from = "no address"\n', "[presence] digest_from: expected an address"),
     ('[filter\n', "not valid TOML"),
     ('filter = 1\n', "filter: expected a [filter] table"),
 ])

@@ -100,6 +100,17 @@ def test_record_content_plain_text() -> None:
     assert rec.date == "2026-11-29T07:00:00Z"
     assert rec.recipients == ["bob@b.test", "carol@c.test"]
     assert rec.body_text == "Hallo Bob,\nbis morgen. ä"
+    assert rec.names == {"alice@a.test": "Alice"}      # bob@b.test came without a name
+
+
+def test_record_names_from_from_to_and_cc() -> None:
+    from mailtalk.mailrecord import display_names
+    names = display_names([
+        ("From", b"=?utf-8?q?J=C3=BCrgen?= <juergen@a.test>"),
+        ("To", b'"Bob, B." <bob@b.test>, carol@c.test, "bob@b.test" <x@b.test>'),
+        ("Cc", b'"bell\x07" <dave@d.test>, Eve <EVE@E.test>'), ("Bcc", b"Hidden <h@h.test>")])
+    assert names == {"juergen@a.test": "Jürgen", "bob@b.test": "Bob, B.",
+                     "x@b.test": "bob@b.test", "eve@e.test": "Eve"}
 
 
 def test_record_body_from_html_only_mail_in_base64() -> None:
