@@ -113,6 +113,12 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: HostPort | None    # the process's own /metrics and /healthz listener
+    allow: tuple[Any, ...]     # who may read /metrics (the presence service's too)
+
+
+@dataclass(frozen=True)
 class Config:
     source: str                               # file path, or "embedded defaults"
     site: SiteConfig
@@ -121,6 +127,7 @@ class Config:
     filter: FilterConfig
     presence: PresenceConfig
     dns: DnsConfig
+    metrics: MetricsConfig = MetricsConfig(None, ())
     sections: frozenset[str] = field(default_factory=frozenset)  # present in the file
 
     def has(self, section: str) -> bool:
@@ -199,11 +206,16 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "max_ttl": (int_min(0), D.DNS_MAX_TTL),
         "static": (static_records, {}),
     },
+    "metrics": {
+        "listen": (lambda v: hostport(v) if text(v).strip() else None, ""),
+        "allow": (networks, ["127.0.0.0/8", "::1"]),
+    },
 }
 
 SECTION_TYPES = {
     "site": SiteConfig, "domains": DomainsConfig, "milter": MilterConfig,
     "filter": FilterConfig, "presence": PresenceConfig, "dns": DnsConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -289,6 +301,7 @@ def _build(given: dict[str, dict[str, Any]], source: str) -> Config:
         filter=FilterConfig(**filter_),
         presence=PresenceConfig(**presence),
         dns=DnsConfig(**dns),
+        metrics=MetricsConfig(**section_values("metrics")),
         sections=frozenset(given),
     )
 

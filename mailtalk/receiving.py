@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from mailtalk import dkim_claim, headers, notice, online_header
+from mailtalk import dkim_claim, headers, metrics, notice, online_header
 from mailtalk.accounts import normalize_account
 from mailtalk.constants import HDR_ACCOUNT, HDR_MAIL_ID, HDR_ONLINE
 from mailtalk.lookup import LookupResult
@@ -89,7 +89,19 @@ def headers_for(account: str, result: LookupResult, recipients: Sequence[str]
 
 async def decide(claim: Claim, recipients: Sequence[str], lookup: Lookup | None,
                  now: datetime, qid: str) -> tuple[dict[str, SenderOnline], str]:
-    """(the X-Sender-Online of each distinct recipient, why it is `unknown` or "")."""
+    """(the X-Sender-Online of each distinct recipient, why it is `unknown` or "");
+    counted in mailtalk.metrics."""
+    decided, why = await _decide(claim, recipients, lookup, now, qid)
+    metrics.FILTER_MAILS.inc()
+    reason = metrics.reason_class(why)
+    for header in decided.values():
+        answer = "none" if header is NO_HEADER else header.state
+        metrics.FILTER_ANSWERS.labels(answer, reason).inc()
+    return decided, why
+
+
+async def _decide(claim: Claim, recipients: Sequence[str], lookup: Lookup | None,
+                  now: datetime, qid: str) -> tuple[dict[str, SenderOnline], str]:
     rcpts = list(dict.fromkeys(recipients))
     if claim.problem is not None:     # no usable claim: no header at all (NO_HEADER)
         return {r: NO_HEADER for r in rcpts}, claim.problem
@@ -98,8 +110,9 @@ async def decide(claim: Claim, recipients: Sequence[str], lookup: Lookup | None,
         return {r: online_header.unknown(claim.account, now) for r in rcpts}, why
     assert claim.account is not None and claim.mail_id is not None
     try:
-        result = await lookup.lookup(claim.account, claim.mail_id, rcpts,
-                                     message_id=claim.message_id, queue_id=qid)
+        with metrics.FILTER_LOOKUP_SECONDS.time():
+            result = await lookup.lookup(claim.account, claim.mail_id, rcpts,
+                                         message_id=claim.message_id, queue_id=qid)
     except Exception:     # a bug: the lookup's contract is never to raise
         log.exception("%s: lookup for %s failed: unknown", qid, claim.account)
         result = LookupResult("unknown", now, {}, "lookup failed")

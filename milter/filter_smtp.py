@@ -40,7 +40,7 @@ from typing import Any, AnyStr, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope
 
-from mailtalk import defaults as D
+from mailtalk import defaults as D, metrics
 from mailtalk.connlimit import LOOPBACK, ConnLimiter, Network, total_within_fd_limit
 from mailtalk_milter.reinject import ReinjectClient
 
@@ -60,6 +60,18 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDRESS = re.compile(
     rf"[ \t]*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>((?:[ \t]*[^( \t].*)?)",
     re.S)
+
+
+_DEFERRALS = (("451 4.4.1", "next_hop_down"), ("451 4.3.0", "our_error"),
+              ("452 4.3.4", "too_big"), ("451 4.4.2", "next_hop_down"), ("4", "next_hop"))
+
+
+def _count_deferral(status: AnyStr) -> None:
+    """Every 4xx the hook answers, by what it means (mailtalk.metrics)."""
+    text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
+    if text.startswith("4") and not text.startswith("421"):  # 421: the session's end
+        metrics.FILTER_DEFERRALS.labels(next(r for p, r in _DEFERRALS
+                                             if text.startswith(p))).inc()
 
 
 class Sessions(Protocol):
@@ -113,6 +125,7 @@ class FilterSMTP(SMTP):
                 self.event_handler.sessions.discard(self)
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(REPLY_TOO_MANY)
+                metrics.FILTER_DEFERRALS.labels("too_many_connections").inc()
                 transport.close()
                 return
         self._since = self.loop.time()
@@ -170,6 +183,7 @@ class FilterSMTP(SMTP):
                       "keep it at least Postfix's message_size_limit", ident,
                       self.data_size_limit or 0)
             status = REPLY_TOO_BIG
+        _count_deferral(status)
         await super().push(status)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:

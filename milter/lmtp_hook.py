@@ -30,7 +30,7 @@ from typing import Any, AnyStr
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Session
 
-from mailtalk import dkim_claim, receiving
+from mailtalk import dkim_claim, metrics, receiving
 from mailtalk.config import Config, FilterConfig
 from mailtalk.config_values import UnixPath
 from mailtalk.notice import NoticeTemplates
@@ -54,6 +54,7 @@ class HookLMTP(LMTP, FilterSMTP):
         if raw.startswith(OWN_SIZE_AFTER_DATA) and n > 1:
             await super().push(status)         # logged, and becomes REPLY_TOO_BIG
             for _ in range(n - 1):             # LMTP: one reply per recipient
+                metrics.FILTER_DEFERRALS.labels("too_big").inc()
                 await SMTP.push(self, REPLY_TOO_BIG)
             return
         await super().push(status)

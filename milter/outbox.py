@@ -149,6 +149,12 @@ class Outbox:
             return self._db.execute("DELETE FROM outbox WHERE created < ?",
                                     (created_before,)).rowcount
 
+    def oldest_age(self, now: float | None = None) -> float:
+        """Seconds since the oldest record waiting was made (0: none waits)."""
+        with self._lock:
+            oldest = self._db.execute("SELECT min(created) FROM outbox").fetchone()[0]
+        return max(0.0, (now or self._clock()) - oldest) if oldest is not None else 0.0
+
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])

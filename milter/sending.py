@@ -30,7 +30,7 @@ from typing import Protocol
 
 import Milter
 
-from mailtalk import headers
+from mailtalk import headers, metrics
 from mailtalk.accounts import account_for_login
 from mailtalk.config import Config, ConfigError, DomainsConfig
 from mailtalk.constants import HDR_ACCOUNT, HDR_DIGEST, HDR_MAIL_ID, OUR_HEADERS
@@ -145,6 +145,7 @@ class SendingMilter(Milter.Base):
 
     @Milter.symlist("i")
     def eom(self) -> int:
+        metrics.MILTER_MAILS.inc()
         qid = self.msg.queue_id
         try:
             qid = self._qid()
@@ -176,6 +177,7 @@ class SendingMilter(Milter.Base):
         except Exception:
             # Half added at worst; the mail goes on all the same.
             return self._failed("eom (adding headers)")
+        metrics.MILTER_CLAIMS.inc()
         log.info("%s: account=%s mail_id=%s recipients=%d", qid, m.account, mail_id,
                  len(m.recipients))
         return Milter.CONTINUE
@@ -219,6 +221,7 @@ class SendingMilter(Milter.Base):
             for index in range(count, 0, -1):
                 self.chgheader(_OURS[lower], index, "")
         if self.msg.ours:
+            metrics.MILTER_FORGED.inc(sum(self.msg.ours.values()))
             log.warning("%s: deleted %d forged cop%s of %s", qid, sum(self.msg.ours.values()),
                         "y" if sum(self.msg.ours.values()) == 1 else "ies",
                         ", ".join(_OURS[n] for n in self.msg.ours))
@@ -248,6 +251,8 @@ class Running:
         await self._host.stop()
         await self._handover.close()
         left = self._outbox.count()
+        for gauge in (metrics.OUTBOX_BACKLOG, metrics.OUTBOX_AGE):
+            gauge.set_function(lambda: 0.0)      # the outbox is gone: a scrape must not fail
         self._outbox.close()
         log.info("milter stopped" + (f" ({left} mail records wait in the outbox for the "
                                      f"next start)" if left else ""))
@@ -268,6 +273,8 @@ async def start(cfg: Config, stop: asyncio.Event) -> Running:
     handover = Handover(outbox, mc.presence_api, outbox_api_token(key), mc.outbox_retry_max,
                         max_age=cfg.site.mail_id_lifetime_days * 86400.0)
     outbox.on_added = handover.wake_threadsafe
+    metrics.OUTBOX_BACKLOG.set_function(outbox.count)
+    metrics.OUTBOX_AGE.set_function(outbox.oldest_age)
     install(Engine(cfg.domains, MailIds(key, cfg.site.mail_id_lifetime_days), outbox,
                    mc.body_text_limit, key))
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from mailtalk import metrics
 from mailtalk.accounts import account_domain, normalize_account
 from mailtalk.constants import API_LOOKUP, API_MAILS, LOOKUP_MAX_RECIPIENTS
 from mailtalk.mailid import is_well_formed
@@ -183,6 +184,7 @@ async def _lookup_answer(svc: Any, body: dict[str, Any], now: float, ip: str,
     if (not valid or account is None or ctx.mode is None
             or account_domain(account) not in svc.cfg.domains.names
             or (mail is not None and mail.account != account)):
+        metrics.LOOKUP_REFUSALS.labels("invalid_claim").inc()
         return {"status": "unknown", "checked": rfc3339(now), "links": {}}
 
     status = svc.presence.status(account, ctx.mode)
@@ -196,6 +198,7 @@ async def _lookup_answer(svc: Any, body: dict[str, Any], now: float, ip: str,
         mail = await svc.lookups.mail_state(mail_id, account)
     if mail.account != account or not mail.matches(body.get("message_id", "")):
         # Another account's mail, or a genuine claim copied onto another mail.
+        metrics.LOOKUP_REFUSALS.labels("other_mail").inc()
         return {"status": "unknown", "checked": rfc3339(now), "links": {}}
     domain = await signer()
     links: dict[str, str] = {}
@@ -228,18 +231,22 @@ async def post_lookup(request: web.Request) -> web.Response:
     ip = client_ip(request)
     if svc.lookup_limiter.blocked(ip):
         svc.degraded["rate_limited"] += 1
+        metrics.RATE_LIMITED.labels("lookup").inc()
         log.info("lookup from %s: rate limited (too many refused lookups)", ip)
         return _too_many()
     raw = await request.read()
     body = _parse(raw)
     if (error := _lookup_error(body)) is not None:
         svc.lookup_limiter.hit(ip)
+        metrics.LOOKUP_REFUSALS.labels("malformed").inc()
         return _bad(error)
     assert body is not None
 
     async def signer() -> str | None:
         return await svc.signatures.signer(request.headers, "POST", svc.lookup_path, raw)
-    answer = await _lookup_answer(svc, body, svc.clock(), ip, signer)
+    with metrics.LOOKUP_SECONDS.time():
+        answer = await _lookup_answer(svc, body, svc.clock(), ip, signer)
+    metrics.LOOKUPS.labels(metrics.answer_of(answer["status"])).inc()
     if answer["status"] == "unknown":       # a refusal (every refusal is this answer)
         svc.lookup_limiter.hit(ip)
     return _answer(answer)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+from mailtalk import metrics
 from presence_api.presence import Client, PresenceHub, send_all
 from presence_api.ratelimit import RateLimiter
 from presence_api.store import Mail, Message, Store
@@ -138,9 +139,11 @@ class ChatHub:
         if len(text) > self.max_chars:
             raise ChatError("too_long")
         if not self.flood.hit(client.identity):
+            metrics.RATE_LIMITED.labels("chat").inc()
             raise ChatError("rate_limited")
         msg = await self.store.add_message(mail.mail_id, client.identity, text.strip(),
                                            self._clock())
+        metrics.CHAT_MESSAGES.inc()
         log.info("mail %s: message %d from %s", mail.mail_id, msg.id, client.identity)
         await self.deliver(mail, message_view(msg))
         return msg

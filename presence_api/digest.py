@@ -22,6 +22,7 @@ import smtplib
 import subprocess
 from pathlib import Path
 
+from mailtalk import metrics
 from mailtalk.config import HostPort
 from presence_api.digest_mail import Digest, compose
 from presence_api.service import Service
@@ -120,6 +121,7 @@ async def _room(svc: Service, mail_id: str, newest: int, now: float) -> int:
         try:
             await asyncio.to_thread(submit, svc.cfg.presence.submit, address, bytes(msg))
         except SubmitError as e:
+            metrics.DIGESTS.labels("refused" if e.permanent else "deferred").inc()
             if e.permanent:               # as good as sent: never tried again
                 await svc.store.digest_sent(mail_id, address, newest)
                 log.error("%s: digest to %s of %d messages refused for good (check that "
@@ -131,6 +133,7 @@ async def _room(svc: Service, mail_id: str, newest: int, now: float) -> int:
                             RETRY_SECONDS, e)
             continue
         await svc.store.digest_sent(mail_id, address, newest)
+        metrics.DIGESTS.labels("sent").inc()
         log.info("%s: digest to %s: %d messages (%s)", mail.queue_id or mail_id, address,
                  len(missed), msg["Message-ID"])
         sent += 1

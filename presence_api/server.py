@@ -21,12 +21,12 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from mailtalk import defaults as D
-from mailtalk import discovery
+from mailtalk import discovery, metrics
 from mailtalk.config import Config, ConfigError
 from mailtalk.discovery import Discoverer
 from mailtalk.lookup_signing import KeysOf, Verifier
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
-from presence_api import api, digest, openapi, web as pages, ws
+from presence_api import api, digest, health, openapi, web as pages, ws
 from presence_api.auth import Auth
 from presence_api.auth_external import make_check
 from presence_api.chat import ChatHub
@@ -96,7 +96,8 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
     app.add_routes(api.routes())
     app.add_routes([web.get("/openapi.json", openapi.get_openapi),
                     web.get("/ws", ws.ws_user), web.get("/ws/c/{token}", ws.ws_link)])
-    app.add_routes(pages.routes())
+    app.add_routes(pages.routes() + health.routes())
+    metrics.PAGES.set_function(svc.pages_open)
 
     sweeper: list[asyncio.Task[None]] = []
 

@@ -43,6 +43,11 @@ class Service:
     degraded: Counter[str] = field(default_factory=Counter)
     site_key: bytes = b""          # digests' X-Mailtalk-Digest (digest_mail.py)
 
+    def pages_open(self) -> int:
+        """Chat pages connected: logged-in pages and link pages."""
+        return (sum(len(c) for c in self.presence.clients.values())
+                + len(self.chat.link_clients()))
+
     @cached_property
     def lookup_path(self) -> str:
         """The lookup's path as the hooks sign it: public_url's path + the API path
@@ -84,13 +89,13 @@ def client_ip(request: web.Request) -> str:
     the last X-Forwarded-For address that is not itself a trusted proxy."""
     peer = request.remote or "?"
     proxies = request.app[SERVICE].cfg.presence.trusted_proxies
-    if not proxies or not _is_in(peer, proxies):
+    if not proxies or not in_networks(peer, proxies):
         return peer
     for hop in reversed(request.headers.get("X-Forwarded-For", "").split(",")):
         hop = hop.strip()
         if not hop:
             continue
-        if not _is_in(hop, proxies):
+        if not in_networks(hop, proxies):
             return hop if _is_address(hop) else peer
     return peer
 
@@ -103,7 +108,7 @@ def _is_address(text: str) -> bool:
         return False
 
 
-def _is_in(text: str, networks: tuple[Any, ...]) -> bool:
+def in_networks(text: str, networks: tuple[Any, ...]) -> bool:
     try:
         address = ipaddress.ip_address(text)
     except ValueError:

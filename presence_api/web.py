@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable
 import jinja2
 from aiohttp import web
 
+from mailtalk import metrics
 from mailtalk.mailid import is_well_formed
 from presence_api.api import norm_account
 from presence_api.auth import BROWSER_COOKIE, PRE_COOKIE, SESSION_COOKIE
@@ -114,6 +115,7 @@ async def post_login(request: web.Request) -> web.StreamResponse:
     password = str(form.get("password", ""))[:1024]
     ip = client_ip(request)
     if svc.auth.login_blocked(ip, account):
+        metrics.RATE_LIMITED.labels("login").inc()
         log.warning("log-in rate limit hit for %s from %s", account, ip)
         return await login_page(request, "Too many failed log-ins; wait a minute.", 429, account)
     try:

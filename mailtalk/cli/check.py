@@ -223,10 +223,27 @@ async def _check_presence(cfg: Config) -> list[Finding]:
             err = await _get_openapi(session, base)
             if err is None:
                 out.append(ok(f"presence service answers at {base} ({key})"))
+                out.append(await _readyz(session, base, key))
             else:
                 out.append(fail(f"presence service ({key}) does not answer: {err}; start "
                                 f"`mailtalk presence` (or `mailtalk run`), check the proxy"))
     return out
+
+
+async def _readyz(session: aiohttp.ClientSession, base: str, key: str) -> Finding:
+    """The service's own view: /readyz (its database answers)."""
+    url = base.rstrip("/") + "/readyz"
+    try:
+        async with session.get(url, allow_redirects=False) as resp:
+            if resp.status not in (200, 503):
+                return fail(f"presence service ({key}): {url}: HTTP {resp.status} (not "
+                            f"this version of mailtalk's presence service?)")
+            doc = json.loads(await resp.content.read(65536))
+    except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as e:
+        return fail(f"presence service ({key}): {url}: {type(e).__name__}: {e}")
+    if resp.status == 200 and isinstance(doc, dict) and doc.get("ready") is True:
+        return ok(f"presence service ready ({url}: database ok)")
+    return fail(f"presence service ({key}) not ready: {url} says {doc}; see its log")
 
 
 def _milter_address(sock: str) -> tuple[int, str | tuple[str, int]]:

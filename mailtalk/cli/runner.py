@@ -109,6 +109,9 @@ async def _serve(cfg: Config, names: list[str]) -> int:
                         return 2
                     raise
                 running.append((name, await module.start(cfg, stop)))
+        if cfg.metrics.listen is not None:
+            from mailtalk.cli import metrics_listener
+            running.append(("metrics", await metrics_listener.start(cfg)))
         loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
         log.info("mailtalk ready (%s; config: %s; event loop: %s)",
                  ", ".join(n for n, _ in running), cfg.source, loop_name)

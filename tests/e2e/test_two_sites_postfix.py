@@ -83,6 +83,7 @@ def test_check_passes_at_both_sites(world: World) -> None:
                          env={**os.environ, "MAIL_CONFIG": str(mta.config_dir)})
         assert r.returncode == 0, r.stdout + r.stderr
         assert "FAIL" not in r.stdout and "ok   presence service answers" in r.stdout
+        assert "ok   presence service ready" in r.stdout, r.stdout
         for line in [f"ok   DNS _mailtalk.{mta.domain}", *both]:
             assert line in r.stdout, r.stdout
 

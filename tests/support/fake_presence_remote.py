@@ -54,10 +54,14 @@ class FakeRemote:
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response({"openapi": "3.1.0", "paths": {}})
 
+    async def _readyz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ready": True, "database": "ok"})
+
     async def start(self) -> "FakeRemote":
         app = web.Application()
         app.router.add_post("/api/v1/lookup", self._lookup)
         app.router.add_get("/openapi.json", self._openapi)
+        app.router.add_get("/readyz", self._readyz)
         self.runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self.runner.setup()
         self.port = self.port or free_port(self.host)
