@@ -253,7 +253,23 @@ def database(v: Any) -> str:
         raise ValueError("expected a file path or a database URL")
     if "://" in s and not s.startswith(("sqlite://", "postgresql://", "postgres://")):
         raise ValueError(f"expected a file path, sqlite:///path or postgresql://..., got {v!r}")
+    if s.startswith(("postgresql://", "postgres://")):
+        u = urlsplit(s)
+        socket_dir = next((q[5:] for q in u.query.split("&") if q.startswith("host=/")), "")
+        local = socket_dir or not u.hostname or is_loopback_host(u.hostname)
+        if not local and not u.password:
+            raise ValueError("a PostgreSQL server off this host needs a password in the URL "
+                             "(postgresql://user:password@host/db)")
     return s
+
+
+def redacted(url: str) -> str:
+    """A database URL fit for a log line: the password replaced by ***."""
+    u = urlsplit(url)
+    if not u.password:
+        return url
+    netloc = u.netloc.replace(f":{u.password}@", ":***@", 1)
+    return u._replace(netloc=netloc).geturl()
 
 
 def networks(v: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -23,6 +23,7 @@ from aiohttp.web_response import StreamResponse
 from mailtalk import defaults as D
 from mailtalk import discovery, metrics
 from mailtalk.config import Config, ConfigError
+from mailtalk.config_values import redacted
 from mailtalk.discovery import Discoverer
 from mailtalk.lookup_signing import KeysOf, Verifier
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
@@ -36,7 +37,7 @@ from presence_api.lookup_memo import LookupMemo
 from presence_api.presence import PresenceHub
 from presence_api.ratelimit import RateLimiter
 from presence_api.service import SERVICE, Service
-from presence_api.store import Store
+from presence_api.store import Store, StoreUnavailable
 from presence_api.store_sqlite import SqliteStore, sqlite_path
 
 log = logging.getLogger("mailtalk.presence")
@@ -49,11 +50,12 @@ _TOKEN_IN_PATH = re.compile(r"(/c/)[^/]+")
 
 
 def open_store(cfg: Config) -> Store:
-    """The store named by `[presence] database` (a path, or sqlite:///path)."""
+    """The store named by `[presence] database` (a path, sqlite:///path, or a
+    postgresql:// URL)."""
     db = cfg.presence.database
     if db.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(f"{cfg.source}: [presence] database: PostgreSQL is not supported "
-                          f"yet; use a file path or sqlite:///path")
+        from presence_api.store_pg import PgStore      # asyncpg only when asked for
+        return PgStore(db)
     return SqliteStore(sqlite_path(db))
 
 
@@ -233,9 +235,11 @@ async def start(cfg: Config, stop: asyncio.Event, *, limits: HttpLimits | None =
     app = make_app(cfg)
     try:
         running = await serve_app(app, listen.host, listen.port, limits)
+    except StoreUnavailable as e:
+        raise ConfigError(f"{cfg.source}: [presence] database: {e}") from None
     except OSError as e:
         raise ConfigError(f"{cfg.source}: [presence] listen: cannot listen on {listen}: "
                           f"{e.strerror}") from None
     log.info("presence service on %s (public URL %s, database %s)", listen,
-             cfg.presence.public_url, cfg.presence.database)
+             cfg.presence.public_url, redacted(cfg.presence.database))
     return running

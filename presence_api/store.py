@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+class StoreUnavailable(Exception):
+    """The database cannot be reached; str() says why (a back end raises it at open)."""
+
+
 # Presence modes a user can choose; "auto" means: online/away from activity.
 MODES = ("auto", "busy", "offline")
 

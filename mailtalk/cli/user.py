@@ -23,8 +23,9 @@ from mailtalk.accounts import account_domain
 from mailtalk.config import Config
 from presence_api.api import norm_account
 from presence_api.auth import check_password_strength, hash_password
+from mailtalk.config_values import redacted
 from presence_api.server import open_store
-from presence_api.store import Store
+from presence_api.store import Store, StoreUnavailable
 from presence_api.store_sqlite import SqliteStore
 
 
@@ -120,9 +121,9 @@ async def _main(cfg: Config, args: argparse.Namespace) -> int:
         become_db_owner(store.path)
     try:
         await store.open()
-    except (OSError, sqlite3.Error, RuntimeError) as e:
-        print(f"mailtalk user: {cfg.presence.database}: cannot open the database: {e}",
-              file=sys.stderr)
+    except (OSError, sqlite3.Error, RuntimeError, StoreUnavailable) as e:
+        print(f"mailtalk user: {redacted(cfg.presence.database)}: cannot open the database: "
+              f"{e}", file=sys.stderr)
         return 2
     try:
         return await _run(cfg, args, store)

@@ -66,11 +66,18 @@ def test_mailtalk_presence_process(tmp_path: Path) -> None:
     assert (tmp_path / "presence.sqlite3").exists()
 
 
-def test_postgresql_database_is_refused_clearly(tmp_path: Path) -> None:
+def test_postgresql_problems_are_one_clear_line(tmp_path: Path) -> None:
+    """A server off this host without a password, and one that does not answer."""
     port = free_port(HOST)
-    svc = MailtalkService(tmp_path, {
-        "domains": {"names": ["a.test"]},
-        "presence": {"listen": f"{HOST}:{port}", "database": "postgresql://db/mailtalk"},
-    }, subcommand="presence")
-    r = svc.command("presence", timeout=30)
-    assert r.returncode == 2 and "PostgreSQL is not supported yet" in r.stderr
+    for database, said in (
+            ("postgresql://db/mailtalk", "[presence] database: a PostgreSQL server off this "
+                                         "host needs a password"),
+            (f"postgresql://u:p@{HOST}:{free_port(HOST)}/mailtalk",
+             "[presence] database: cannot connect to PostgreSQL")):
+        svc = MailtalkService(tmp_path, {
+            "domains": {"names": ["a.test"]},
+            "presence": {"listen": f"{HOST}:{port}", "database": database},
+        }, subcommand="presence")
+        r = svc.command("presence", timeout=60)
+        assert r.returncode == 2 and said in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr

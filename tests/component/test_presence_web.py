@@ -150,9 +150,9 @@ def test_database_urls(tmp_path: Path) -> None:
     from presence_api.store_sqlite import sqlite_path
     assert sqlite_path("sqlite:///var/lib/mailtalk/p.db") == Path("/var/lib/mailtalk/p.db")
     assert sqlite_path("/var/lib/mailtalk/p.db") == Path("/var/lib/mailtalk/p.db")
-    cfg = make_config(tmp_path, database="postgresql://db.a.test/mailtalk")
-    with pytest.raises(ConfigError, match="not supported yet"):
-        make_app(cfg, site_key=bytes(32))
+    from presence_api.store_pg import PgStore
+    cfg = make_config(tmp_path, database="postgresql://u:p@db.a.test/mailtalk")
+    assert isinstance(open_store(cfg), PgStore)
 
 
 async def test_expired_sessions_are_refused_and_purged(p: Presence) -> None:

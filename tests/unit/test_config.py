@@ -93,6 +93,8 @@ def test_embedded_defaults_run_everything_on_loopback():
     ('[presence]\nimap = "https://mail.a"\n', "[presence] imap: expected imaps://HOST[:PORT]"),
     ('[presence]\nsubmit = "sendmail:bin/sendmail"\n', "[presence] submit: sendmail:PATH needs"),
     ('[presence]\ndigest_from = "no address"\n', "[presence] digest_from: expected an address"),
+    ('[presence]\ndatabase = "postgresql://db.example/m"\n',
+     "[presence] database: a PostgreSQL server off this host needs a password"),
     ('[filter\n', "not valid TOML"),
     ('filter = 1\n', "filter: expected a [filter] table"),
 ])
