@@ -124,3 +124,32 @@ async def test_the_presence_app_runs_on_postgresql(postgres: Postgres, tmp_path:
         await bob.close()
     finally:
         await p.client.close()
+
+
+async def test_postgresql_down_then_back(postgres: Postgres, tmp_path: Path) -> None:
+    """While PostgreSQL is stopped: /readyz says so (503); lookups are answered from
+    memory (every record fits in it here, so an unknown Mail-ID needs no read), at
+    once; the service stays up and is whole again when PostgreSQL is back."""
+    import time
+    p = await start_presence(tmp_path, host="127.0.27.2", database=postgres.url)
+    try:
+        await p.add_user("alice@a.test")
+        known = await p.record("alice@a.test", ["bob@b.test"])
+        postgres.stop()
+        try:
+            r = await p.client.get("/readyz")
+            assert r.status == 503 and "database" in await r.json()
+            assert (await p.lookup("alice@a.test", known, ["bob@b.test"]))["status"] == "offline"
+            started = time.monotonic()
+            from mailtalk.mailid import MailIds
+            old = MailIds(p.key, 30, clock=lambda: p.clock() - 86400).issue("alice@a.test")
+            body = {"account": "alice@a.test", "mail_id": old, "recipients": ["bob@b.test"]}
+            r = await p.client.post("/api/v1/lookup", json=body)
+            assert r.status == 200 and time.monotonic() - started < 5
+        finally:
+            postgres.start()
+        r = await p.client.get("/readyz")
+        assert r.status == 200
+        assert (await p.lookup("alice@a.test", known, ["bob@b.test"]))["status"] == "offline"
+    finally:
+        await p.client.close()

@@ -109,3 +109,22 @@ async def test_bob_finds_alices_answer_in_the_thread(site: tuple[World, Dovecot]
     # Alice saw everything: the log says one digest, to bob.
     log_text = w.a_presence.log()
     assert re.findall(r"digest to (\S+):", log_text) == [BOB], log_text[-2000:]
+
+
+def test_the_sendmail_command_takes_a_digest_too(site: tuple[World, Dovecot],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`[presence] submit = "sendmail"`: Postfix's own sendmail(1) (a.test's, through
+    MAIL_CONFIG) takes the digest with the null sender, and it reaches bob's mailbox."""
+    from pathlib import Path
+
+    from presence_api.digest import submit
+    w, d = site
+    before = len(d.messages(BOB))
+    mid = "<digest-by-sendmail@a.test>"
+    data = (f"From: mailtalk@a.test\r\nTo: {BOB}\r\nSubject: Re: by sendmail\r\n"
+            f"Message-ID: {mid}\r\nAuto-Submitted: auto-generated\r\n\r\nhello\r\n").encode()
+    monkeypatch.setenv("MAIL_CONFIG", str(w.a.config_dir))
+    submit(Path("/usr/sbin/sendmail"), BOB, data)
+    assert len(inbox(w, d, before + 1)) == before + 1
+    (copy,) = d.copies(BOB, mid)
+    assert b"Return-Path: <>" in copy.split(b"\r\n\r\n")[0]      # the null sender

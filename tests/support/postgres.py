@@ -49,18 +49,22 @@ class Postgres:
         return ["runuser", "-u", "postgres", "--", *argv]
 
     def start(self) -> "Postgres":
-        subprocess.run(self._as_postgres(str(BIN / "initdb"), "-D", str(self.data), "-A",
-                                         "trust", "-U", "postgres", "-E", "UTF8"),
-                       check=True, capture_output=True, timeout=120)
+        """Made (initdb, createdb) at the first start; started again after `stop`."""
+        first = not self.data.exists()
+        if first:
+            subprocess.run(self._as_postgres(str(BIN / "initdb"), "-D", str(self.data), "-A",
+                                             "trust", "-U", "postgres", "-E", "UTF8"),
+                           check=True, capture_output=True, timeout=120)
         self.proc = subprocess.Popen(self._as_postgres(
             str(BIN / "postgres"), "-D", str(self.data), "-c", "listen_addresses=",
             "-c", f"unix_socket_directories={self.dir}", "-c", "fsync=off"),
             stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "wb"))
         socket = self.dir / ".s.PGSQL.5432"
         wait_for(lambda: socket.exists() and self._ready(), timeout=30, what="PostgreSQL")
-        subprocess.run(self._as_postgres(str(BIN / "createdb"), "-h", str(self.dir),
-                                         "mailtalk"), check=True, capture_output=True,
-                       timeout=30)
+        if first:
+            subprocess.run(self._as_postgres(str(BIN / "createdb"), "-h", str(self.dir),
+                                             "mailtalk"), check=True, capture_output=True,
+                           timeout=30)
         return self
 
     def _ready(self) -> bool:
