@@ -19,7 +19,8 @@ from mailtalk import defaults as D
 from mailtalk.config_values import (HostPort, UnixPath, boolean, database, domain_list, endpoint,
                                     STATIC_SELF, event_loop, hostport, is_loopback_host,
                                     ImapServer, email_address, imap_server, networks,
-                                    optional_endpoint, static_records, submit_target,
+                                    optional_endpoint, redis_url, static_records,
+                                    submit_target,
                                     int_min, log_level, nameservers, one_of, optional_path,
                                     parse_base_url,
                                     parse_domain, parse_milter_socket, path_value, pos_float,
@@ -94,6 +95,7 @@ class PresenceConfig:
     chat_message_max_chars: int
     chat_messages_per_minute: int
     trusted_proxies: tuple[Any, ...]   # TLS proxies whose X-Forwarded-For is believed
+    redis: str                 # "": one process; else the bus between processes (bus.py)
     retention_days: int        # mail records and their chats kept this long
     digest: bool               # mail a participant what they missed in a quiet chat
     digest_after_minutes: float
@@ -191,6 +193,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "chat_message_max_chars": (int_min(1), D.CHAT_MESSAGE_MAX_CHARS),
         "chat_messages_per_minute": (int_min(1), D.CHAT_MESSAGES_PER_MINUTE),
         "trusted_proxies": (networks, []),
+        "redis": (redis_url, ""),
         "retention_days": (int_min(1), _DERIVED),
         "digest": (boolean, True),
         "digest_after_minutes": (pos_float, D.DIGEST_AFTER_MINUTES),

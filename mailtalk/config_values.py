@@ -263,6 +263,25 @@ def database(v: Any) -> str:
     return s
 
 
+def redis_url(v: Any) -> str:
+    """`[presence] redis`: "", `redis://[:password@]host[:port][/db]`, `rediss://...`
+    or `unix:/path/to/redis.sock`; a password off this host."""
+    s = text(v).strip()
+    if not s:
+        return ""
+    if s.startswith("unix:"):
+        if not s[len("unix:"):].startswith("/"):
+            raise ValueError(f"expected unix:/absolute/path, got {v!r}")
+        return s
+    u = urlsplit(s)
+    if u.scheme not in ("redis", "rediss") or not u.hostname:
+        raise ValueError(f"expected redis://host[:port], rediss://... or unix:/path, got {v!r}")
+    if not u.password and not is_loopback_host(u.hostname):
+        raise ValueError("a Redis server off this host needs a password in the URL "
+                         "(redis://:password@host:6379)")
+    return s
+
+
 def redacted(url: str) -> str:
     """A database URL fit for a log line: the password replaced by ***."""
     u = urlsplit(url)

@@ -146,6 +146,10 @@ async def post_mails(request: web.Request) -> web.Response:
     if existing is not None and existing.account != mail.account:
         return _bad("mail_id: belongs to another account")
     stored = await svc.lookups.put_mail(mail)
+    if stored and svc.chat.publish is not None:     # the other processes' lookups
+        await svc.chat.publish("record", mail_id=mail.mail_id, account=mail.account,
+                               allowed=[r.lower() for r in mail.recipients],
+                               message_id=mail.message_id)
     if stored and existing is not None:      # a link page opened before it came
         await svc.chat.mail_arrived(mail)
     log.info("%s: mail %s of %s %s (%d recipients)", queue_id, mail.mail_id, mail.account,

@@ -13,6 +13,7 @@ receives to its own pages; nothing else here changes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any, Callable
 
 from mailtalk import metrics
@@ -64,6 +65,7 @@ class ChatHub:
         # forwarded mail or a leaked header may put the link in another's hands. In
         # memory: a restart forgets it, as a page reload after it would tell it again.
         self._browsers: dict[tuple[str, str], set[str]] = {}
+        self.publish: Callable[..., Awaitable[None]] | None = None     # the bus, if any
 
     # --- membership of pages
 
@@ -102,23 +104,43 @@ class ChatHub:
         return account in {m.lower() for m in await self.store.members(mail.mail_id)}
 
     async def deliver(self, mail: Mail, event: dict[str, Any]) -> None:
-        targets = set(self.presence.clients.get(mail.account, ())) | \
-            self._rooms.get(mail.mail_id, set())
+        """To the pages in the room of `mail`: its sender's, its link pages, and those
+        of members logged in here; and, with several processes, to theirs (bus.py)."""
         clients = self.presence.clients
+        members: list[str] = []
         # Members with an account here may be logged in: only then ask the store.
-        if len(clients) > (1 if mail.account in clients else 0):
-            for m in await self.store.members(mail.mail_id):
-                targets |= clients.get(m.lower(), set())
+        if self.publish is not None or len(clients) > (1 if mail.account in clients else 0):
+            members = await self.store.members(mail.mail_id)
+        await self.deliver_here(mail.mail_id, mail.account, members, event)
+        if self.publish is not None:
+            await self.publish("deliver", mail_id=mail.mail_id, account=mail.account,
+                               members=members, event=event)
+
+    async def deliver_here(self, mail_id: str, account: str, members: list[str],
+                           event: dict[str, Any]) -> None:
+        """To this process's pages of the room."""
+        clients = self.presence.clients
+        targets = set(clients.get(account, ())) | self._rooms.get(mail_id, set())
+        for m in members:
+            targets |= clients.get(m.lower(), set())
         await send_all(targets, event)
+
+    async def to_user(self, account: str, event: dict[str, Any]) -> None:
+        await send_all(self.presence.clients.get(account, ()), event)
+        if self.publish is not None:
+            await self.publish("to_user", account=account, event=event)
+
+    async def to_room(self, mail_id: str, event: dict[str, Any]) -> None:
+        await send_all(self._rooms.get(mail_id, set()), event)
+        if self.publish is not None:
+            await self.publish("to_room", mail_id=mail_id, event=event)
 
     async def mail_arrived(self, mail: Mail) -> None:
         """The record of a mail whose link was opened before it came: the pages in its
         room show it now (the sender's pages with the envelope recipients)."""
         event = {"type": "mail", "mail_id": mail.mail_id}
-        await send_all(self._rooms.get(mail.mail_id, set()),
-                       {**event, "mail": mail_view(mail, False)})
-        await send_all(self.presence.clients.get(mail.account, ()),
-                       {**event, "mail": mail_view(mail, True)})
+        await self.to_room(mail.mail_id, {**event, "mail": mail_view(mail, False)})
+        await self.to_user(mail.account, {**event, "mail": mail_view(mail, True)})
 
     # --- actions
 
@@ -174,8 +196,8 @@ class ChatHub:
                  " (joined)" if first else "",
                  " (from a second browser)" if second else "")
         # Only to the sender's pages: this view holds the envelope recipients.
-        await send_all(self.presence.clients.get(mail.account, ()),
-                       {"type": "opened", "mail_id": mail.mail_id, "recipient": recipient,
-                        "first": first, "mail": mail_view(mail, True)})
+        await self.to_user(mail.account, {"type": "opened", "mail_id": mail.mail_id,
+                                          "recipient": recipient, "first": first,
+                                          "mail": mail_view(mail, True)})
         if first or second:
             await self.deliver(mail, await self.members_event(mail.mail_id))

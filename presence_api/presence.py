@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any, Callable
 
 from aiohttp import web
@@ -73,26 +74,63 @@ class PresenceHub:
         self._watchers: dict[str, set[Client]] = {}     # account -> link pages showing it
         self._modes: dict[str, str] = {}                # account -> chosen mode (cache)
         self._last: dict[str, str] = {}                 # account -> last status announced
+        # Other processes' pages (bus.py): account -> process -> (pages, last input,
+        # mode, valid until). Empty with one process.
+        self.remote: dict[str, dict[str, tuple[int, float, str, float]]] = {}
+        self.publish: Callable[..., Awaitable[None]] | None = None     # the bus, if any
 
     def status(self, account: str, mode: str | None = None) -> str:
-        mode = mode or self._modes.get(account, "auto")
+        mode = mode or self.mode(account)
         conns = self.clients.get(account)
-        if mode == "offline" or not conns:
+        others = self._remote_pages(account) if self.remote else []
+        if mode == "offline" or not (conns or others):
             return "offline"
         if mode == "busy":
             return "busy"
         now = self._clock()
-        if all(now - c.last_input >= self.idle_away for c in conns):
+        inputs = [c.last_input for c in conns or ()] + [last for _, last, _ in others]
+        if all(now - t >= self.idle_away for t in inputs):
             return "away"
         return "online"
 
+    def _remote_pages(self, account: str) -> list[tuple[int, float, str]]:
+        now = self._clock()
+        return [(n, last, m) for n, last, m, until in self.remote.get(account, {}).values()
+                if n > 0 and until > now]
+
     def mode(self, account: str) -> str:
-        return self._modes.get(account, "auto")
+        if account in self._modes:
+            return self._modes[account]
+        others = self._remote_pages(account) if self.remote else []
+        return others[0][2] if others else "auto"
+
+    async def share(self, account: str) -> None:
+        """This process's pages of `account`, for the others (bus.py)."""
+        if self.publish is None:
+            return
+        conns = self.clients.get(account, set())
+        await self.publish("presence", account=account, pages=len(conns),
+                           last_input=max((c.last_input for c in conns), default=0.0),
+                           mode=self._modes.get(account, "auto"))
+
+    async def heard(self, proc: str, account: str, pages: int, last_input: float, mode: str,
+                    valid_for: float) -> None:
+        """Another process's pages of `account`: counted, and this process's pages told
+        of a change."""
+        self.remote.setdefault(account, {})[proc] = (pages, last_input, mode,
+                                                     self._clock() + valid_for)
+        if pages == 0:
+            del self.remote[account][proc]
+            if not self.remote[account]:
+                del self.remote[account]
+        await self.announce(account)
 
     def event(self, account: str) -> dict[str, Any]:
         return {"type": "presence", "account": account, "status": self.status(account)}
 
-    async def announce(self, account: str, force: bool = False) -> None:
+    async def announce(self, account: str, force: bool = False, share: bool = False) -> None:
+        if share:
+            await self.share(account)
         new = self.status(account)
         if not force and self._last.get(account, "offline") == new:
             return
@@ -118,7 +156,7 @@ class PresenceHub:
             conns.discard(client)
             if not conns:
                 del self.clients[client.identity]
-        await self.announce(client.identity)
+        await self.announce(client.identity, share=True)
         if client.identity not in self.clients:
             self._last.pop(client.identity, None)
             self._modes.pop(client.identity, None)
@@ -126,11 +164,11 @@ class PresenceHub:
     async def activity(self, client: Client) -> None:
         client.last_input = self._clock()
         if client.kind == "user":
-            await self.announce(client.identity)
+            await self.announce(client.identity, share=True)
 
     async def set_mode(self, account: str, mode: str) -> None:
         self._modes[account] = mode
-        await self.announce(account, force=True)
+        await self.announce(account, force=True, share=True)
 
     def watch(self, client: Client, account: str) -> None:
         self.unwatch(client)
@@ -147,8 +185,16 @@ class PresenceHub:
             client.watching = None
 
     async def sweep(self) -> None:
-        """Announce online -> away changes that no event caused (time passing)."""
-        for account in list(self.clients):
+        """Announce online -> away changes that no event caused (time passing), and
+        forget other processes' pages that were not refreshed (a process gone)."""
+        now = self._clock()
+        for account, procs in list(self.remote.items()):
+            for proc, (_, _, _, until) in list(procs.items()):
+                if until <= now:
+                    del procs[proc]
+            if not procs:
+                del self.remote[account]
+        for account in set(self.clients) | set(self.remote) | set(self._last):
             await self.announce(account)
 
     async def run_sweeper(self, interval: float) -> None:

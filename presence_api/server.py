@@ -27,7 +27,8 @@ from mailtalk.config_values import redacted
 from mailtalk.discovery import Discoverer
 from mailtalk.lookup_signing import KeysOf, Verifier
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
-from presence_api import api, digest, health, openapi, web as pages, ws
+from presence_api import api, digest, health, openapi, shared, web as pages, ws
+from presence_api.bus import RedisBus
 from presence_api.auth import Auth
 from presence_api.auth_external import make_check
 from presence_api.chat import ChatHub
@@ -100,17 +101,30 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
                     web.get("/ws", ws.ws_user), web.get("/ws/c/{token}", ws.ws_link)])
     app.add_routes(pages.routes() + health.routes())
     metrics.PAGES.set_function(svc.pages_open)
+    _lifecycle(app, svc)
+    return app
 
+
+def _lifecycle(app: web.Application, svc: Service) -> None:
+    """Open the store (and the bus to other processes) at start, the service's own
+    rounds while it runs; close pages, rounds, bus and store at the end."""
+    bus = None
+    if svc.cfg.presence.redis:
+        bus = RedisBus(svc.cfg.presence.redis, lambda event: shared.heard(svc, event))
+        svc.presence.publish = svc.chat.publish = bus.publish
     sweeper: list[asyncio.Task[None]] = []
 
     async def on_startup(app: web.Application) -> None:
-        await store.open()
+        await svc.store.open()
         await svc.lookups.open()
+        if bus is not None:
+            await bus.start()
+            sweeper.append(asyncio.create_task(shared.republish(svc)))
         sweeper.extend(asyncio.create_task(c) for c in background(svc))
 
     async def on_shutdown(app: web.Application) -> None:
         # Open pages would hold the shutdown for shutdown_timeout: close them now.
-        pages = [c for conns in presence.clients.values() for c in conns]
+        pages = [c for conns in svc.presence.clients.values() for c in conns]
         for c in pages + svc.chat.link_clients():
             await c.ws.close(code=1001, message=b"server shutting down")
 
@@ -120,12 +134,13 @@ def make_app(cfg: Config, store: Store | None = None, clock: Callable[[], float]
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await svc.lookups.close()
-        await store.close()
+        if bus is not None:
+            await bus.close()
+        await svc.store.close()
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
-    return app
 
 
 def background(svc: Service) -> list[Coroutine[Any, Any, None]]:

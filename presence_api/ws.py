@@ -58,7 +58,7 @@ async def ws_user(request: web.Request) -> web.StreamResponse:
     try:
         await client.send({"type": "hello", "kind": "user", "you": account,
                            "status": svc.presence.status(account), "mode": acct.mode})
-        await svc.presence.announce(account)
+        await svc.presence.announce(account, share=True)
     except BaseException:
         await svc.presence.remove(client)
         raise

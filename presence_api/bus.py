@@ -1,0 +1,103 @@
+"""Several presence processes on one database: what one process's pages must hear
+from another's goes over Redis (`[presence] redis`), one pub/sub channel.
+
+Each process delivers to its own pages directly and publishes the same event with its
+process id; every other process hands it to its own pages (`on_event`). Events:
+
+    deliver   {mail_id, account, members, event}  a room's event (ChatHub.deliver)
+    to_user   {account, event}                    to one account's pages
+    to_room   {mail_id, event}                    to one room's link pages
+    presence  {account, pages, last_input, mode}  a process's pages of an account
+    record    {mail_id, account, allowed, message_id}  a mail record stored
+
+Presence: every process republishes its accounts' page state each heartbeat; another
+process's state counts until 3 heartbeats old (a process that died drops out).
+Without `[presence] redis` there is no bus (one process per database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger("mailtalk.presence.bus")
+
+CHANNEL = "mailtalk:v1:events"
+
+
+def connect(url: str) -> aioredis.Redis:
+    """`redis://...`, `rediss://...` or `unix:/path/to/redis.sock`."""
+    if url.startswith("unix:"):
+        return aioredis.Redis(unix_socket_path=url[len("unix:"):])
+    return aioredis.from_url(url)
+
+
+class RedisBus:
+    def __init__(self, url: str, on_event: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        self.url = url
+        self.proc = secrets.token_hex(8)          # this process, for its own echoes
+        self._on_event = on_event
+        self._redis: aioredis.Redis | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.up = asyncio.Event()
+
+    async def start(self) -> None:
+        self._redis = connect(self.url)
+        self._task = asyncio.create_task(self._listen())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def publish(self, kind: str, **payload: Any) -> None:
+        """Best effort: with Redis down, this process's own pages still get everything."""
+        if self._redis is None:
+            return
+        try:
+            await self._redis.publish(CHANNEL, json.dumps({"from": self.proc, "kind": kind,
+                                                           **payload}))
+        except (OSError, aioredis.RedisError) as e:
+            log.warning("Redis: cannot publish %s: %s", kind, e)
+
+    async def _listen(self) -> None:
+        """Subscribe, and again after Redis went away (every second until it is back)."""
+        assert self._redis is not None
+        while True:
+            try:
+                async with self._redis.pubsub() as ps:
+                    await ps.subscribe(CHANNEL)
+                    self.up.set()
+                    log.info("Redis: subscribed to %s", CHANNEL)
+                    async for msg in ps.listen():
+                        if msg.get("type") == "message":
+                            await self._handle(msg["data"])
+            except asyncio.CancelledError:
+                raise
+            except (OSError, aioredis.RedisError) as e:
+                if self.up.is_set():
+                    log.warning("Redis: subscription lost (%s); reconnecting", e)
+                self.up.clear()
+                await asyncio.sleep(1.0)
+
+    async def _handle(self, data: bytes) -> None:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(event, dict) or event.get("from") == self.proc:
+            return
+        try:
+            await self._on_event(event)
+        except Exception:
+            log.exception("Redis: event %s failed", event.get("kind"))

@@ -1,0 +1,47 @@
+"""What another presence process published (bus.py), applied here: its room events
+to this process's pages, its pages' presence, the mail records it stored."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from presence_api.presence import send_all
+from presence_api.service import Service
+from presence_api.store import MailState
+
+log = logging.getLogger("mailtalk.presence.bus")
+
+VALID_HEARTBEATS = 3       # another process's pages count this many heartbeats long
+
+
+async def heard(svc: Service, e: dict[str, Any]) -> None:
+    kind, event = e.get("kind"), e.get("event")
+    if kind == "deliver" and isinstance(event, dict):
+        await svc.chat.deliver_here(str(e["mail_id"]), str(e["account"]),
+                                    [str(m) for m in e.get("members", [])], event)
+    elif kind == "to_user" and isinstance(event, dict):
+        await send_all(svc.presence.clients.get(str(e["account"]), ()), event)
+    elif kind == "to_room" and isinstance(event, dict):
+        await svc.chat.deliver_here(str(e["mail_id"]), "", [], event)
+    elif kind == "presence":
+        await svc.presence.heard(str(e["from"]), str(e["account"]), int(e["pages"]),
+                                 float(e["last_input"]), str(e["mode"]),
+                                 VALID_HEARTBEATS * svc.cfg.presence.heartbeat_seconds)
+    elif kind == "record":
+        allowed = frozenset(str(r).lower() for r in e.get("allowed", []))
+        svc.lookups.remember(str(e["mail_id"]), MailState(str(e["account"]), allowed,
+                                                          str(e.get("message_id", ""))))
+
+
+async def republish(svc: Service) -> None:
+    """Each heartbeat, this process's pages of every account, so that the others keep
+    counting them (and stop when this process is gone)."""
+    while True:
+        await asyncio.sleep(svc.cfg.presence.heartbeat_seconds)
+        try:
+            for account in list(svc.presence.clients):
+                await svc.presence.share(account)
+        except Exception:
+            log.exception("republishing presence failed")

@@ -1,0 +1,125 @@
+"""Two real `mailtalk presence` processes on one private PostgreSQL and one private
+Redis (support/postgres.py, support/redis.py), as two backends behind a load balancer
+would be used: a page on one, lookups and the other pages on the other."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import aiohttp
+import pytest
+
+from mailtalk.lookup_signing import public_key_text
+from mailtalk.mailid import MailIds, outbox_api_token
+from support.mailtalk import MailtalkService
+from support.postgres import Postgres, unavailable as pg_unavailable
+from support.presence_app import HOOK_KEY, signed
+from support.presence_ws import next_of
+from support.redis import Redis, unavailable as redis_unavailable
+from support.wait import free_port
+
+HOST = "127.0.28.1"
+ALICE, BOB = "alice@a.test", "bob@b.test"
+PASSWORD = "a long password 2"
+
+
+@pytest.fixture
+def sites(tmp_path: Path) -> Iterator[tuple[MailtalkService, MailtalkService, str]]:
+    for why in (pg_unavailable(), redis_unavailable()):
+        if why:
+            pytest.skip(why)
+    pg, redis = Postgres().start(), Redis().start()
+    ports = [free_port(HOST), free_port(HOST)]
+    public = f"http://{HOST}:{ports[0]}"             # one public origin for both
+    hook = f"v=mailtalk1; api=http://127.0.0.1:9; k={public_key_text(HOOK_KEY)}"
+    procs = [MailtalkService(tmp_path, {
+        "site": {"secret_file": str(tmp_path / "site.key"), "state_dir": str(tmp_path / f"s{i}")},
+        "domains": {"names": ["a.test"]},
+        "presence": {"listen": f"{HOST}:{port}", "public_url": public, "database": pg.url,
+                     "redis": redis.url, "heartbeat_seconds": 1},
+        "dns": {"static": {"b.test": hook}}}, subcommand="presence", name=f"p{i}")
+        for i, port in enumerate(ports)]
+    try:
+        procs[0].start()                  # makes the site key and the schema
+        procs[1].start()
+        r = procs[0].command("user", "add", ALICE, "--password-stdin", input=PASSWORD + "\n")
+        assert r.returncode == 0, r.stderr
+        yield procs[0], procs[1], public
+    finally:
+        for p in procs:
+            p.kill()
+        redis.remove()
+        pg.remove()
+
+
+def base(svc: MailtalkService) -> str:
+    return "http://" + svc.config_path.read_text().split('listen = "')[1].split('"')[0]
+
+
+async def lookup(c: aiohttp.ClientSession, at: str, mail_id: str) -> dict[str, Any]:
+    body = json.dumps({"account": ALICE, "mail_id": mail_id, "recipients": [BOB],
+                       "message_id": "<m@a.test>"}).encode()
+    async with c.post(at + "/api/v1/lookup", data=body,
+                      headers=signed(body, "b.test", "/api/v1/lookup", time.time())) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+async def test_pages_lookups_and_chat_across_two_processes(
+        sites: tuple[MailtalkService, MailtalkService, str], tmp_path: Path) -> None:
+    one, two, public = sites
+    at1, at2 = base(one), base(two)
+    key = (tmp_path / "site.key").read_bytes()
+    mail_id = MailIds(key, 30).issue(ALICE)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as alice_c, \
+            aiohttp.ClientSession() as hook, aiohttp.ClientSession() as bob_c:
+        # The milter's record reaches process 2; alice logs in on process 1.
+        async with hook.post(at2 + "/api/v1/mails", json={
+                "mail_id": mail_id, "account": ALICE, "message_id": "<m@a.test>",
+                "subject": "Two processes", "recipients": [BOB]},
+                headers={"Authorization": f"Bearer {outbox_api_token(key)}"}) as r:
+            assert r.status == 201, await r.text()
+        async with alice_c.get(at1 + "/login") as r:
+            csrf = (await r.text()).split('name="csrf" value="')[1].split('"')[0]
+        async with alice_c.post(at1 + "/login", allow_redirects=False, data={
+                "csrf": csrf, "account": ALICE, "password": PASSWORD}) as r:
+            assert r.status == 303
+        alice = await alice_c.ws_connect(at1 + "/ws", headers={"Origin": public})
+        await next_of(alice, "hello")
+
+        # A lookup answered by process 2 knows alice's page on process 1.
+        deadline = time.monotonic() + 10
+        while (answer := await lookup(hook, at2, mail_id))["status"] != "online":
+            assert time.monotonic() < deadline, answer
+            await asyncio.sleep(0.1)
+        link = answer["links"][BOB]
+
+        # Bob's link page on process 2: alice's page on process 1 is told, and the
+        # chat goes both ways, in order.
+        bob = await bob_c.ws_connect(at2 + "/ws" + link[len(public):], headers={"Origin": public})
+        await next_of(bob, "hello")
+        await bob.send_json({"type": "open"})
+        await next_of(alice, "opened", recipient=BOB)
+        await alice.send_json({"type": "join", "mail_id": mail_id})
+        await next_of(alice, "room")
+        for i in range(3):
+            await bob.send_json({"type": "send", "mail_id": mail_id, "text": f"bob {i}"})
+        got = [(await next_of(alice, "message"))["text"] for _ in range(3)]
+        assert got == ["bob 0", "bob 1", "bob 2"]
+        await alice.send_json({"type": "send", "mail_id": mail_id, "text": "hi bob"})
+        assert (await next_of(bob, "message", text="hi bob"))["author"] == ALICE
+        await alice.send_json({"type": "status", "mode": "busy"})
+        await next_of(bob, "presence", account=ALICE, status="busy")
+
+        # Process 1 dies: process 2 goes on answering, and alice is offline there
+        # once process 1's pages are no longer refreshed.
+        one.kill()
+        deadline = time.monotonic() + 15
+        while (answer := await lookup(hook, at2, mail_id))["status"] != "offline":
+            assert time.monotonic() < deadline, answer
+            await asyncio.sleep(0.2)
+        await bob.close()
