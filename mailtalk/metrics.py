@@ -21,6 +21,8 @@ PAGES = Gauge("mailtalk_presence_pages", "Chat pages connected (logged-in and li
 CHAT_MESSAGES = Counter("mailtalk_presence_chat_messages", "Chat messages posted")
 RATE_LIMITED = Counter("mailtalk_presence_rate_limited",
                        "Requests refused by a rate limit, by limit", ["limit"])
+BUS_EVENTS = Counter("mailtalk_presence_bus_events",
+                    "Events heard from other presence processes (Redis), by kind", ["kind"])
 DIGESTS = Counter("mailtalk_presence_digests", "Digest mails handed to the MTA, by result",
                   ["result"])
 

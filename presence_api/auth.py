@@ -131,26 +131,26 @@ class Auth:
         # correct password is never refused because of others' failures. A guesser
         # spread over many addresses is slowed per account instead (ACCOUNT_SLOW_DOWN
         # before each answer while the account's failures are over the limit).
-        self._fail_pair = RateLimiter(attempts_per_minute, clock=clock)
-        self._fail_account = RateLimiter(attempts_per_minute, clock=clock)
+        self.fail_pair = RateLimiter(attempts_per_minute, clock=clock)
+        self.fail_account = RateLimiter(attempts_per_minute, clock=clock)
         self._pair_delay = GrowingDelay(clock)
 
     def login_blocked(self, ip: str, account: str) -> bool:
-        return self._fail_pair.blocked(f"{account}\n{ip}")
+        return self.fail_pair.blocked(f"{account}\n{ip}")
 
     async def login(self, ip: str, account: str, password: str) -> str | None:
         """A new session token, or None (wrong account or password: one answer).
         auth_external.Unavailable when the mail server cannot say: not a failure."""
         pair = f"{account}\n{ip}"
         wait = self._pair_delay.delay(pair)
-        if self._fail_account.blocked(account):
+        if self.fail_account.blocked(account):
             wait = max(wait, ACCOUNT_SLOW_DOWN)
         if wait:
             await asyncio.sleep(wait)
         ok = await self._password_ok(account, password)     # Unavailable goes up
         if not ok:
-            self._fail_pair.hit(pair)
-            self._fail_account.hit(account)
+            self.fail_pair.hit(pair)
+            self.fail_account.hit(account)
             self._pair_delay.failed(pair)
             log.info("failed log-in for %s from %s", account, ip)
             return None

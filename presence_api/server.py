@@ -112,6 +112,7 @@ def _lifecycle(app: web.Application, svc: Service) -> None:
     if svc.cfg.presence.redis:
         bus = RedisBus(svc.cfg.presence.redis, lambda event: shared.heard(svc, event))
         svc.presence.publish = svc.chat.publish = bus.publish
+        shared.share_limits(svc, bus.publish)
     sweeper: list[asyncio.Task[None]] = []
 
     async def on_startup(app: web.Application) -> None:

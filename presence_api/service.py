@@ -43,6 +43,11 @@ class Service:
     degraded: Counter[str] = field(default_factory=Counter)
     site_key: bytes = b""          # digests' X-Mailtalk-Digest (digest_mail.py)
 
+    def limiters(self) -> dict[str, RateLimiter]:
+        """Every rate limit of the service, by the name the processes share it under."""
+        return {"lookup": self.lookup_limiter, "chat": self.chat.flood,
+                "login_pair": self.auth.fail_pair, "login_account": self.auth.fail_account}
+
     def pages_open(self) -> int:
         """Chat pages connected: logged-in pages and link pages."""
         return (sum(len(c) for c in self.presence.clients.values())

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from mailtalk import metrics
 from presence_api.presence import send_all
 from presence_api.service import Service
 from presence_api.store import MailState
@@ -18,6 +20,7 @@ VALID_HEARTBEATS = 3       # another process's pages count this many heartbeats 
 
 async def heard(svc: Service, e: dict[str, Any]) -> None:
     kind, event = e.get("kind"), e.get("event")
+    metrics.BUS_EVENTS.labels(str(kind)[:20]).inc()
     if kind == "deliver" and isinstance(event, dict):
         await svc.chat.deliver_here(str(e["mail_id"]), str(e["account"]),
                                     [str(m) for m in e.get("members", [])], event)
@@ -29,10 +32,29 @@ async def heard(svc: Service, e: dict[str, Any]) -> None:
         await svc.presence.heard(str(e["from"]), str(e["account"]), int(e["pages"]),
                                  float(e["last_input"]), str(e["mode"]),
                                  VALID_HEARTBEATS * svc.cfg.presence.heartbeat_seconds)
+    elif kind == "hit":
+        limiter = svc.limiters().get(str(e["limit"]))
+        if limiter is not None:
+            limiter.count(str(e["key"]), int(e.get("events", 1)))
     elif kind == "record":
         allowed = frozenset(str(r).lower() for r in e.get("allowed", []))
         svc.lookups.remember(str(e["mail_id"]), MailState(str(e["account"]), allowed,
                                                           str(e.get("message_id", ""))))
+
+
+def share_limits(svc: Service, publish: Callable[..., Awaitable[None]]) -> None:
+    """Every rate limit's hits go to the other processes too (ratelimit.py)."""
+    pending: set[asyncio.Task[None]] = set()
+
+    def teller(name: str) -> Callable[[str, int], None]:
+        def on_hit(key: str, events: int) -> None:
+            task = asyncio.get_running_loop().create_task(
+                publish("hit", limit=name, key=key, events=events))
+            pending.add(task)                       # kept until done (no lost tasks)
+            task.add_done_callback(pending.discard)
+        return on_hit
+    for name, limiter in svc.limiters().items():
+        limiter.on_hit = teller(name)
 
 
 async def republish(svc: Service) -> None:

@@ -40,7 +40,8 @@ def sites(tmp_path: Path) -> Iterator[tuple[MailtalkService, MailtalkService, st
         "site": {"secret_file": str(tmp_path / "site.key"), "state_dir": str(tmp_path / f"s{i}")},
         "domains": {"names": ["a.test"]},
         "presence": {"listen": f"{HOST}:{port}", "public_url": public, "database": pg.url,
-                     "redis": redis.url, "heartbeat_seconds": 1},
+                     "redis": redis.url, "heartbeat_seconds": 1,
+                     "lookups_per_minute_per_client": 10},
         "dns": {"static": {"b.test": hook}}}, subcommand="presence", name=f"p{i}")
         for i, port in enumerate(ports)]
     try:
@@ -58,6 +59,14 @@ def sites(tmp_path: Path) -> Iterator[tuple[MailtalkService, MailtalkService, st
 
 def base(svc: MailtalkService) -> str:
     return "http://" + svc.config_path.read_text().split('listen = "')[1].split('"')[0]
+
+
+async def hits_heard(c: aiohttp.ClientSession, at: str) -> float:
+    """How many rate-limit hits of other processes `at` has counted (its /metrics)."""
+    async with c.get(at + "/metrics") as r:
+        text = await r.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('mailtalk_presence_bus_events_total{kind="hit"}'))
 
 
 async def lookup(c: aiohttp.ClientSession, at: str, mail_id: str) -> dict[str, Any]:
@@ -95,7 +104,7 @@ async def test_pages_lookups_and_chat_across_two_processes(
         deadline = time.monotonic() + 10
         while (answer := await lookup(hook, at2, mail_id))["status"] != "online":
             assert time.monotonic() < deadline, answer
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
         link = answer["links"][BOB]
 
         # Bob's link page on process 2: alice's page on process 1 is told, and the
@@ -114,6 +123,22 @@ async def test_pages_lookups_and_chat_across_two_processes(
         assert (await next_of(bob, "message", text="hi bob"))["author"] == ALICE
         await alice.send_json({"type": "status", "mode": "busy"})
         await next_of(bob, "presence", account=ALICE, status="busy")
+
+        # Refused lookups of one client count at both: 6 at process 1 and 4 at process
+        # 2 reach the limit of 10 a minute, and process 2 refuses the next (a limit of
+        # its own would allow 10 there, 20 across two).
+        heard_before = await hits_heard(hook, at2)
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(local_addr=("127.0.28.9", 0))) as guesser:
+            for at in [at1] * 6 + [at2] * 4:
+                async with guesser.post(at + "/api/v1/lookup", json={"bad": 1}) as r:
+                    assert r.status == 400
+            deadline = time.monotonic() + 10     # until process 1's 6 reached process 2
+            while await hits_heard(hook, at2) < heard_before + 6:
+                assert time.monotonic() < deadline, "process 2 never heard process 1's hits"
+                await asyncio.sleep(0.05)
+            async with guesser.post(at2 + "/api/v1/lookup", json={"bad": 1}) as r:
+                assert r.status == 429
 
         # Process 1 dies: process 2 goes on answering, and alice is offline there
         # once process 1's pages are no longer refreshed.
