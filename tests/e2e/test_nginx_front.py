@@ -12,7 +12,7 @@ import re
 import ssl
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import aiohttp
 import pytest
@@ -48,15 +48,18 @@ def certificate(d: Path) -> tuple[Path, Path]:
     return crt, pem
 
 
-def server_block(port: int, backend: str, crt: Path, pem: Path) -> str:
-    """The shipped block with this test's addresses, name and certificate."""
+def server_block(port: int, backends: list[str], crt: Path, pem: Path) -> str:
+    """The shipped block with this test's addresses, name and certificate (and a
+    `server` line per backend, as the file says to add them)."""
     text = CONF.read_text()
     text = re.sub(r"listen 443 ssl http2;", f"listen {FRONT}:{port} ssl http2;", text)
     text = re.sub(r"\n\s*listen \[::\]:443 ssl http2;", "", text)
-    text = text.replace("server 127.0.0.1:8470;", f"server {backend};")
+    text = text.replace("server 127.0.0.1:8470;",
+                        "\n    ".join(f"server {b};"
+                                      for b in backends))
     text = text.replace("/etc/letsencrypt/live/chat.a.example/fullchain.pem", str(crt))
     text = text.replace("/etc/letsencrypt/live/chat.a.example/privkey.pem", str(pem))
-    assert str(crt) in text and f"server {backend};" in text and f":{port} ssl" in text
+    assert str(crt) in text and f"server {backends[0]}" in text and f":{port} ssl" in text
     return text
 
 
@@ -110,7 +113,7 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "presence": {"listen": f"{BACK}:{back_port}", "public_url": url,
                      "trusted_proxies": ["127.0.0.1"], "lookups_per_minute_per_client": 3}},
         subcommand="presence")
-    nginx = Nginx(d, server_block(port, f"{BACK}:{back_port}", crt, pem), port)
+    nginx = Nginx(d, server_block(port, [f"{BACK}:{back_port}"], crt, pem), port)
     with svc:
         r = svc.command("user", "add", ALICE, "--password-stdin", input=PASSWORD + "\n")
         assert r.returncode == 0, r.stderr
@@ -163,3 +166,80 @@ async def test_limits_count_each_real_client_not_nginx(front: str) -> None:
             return out
     assert await lookups(CLIENT_1, 4) == [400, 400, 400, 429]
     assert await lookups(CLIENT_2, 1) == [400]
+
+
+@pytest.fixture
+def two_behind(tmp_path: Path) -> Iterator[tuple[str, list[MailtalkService]]]:
+    """Two presence processes on a private PostgreSQL and Redis, behind the nginx."""
+    from support.postgres import Postgres, unavailable as pg_unavailable
+    from support.redis import Redis, unavailable as redis_unavailable
+    require_root()
+    require_tool(NGINX_BIN, "nginx")
+    for why in (pg_unavailable(), redis_unavailable()):
+        if why:
+            pytest.skip(why)
+    pg, redis = Postgres().start(), Redis().start()
+    port = free_port(FRONT)
+    url = f"https://{FRONT}:{port}"
+    crt, pem = certificate(tmp_path)
+    backends = [f"{BACK}:{free_port(BACK)}", f"{BACK}:{free_port(BACK)}"]
+    procs = [MailtalkService(tmp_path, {
+        "site": {"secret_file": str(tmp_path / "site.key"), "state_dir": str(tmp_path / f"s{i}")},
+        "domains": {"names": ["a.test"]},
+        "presence": {"listen": b, "public_url": url, "trusted_proxies": ["127.0.0.1"],
+                     "database": pg.url, "redis": redis.url, "heartbeat_seconds": 1}},
+        subcommand="presence", name=f"p{i}") for i, b in enumerate(backends)]
+    nginx = Nginx(tmp_path, server_block(port, backends, crt, pem), port)
+    try:
+        procs[0].start()
+        procs[1].start()
+        r = procs[0].command("user", "add", ALICE, "--password-stdin", input=PASSWORD + "\n")
+        assert r.returncode == 0, r.stderr
+        nginx.start()
+        yield url, procs
+    finally:
+        nginx.stop()
+        for p in procs:
+            p.kill()
+        redis.remove()
+        pg.remove()
+
+
+async def test_a_page_survives_its_process_dying_behind_nginx(
+        two_behind: tuple[str, list[MailtalkService]], browser: Any, tmp_path: Path) -> None:
+    """alice's page (Chromium, through nginx) is on one process or the other; that
+    process is killed: the page reconnects through nginx to the other within seconds,
+    its session holds (PostgreSQL), and it shows the message sent meanwhile."""
+    from playwright.async_api import expect
+    from mailtalk.mailid import MailIds, outbox_api_token
+    url, procs = two_behind
+    key = (tmp_path / "site.key").read_bytes()
+    mail_id = MailIds(key, 30).issue(ALICE)
+    async with client() as c:
+        async with c.post(url + "/api/v1/mails", json={
+                "mail_id": mail_id, "account": ALICE, "message_id": "<n@a.test>",
+                "subject": "Behind nginx", "recipients": ["bob@b.test"]},
+                headers={"Authorization": f"Bearer {outbox_api_token(key)}"}) as r:
+            assert r.status == 201, await r.text()
+    ctx = await browser.new_context(ignore_https_errors=True)
+    page = await ctx.new_page()
+    await page.goto(url + "/login")
+    await page.fill("input[name=account]", ALICE)
+    await page.fill("input[name=password]", PASSWORD)
+    await page.click("button[type=submit]")
+    await page.goto(f"{url}/m/{mail_id}")
+    await expect(page.locator("body")).to_have_attribute("data-connected", "yes", timeout=20_000)
+    await page.fill("#text", "before")
+    await page.press("#text", "Enter")
+    await expect(page.locator("#messages .text")).to_have_text(["before"], timeout=20_000)
+
+    # The process that took the page's message holds its WebSocket: that one dies.
+    (holder,) = [p for p in procs if re.search(r"message \d+ from " + re.escape(ALICE),
+                                                p.log())]
+    holder.kill()
+    await expect(page.locator("body")).to_have_attribute("data-connected", "yes", timeout=20_000)
+    await page.fill("#text", "after")
+    await page.press("#text", "Enter")
+    await expect(page.locator("#messages .text")).to_have_text(["before", "after"],
+                                                               timeout=20_000)
+    await ctx.close()
