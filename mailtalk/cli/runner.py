@@ -78,9 +78,17 @@ def raise_nofile_limit(
     return target
 
 
+def lock_name(cfg: Config, name: str) -> str:
+    """One process per service and state directory; presence on PostgreSQL may run
+    several (one per `[presence] listen`), on SQLite one per database."""
+    if name == "presence" and cfg.presence.database.startswith(("postgresql:", "postgres:")):
+        return f"presence-{cfg.presence.listen.host}-{cfg.presence.listen.port}"
+    return name
+
+
 async def serve(cfg: Config, names: list[str]) -> int:
     try:
-        locks = runlock.hold(cfg.site.state_dir, names)
+        locks = runlock.hold(cfg.site.state_dir, [lock_name(cfg, n) for n in names])
     except (runlock.AlreadyRunning, OSError) as e:
         log.error("%s", e)
         return 1

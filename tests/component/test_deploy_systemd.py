@@ -18,7 +18,9 @@ def test_unit_runs_a_real_subcommand_as_notify(path):
     svc = unit(path)["Service"]
     assert svc["Type"] == "notify" and svc["User"] == "mailtalk"
     argv = svc["ExecStart"].split()
-    assert argv[1:3] == ["-c", "/etc/mailtalk/mailtalk.toml"]
+    config = ("/etc/mailtalk/presence-%i.toml" if path.name.endswith("@.service")
+              else "/etc/mailtalk/mailtalk.toml")          # a template: one per instance
+    assert argv[1:3] == ["-c", config]
     r = subprocess.run([sys.executable, "-m", "mailtalk", argv[3], "--help"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

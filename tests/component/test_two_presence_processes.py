@@ -5,6 +5,7 @@ would be used: a page on one, lookups and the other pages on the other."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -25,14 +26,22 @@ from support.wait import free_port
 HOST = "127.0.28.1"
 ALICE, BOB = "alice@a.test", "bob@b.test"
 PASSWORD = "a long password 2"
+REDIS_OF: dict[Path, Redis] = {}            # each test's Redis, to restart it
 
 
 @pytest.fixture
 def sites(tmp_path: Path) -> Iterator[tuple[MailtalkService, MailtalkService, str]]:
+    with two_processes(tmp_path) as procs:
+        yield procs
+
+
+@contextlib.contextmanager
+def two_processes(tmp_path: Path) -> Iterator[tuple[MailtalkService, MailtalkService, str]]:
     for why in (pg_unavailable(), redis_unavailable()):
         if why:
             pytest.skip(why)
     pg, redis = Postgres().start(), Redis().start()
+    REDIS_OF[tmp_path] = redis
     ports = [free_port(HOST), free_port(HOST)]
     public = f"http://{HOST}:{ports[0]}"             # one public origin for both
     hook = f"v=mailtalk1; api=http://127.0.0.1:9; k={public_key_text(HOOK_KEY)}"
@@ -59,6 +68,19 @@ def sites(tmp_path: Path) -> Iterator[tuple[MailtalkService, MailtalkService, st
 
 def base(svc: MailtalkService) -> str:
     return "http://" + svc.config_path.read_text().split('listen = "')[1].split('"')[0]
+
+
+async def alice_page(c: aiohttp.ClientSession, at: str, public: str
+                     ) -> aiohttp.ClientWebSocketResponse:
+    """alice logs in at `at` through the form and opens her page's socket there."""
+    async with c.get(at + "/login") as r:
+        csrf = (await r.text()).split('name="csrf" value="')[1].split('"')[0]
+    async with c.post(at + "/login", allow_redirects=False, data={
+            "csrf": csrf, "account": ALICE, "password": PASSWORD}) as r:
+        assert r.status == 303
+    ws = await c.ws_connect(at + "/ws", headers={"Origin": public})
+    await next_of(ws, "hello")
+    return ws
 
 
 async def hits_heard(c: aiohttp.ClientSession, at: str) -> float:
@@ -92,13 +114,7 @@ async def test_pages_lookups_and_chat_across_two_processes(
                 "subject": "Two processes", "recipients": [BOB]},
                 headers={"Authorization": f"Bearer {outbox_api_token(key)}"}) as r:
             assert r.status == 201, await r.text()
-        async with alice_c.get(at1 + "/login") as r:
-            csrf = (await r.text()).split('name="csrf" value="')[1].split('"')[0]
-        async with alice_c.post(at1 + "/login", allow_redirects=False, data={
-                "csrf": csrf, "account": ALICE, "password": PASSWORD}) as r:
-            assert r.status == 303
-        alice = await alice_c.ws_connect(at1 + "/ws", headers={"Origin": public})
-        await next_of(alice, "hello")
+        alice = await alice_page(alice_c, at1, public)
 
         # A lookup answered by process 2 knows alice's page on process 1.
         deadline = time.monotonic() + 10
@@ -148,3 +164,44 @@ async def test_pages_lookups_and_chat_across_two_processes(
             assert time.monotonic() < deadline, answer
             await asyncio.sleep(0.2)
         await bob.close()
+
+
+async def test_redis_restarted_the_processes_talk_again(tmp_path: Path) -> None:
+    """Redis goes away and comes back (same socket): each process resubscribes, and a
+    link page's message on one reaches the sender's page on the other again."""
+    with two_processes(tmp_path) as (one, two, public):
+        at1, at2 = base(one), base(two)
+        key = (tmp_path / "site.key").read_bytes()
+        mail_id = MailIds(key, 30).issue(ALICE)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as c, \
+                aiohttp.ClientSession() as hook:
+            async with hook.post(at2 + "/api/v1/mails", json={
+                    "mail_id": mail_id, "account": ALICE, "message_id": "<m@a.test>",
+                    "recipients": [BOB]},
+                    headers={"Authorization": f"Bearer {outbox_api_token(key)}"}) as r:
+                assert r.status == 201
+            alice = await alice_page(c, at1, public)
+            await alice.send_json({"type": "join", "mail_id": mail_id})
+            await next_of(alice, "room")
+            deadline = time.monotonic() + 10     # until process 2 knows alice's account
+            while not (answer := await lookup(hook, at2, mail_id))["links"]:
+                assert time.monotonic() < deadline, answer
+                await asyncio.sleep(0.2)
+            link = answer["links"][BOB]
+            REDIS_OF[tmp_path].stop()
+            REDIS_OF[tmp_path].start()
+            bob = await hook.ws_connect(at2 + "/ws" + link[len(public):],
+                                        headers={"Origin": public})
+            await next_of(bob, "hello")
+            deadline = time.monotonic() + 20
+            n = 0
+            while True:            # until both have resubscribed (each tries every second)
+                n += 1
+                await bob.send_json({"type": "send", "mail_id": mail_id, "text": f"try {n}"})
+                try:
+                    await next_of(alice, "message", timeout=1.0)
+                    break
+                except AssertionError:
+                    assert time.monotonic() < deadline, "no message across after Redis came back"
+            await bob.close()
+            await alice.close()

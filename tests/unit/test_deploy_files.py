@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_part_has_a_unit():
     names = {u.name for u in UNITS}
     assert names == {"mailtalk.service", "mailtalk-milter.service",
-                     "mailtalk-filter.service", "mailtalk-presence.service"}
+                     "mailtalk-filter.service", "mailtalk-presence.service",
+                     "mailtalk-presence@.service"}
 
 
 def test_zone_example_is_valid_and_matches_mailtalk_dns():
