@@ -1,0 +1,185 @@
+"""Several presence processes: what PostgreSQL and a second process (with Redis
+between them) do to lookups/s and to a chat message's trip from one page to another.
+
+Configurations, each measured in the same run, in rotated order after a warm-up:
+
+    sqlite-1     one `mailtalk presence` on SQLite (the embedded default): the baseline
+    pg-1         one process on a private PostgreSQL
+    pg-redis-2   two processes on that PostgreSQL and a private Redis; the load is
+                 spread over both (as nginx would); a message goes from a link page on
+                 one process to the sender's page on the other
+
+Load: `--concurrency` aiohttp clients sending signed lookups for one recorded mail
+for `--duration` seconds (the hooks' real request); then `--messages` chat messages,
+one at a time, timed from send to arrival. Prints medians per configuration and the
+ratios to sqlite-1.
+
+    .venv/bin/python bench/scale_bench.py [--concurrency 16] [--duration 5] [--rounds 3] [--messages 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from mailtalk.lookup_signing import public_key_text  # noqa: E402
+from mailtalk.mailid import MailIds, outbox_api_token  # noqa: E402
+from support.mailtalk import MailtalkService  # noqa: E402
+from support.postgres import Postgres  # noqa: E402
+from support.presence_app import HOOK_KEY, signed  # noqa: E402
+from support.presence_ws import next_of  # noqa: E402
+from support.redis import Redis  # noqa: E402
+from support.wait import free_port  # noqa: E402
+
+HOST = "127.0.29.1"
+ALICE, BOB, PASSWORD = "alice@a.test", "bob@b.test", "a long password 3"
+CONFIGS = ("sqlite-1", "pg-1", "pg-redis-2")
+
+
+def start(work: Path, name: str, database: str | None, redis: str | None, n: int,
+          stack: ExitStack) -> tuple[list[str], str, bytes]:
+    ports = [free_port(HOST) for _ in range(n)]
+    public = f"http://{HOST}:{ports[0]}"
+    hook = f"v=mailtalk1; api=http://127.0.0.1:9; k={public_key_text(HOOK_KEY)}"
+    procs = []
+    for i, port in enumerate(ports):
+        presence: dict[str, Any] = {"listen": f"{HOST}:{port}", "public_url": public,
+                                    "lookups_per_minute_per_client": 1_000_000,
+                                    "chat_messages_per_minute": 1_000_000}
+        if database:
+            presence["database"] = database
+        if redis:
+            presence["redis"] = redis
+        svc = MailtalkService(work, {
+            "site": {"secret_file": str(work / f"{name}.key"),
+                     "state_dir": str(work / f"{name}-{i}"), "log_level": "warning"},
+            "domains": {"names": ["a.test"]}, "presence": presence,
+            "dns": {"static": {"b.test": hook}}}, subcommand="presence", name=f"{name}-{i}")
+        svc.start()
+        stack.callback(svc.kill)
+        procs.append(svc)
+    r = procs[0].command("user", "add", ALICE, "--password-stdin", input=PASSWORD + "\n")
+    assert r.returncode == 0 or "exists already" in r.stderr, r.stderr   # one PostgreSQL
+    return [f"http://{HOST}:{p}" for p in ports], public, (work / f"{name}.key").read_bytes()
+
+
+async def lookups(bases: list[str], mail_id: str, concurrency: int, duration: float) -> float:
+    body = json.dumps({"account": ALICE, "mail_id": mail_id, "recipients": [BOB],
+                       "message_id": "<b@a.test>"}).encode()
+    done = 0
+    stop = time.monotonic() + duration
+
+    async def worker(i: int) -> None:
+        nonlocal done
+        at = bases[i % len(bases)]
+        async with aiohttp.ClientSession() as c:
+            while time.monotonic() < stop:
+                headers = signed(body, "b.test", "/api/v1/lookup", time.time())
+                async with c.post(at + "/api/v1/lookup", data=body, headers=headers) as r:
+                    assert r.status == 200 and (await r.json())["links"]
+                done += 1
+    started = time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return done / (time.monotonic() - started)
+
+
+async def trip(bases: list[str], public: str, mail_id: str, link: str, n: int) -> float:
+    """Median ms from a link page's send (last process) to the sender's page (first)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as a, \
+            aiohttp.ClientSession() as b:
+        async with a.get(bases[0] + "/login") as r:
+            csrf = (await r.text()).split('name="csrf" value="')[1].split('"')[0]
+        async with a.post(bases[0] + "/login", allow_redirects=False,
+                          data={"csrf": csrf, "account": ALICE, "password": PASSWORD}) as r:
+            assert r.status == 303
+        alice = await a.ws_connect(bases[0] + "/ws", headers={"Origin": public})
+        await next_of(alice, "hello")
+        await alice.send_json({"type": "join", "mail_id": mail_id})
+        await next_of(alice, "room")
+        bob = await b.ws_connect(bases[-1] + "/ws" + link[len(public):],
+                                 headers={"Origin": public})
+        await next_of(bob, "hello")
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            await bob.send_json({"type": "send", "mail_id": mail_id, "text": f"m{i}"})
+            await next_of(alice, "message", text=f"m{i}")
+            times.append((time.perf_counter() - t0) * 1000)
+        await bob.close()
+        await alice.close()
+        return statistics.median(times)
+
+
+async def prepare(bases: list[str], key: bytes) -> tuple[str, str]:
+    mail_id = MailIds(key, 30).issue(ALICE)
+    body = json.dumps({"account": ALICE, "mail_id": mail_id, "recipients": [BOB],
+                       "message_id": "<b@a.test>"}).encode()
+    async with aiohttp.ClientSession() as c:
+        async with c.post(bases[0] + "/api/v1/mails", json={
+                "mail_id": mail_id, "account": ALICE, "message_id": "<b@a.test>",
+                "recipients": [BOB]},
+                headers={"Authorization": f"Bearer {outbox_api_token(key)}"}) as r:
+            assert r.status == 201, await r.text()
+        deadline = time.monotonic() + 20      # every process knows the account
+        for at in bases:
+            while True:
+                headers = signed(body, "b.test", "/api/v1/lookup", time.time())
+                async with c.post(at + "/api/v1/lookup", data=body, headers=headers) as r:
+                    links = (await r.json())["links"]
+                if links:
+                    break
+                assert time.monotonic() < deadline, "a process never knew the account"
+                await asyncio.sleep(0.2)
+    return mail_id, links[BOB]
+
+
+async def main(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="mt-scale-"))
+    os.chmod(work, 0o755)
+    with ExitStack() as stack:
+        pg, redis = Postgres().start(), Redis().start()
+        stack.callback(pg.remove)
+        stack.callback(redis.remove)
+        sites = {"sqlite-1": start(work, "s1", None, None, 1, stack),
+                 "pg-1": start(work, "p1", pg.url, None, 1, stack),
+                 "pg-redis-2": start(work, "pr2", pg.url, redis.url, 2, stack)}
+        mails = {c: await prepare(bases, key) for c, (bases, _, key) in sites.items()}
+        for c, (bases, _, _) in sites.items():            # warm-up
+            await lookups(bases, mails[c][0], args.concurrency, 1.0)
+        rate: dict[str, list[float]] = {c: [] for c in CONFIGS}
+        for rnd in range(args.rounds):
+            for c in CONFIGS[rnd % 3:] + CONFIGS[:rnd % 3]:
+                rate[c].append(await lookups(sites[c][0], mails[c][0], args.concurrency,
+                                             args.duration))
+        trips = {c: await trip(sites[c][0], sites[c][1], *mails[c], args.messages)
+                 for c in CONFIGS}
+    base = statistics.median(rate["sqlite-1"])
+    print(f"load average {os.getloadavg()[0]:.2f}; {args.concurrency} clients, "
+          f"{args.duration:g} s x {args.rounds} rounds")
+    print(f"{'config':12} {'lookups/s':>10} {'ratio':>6} {'message ms':>11}")
+    for c in CONFIGS:
+        r = statistics.median(rate[c])
+        print(f"{c:12} {r:10.0f} {r / base:6.2f} {trips[c]:11.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--messages", type=int, default=200)
+    sys.exit(asyncio.run(main(p.parse_args())))
