@@ -2,7 +2,7 @@
 from another's goes over Redis (`[presence] redis`), one pub/sub channel.
 
 Each process delivers to its own pages directly and publishes the same event with its
-process id; every other process hands it to its own pages (`on_event`). Events:
+process id on the site's channel (`channel_for`); every other process hands it to its own pages (`on_event`). Events:
 
     deliver   {mail_id, account, members, event}  a room's event (ChatHub.deliver)
     to_user   {account, event}                    to one account's pages
@@ -27,9 +27,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from mailtalk.mailid import derive_key
+
 log = logging.getLogger("mailtalk.presence.bus")
 
-CHANNEL = "mailtalk:v1:events"
+def channel_for(site_key: bytes) -> str:
+    """One channel per site (its processes share the site key): two sites may share a
+    Redis, whose pub/sub channels are global across its databases."""
+    return "mailtalk:v1:" + derive_key(site_key, "bus").hex()[:24]
 
 
 def connect(url: str) -> aioredis.Redis:
@@ -40,8 +45,10 @@ def connect(url: str) -> aioredis.Redis:
 
 
 class RedisBus:
-    def __init__(self, url: str, on_event: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    def __init__(self, url: str, channel: str,
+                 on_event: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.url = url
+        self.channel = channel
         self.proc = secrets.token_hex(8)          # this process, for its own echoes
         self._on_event = on_event
         self._redis: aioredis.Redis | None = None
@@ -65,7 +72,7 @@ class RedisBus:
         if self._redis is None:
             return
         try:
-            await self._redis.publish(CHANNEL, json.dumps({"from": self.proc, "kind": kind,
+            await self._redis.publish(self.channel, json.dumps({"from": self.proc, "kind": kind,
                                                            **payload}))
         except (OSError, aioredis.RedisError) as e:
             log.warning("Redis: cannot publish %s: %s", kind, e)
@@ -76,9 +83,9 @@ class RedisBus:
         while True:
             try:
                 async with self._redis.pubsub() as ps:
-                    await ps.subscribe(CHANNEL)
+                    await ps.subscribe(self.channel)
                     self.up.set()
-                    log.info("Redis: subscribed to %s", CHANNEL)
+                    log.info("Redis: subscribed to %s", self.channel)
                     async for msg in ps.listen():
                         if msg.get("type") == "message":
                             await self._handle(msg["data"])

@@ -28,7 +28,7 @@ from mailtalk.discovery import Discoverer
 from mailtalk.lookup_signing import KeysOf, Verifier
 from mailtalk.mailid import MailIds, load_or_create_site_key, outbox_api_token
 from presence_api import api, digest, health, openapi, shared, web as pages, ws
-from presence_api.bus import RedisBus
+from presence_api.bus import RedisBus, channel_for
 from presence_api.auth import Auth
 from presence_api.auth_external import make_check
 from presence_api.chat import ChatHub
@@ -110,7 +110,8 @@ def _lifecycle(app: web.Application, svc: Service) -> None:
     rounds while it runs; close pages, rounds, bus and store at the end."""
     bus = None
     if svc.cfg.presence.redis:
-        bus = RedisBus(svc.cfg.presence.redis, lambda event: shared.heard(svc, event))
+        bus = RedisBus(svc.cfg.presence.redis, channel_for(svc.site_key),
+                       lambda event: shared.heard(svc, event))
         svc.presence.publish = svc.chat.publish = bus.publish
         shared.share_limits(svc, bus.publish)
     sweeper: list[asyncio.Task[None]] = []

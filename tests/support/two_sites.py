@@ -176,7 +176,8 @@ def _start_side_by_side(services: list[MailtalkService]) -> None:
 @contextmanager
 def two_sites(base: Path, *, b_lmtp_next: str | None = None, a_signer: str = "",
               b_verifier: str = "", b_filter: dict | None = None,
-              a_presence: dict | None = None) -> Iterator[World]:
+              a_presence: dict | None = None, b_presence: dict | None = None
+              ) -> Iterator[World]:
     """Both sites, started; on leaving, everything stopped (killed if need be).
 
     `b_lmtp_next` (HOST:PORT of an LMTP server, e.g. support.dovecot's): b.test
@@ -184,12 +185,14 @@ def two_sites(base: Path, *, b_lmtp_next: str | None = None, a_signer: str = "",
     (deploy/postfix/receiver-lmtp-main.cf) instead of the content filter and Maildir.
     `a_signer`: a DKIM signing milter (Postfix form) after ours on a.test's submission;
     `b_verifier`: a verifying milter on b.test's smtpd; `b_filter`: more [filter] keys;
-    `a_presence`: more [presence] keys at a.test (`submit = "MTA"`: a.test's Postfix)."""
+    `a_presence`, `b_presence`: more [presence] keys at each site (`submit = "MTA"` at
+    a.test: a.test's Postfix)."""
     dns_ns = f"{DNS}:{free_port(DNS)}"
     a_cfg = _site_config(base / "a-state", "a.test", A_SVC, A_MX, dns_ns)
     b_cfg = _site_config(base / "b-state", "b.test", B_SVC, B_MX, dns_ns, b_lmtp_next)
     b_cfg["filter"].update(b_filter or {})
     a_cfg["presence"].update(a_presence or {})
+    b_cfg["presence"].update(b_presence or {})
     dns = Dnsmasq(DNS, port=int(dns_ns.rpartition(":")[2]), log_dir=base, txt_records={
         "_mailtalk.a.test": mailtalk_txt(a_cfg["presence"]["public_url"],
                                          base / "a-state" / "lookup-signing.key"),
