@@ -74,11 +74,13 @@ class RedisBus:
         try:
             await self._redis.publish(self.channel, json.dumps({"from": self.proc, "kind": kind,
                                                            **payload}))
-        except (OSError, aioredis.RedisError) as e:
-            log.warning("Redis: cannot publish %s: %s", kind, e)
+        except Exception as e:           # never a page's error: the bus is best effort
+            log.warning("Redis: cannot publish %s: %s: %s", kind, type(e).__name__, e)
 
     async def _listen(self) -> None:
-        """Subscribe, and again after Redis went away (every second until it is back)."""
+        """Subscribe, and again after a failure (every second until Redis is back);
+        redis-py itself resubscribes after a lost connection. Events published while
+        this process was not subscribed reach its pages only as history."""
         assert self._redis is not None
         while True:
             try:
@@ -91,7 +93,7 @@ class RedisBus:
                             await self._handle(msg["data"])
             except asyncio.CancelledError:
                 raise
-            except (OSError, aioredis.RedisError) as e:
+            except Exception as e:           # any failure: log it, subscribe again
                 if self.up.is_set():
                     log.warning("Redis: subscription lost (%s); reconnecting", e)
                 self.up.clear()

@@ -70,6 +70,11 @@ def base(svc: MailtalkService) -> str:
     return "http://" + svc.config_path.read_text().split('listen = "')[1].split('"')[0]
 
 
+async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+    async for _ in ws:
+        pass
+
+
 async def alice_page(c: aiohttp.ClientSession, at: str, public: str
                      ) -> aiohttp.ClientWebSocketResponse:
     """alice logs in at `at` through the form and opens her page's socket there."""
@@ -168,7 +173,9 @@ async def test_pages_lookups_and_chat_across_two_processes(
 
 async def test_redis_restarted_the_processes_talk_again(tmp_path: Path) -> None:
     """Redis goes away and comes back (same socket): each process resubscribes, and a
-    link page's message on one reaches the sender's page on the other again."""
+    link page's message on one reaches the sender's page on the other again. (What
+    was published while a process was not subscribed reaches its pages only as
+    history, when they next enter the room.)"""
     with two_processes(tmp_path) as (one, two, public):
         at1, at2 = base(one), base(two)
         key = (tmp_path / "site.key").read_bytes()
@@ -193,6 +200,9 @@ async def test_redis_restarted_the_processes_talk_again(tmp_path: Path) -> None:
             bob = await hook.ws_connect(at2 + "/ws" + link[len(public):],
                                         headers={"Origin": public})
             await next_of(bob, "hello")
+            # A page reads all the time (that is also how it answers the heartbeat's
+            # pings): so does bob's, in the background, while the loop below writes.
+            reading = asyncio.create_task(drain(bob))
             deadline = time.monotonic() + 20
             n = 0
             while True:            # until both have resubscribed (each tries every second)
@@ -204,4 +214,5 @@ async def test_redis_restarted_the_processes_talk_again(tmp_path: Path) -> None:
                 except AssertionError:
                     assert time.monotonic() < deadline, "no message across after Redis came back"
             await bob.close()
+            await reading
             await alice.close()
