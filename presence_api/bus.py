@@ -44,11 +44,27 @@ def connect(url: str) -> aioredis.Redis:
     return aioredis.from_url(url)
 
 
+class _PubSub(aioredis.client.PubSub):
+    """redis-py's subscription, which resubscribes by itself after a lost connection;
+    here that also calls `resubscribed` (events sent meanwhile never came)."""
+
+    resubscribed: Callable[[], None] = staticmethod(lambda: None)
+
+    async def on_connect(self, connection: Any) -> None:
+        again = bool(self.channels)
+        await super().on_connect(connection)
+        if again:
+            self.resubscribed()
+
+
 class RedisBus:
     def __init__(self, url: str, channel: str,
-                 on_event: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+                 on_event: Callable[[dict[str, Any]], Awaitable[None]],
+                 on_resubscribed: Callable[[], Awaitable[None]] | None = None) -> None:
         self.url = url
         self.channel = channel
+        self._on_resubscribed = on_resubscribed
+        self._pending: set[asyncio.Task[None]] = set()
         self.proc = secrets.token_hex(8)          # this process, for its own echoes
         self._on_event = on_event
         self._redis: aioredis.Redis | None = None
@@ -82,12 +98,16 @@ class RedisBus:
         redis-py itself resubscribes after a lost connection. Events published while
         this process was not subscribed reach its pages only as history."""
         assert self._redis is not None
+        again = False                 # a subscription of ours before this one
         while True:
             try:
-                async with self._redis.pubsub() as ps:
+                async with _PubSub(self._redis.connection_pool) as ps:
+                    ps.resubscribed = self._resubscribed
                     await ps.subscribe(self.channel)
                     self.up.set()
                     log.info("Redis: subscribed to %s", self.channel)
+                    if again and self._on_resubscribed is not None:
+                        await self._on_resubscribed()
                     async for msg in ps.listen():
                         if msg.get("type") == "message":
                             await self._handle(msg["data"])
@@ -97,7 +117,15 @@ class RedisBus:
                 if self.up.is_set():
                     log.warning("Redis: subscription lost (%s); reconnecting", e)
                 self.up.clear()
+                again = True
                 await asyncio.sleep(1.0)
+
+    def _resubscribed(self) -> None:
+        log.warning("Redis: subscribed again after a lost connection")
+        if self._on_resubscribed is not None:
+            task = asyncio.get_running_loop().create_task(self._on_resubscribed())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     async def _handle(self, data: bytes) -> None:
         try:

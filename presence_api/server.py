@@ -111,7 +111,7 @@ def _lifecycle(app: web.Application, svc: Service) -> None:
     bus = None
     if svc.cfg.presence.redis:
         bus = RedisBus(svc.cfg.presence.redis, channel_for(svc.site_key),
-                       lambda event: shared.heard(svc, event))
+                       lambda event: shared.heard(svc, event), lambda: shared.resync(svc))
         svc.presence.publish = svc.chat.publish = bus.publish
         shared.share_limits(svc, bus.publish)
     sweeper: list[asyncio.Task[None]] = []

@@ -57,6 +57,13 @@ def share_limits(svc: Service, publish: Callable[..., Awaitable[None]]) -> None:
         limiter.on_hit = teller(name)
 
 
+async def resync(svc: Service) -> None:
+    """After the bus was down, events of other processes may have been missed: every
+    page here is told to enter its room again (a `room` frame: the chat whole)."""
+    pages = [c for conns in svc.presence.clients.values() for c in conns]
+    await send_all(pages + svc.chat.link_clients(), {"type": "resync"})
+
+
 async def republish(svc: Service) -> None:
     """Each heartbeat, this process's pages of every account, so that the others keep
     counting them (and stop when this process is gone)."""

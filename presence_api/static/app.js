@@ -252,6 +252,9 @@
         }
         clearUnread();
         break;
+      case "resync":     // the service may have missed events: the room again, whole
+        if (current) send({type: "join", mail_id: current});
+        break;
       case "mail":       // the record came after the page opened: show it now
         if (m.mail && m.mail_id === current) renderMail(m.mail);
         break;
