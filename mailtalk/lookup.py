@@ -85,7 +85,7 @@ def parse_answer(payload: Any, endpoint: Endpoint, asked: list[str],
     raw_links = payload.get("links") or {}
     if not isinstance(raw_links, dict):
         raise LookupFailed("links is not an object")
-    if payload["status"] == "unknown":       # no links without a known sender
+    if payload["status"] == "unknown" and not raw_links:     # a refusal
         return LookupResult("unknown", _parse_checked(payload.get("checked"), now), {},
                             "the service does not know this mail")
     wanted = set(asked)
@@ -97,7 +97,11 @@ def parse_answer(payload: Any, endpoint: Endpoint, asked: list[str],
             log.warning("link for %s refused: not a clean URL on %s", rcpt, endpoint.api)
             continue
         links[rcpt] = url
-    return LookupResult(payload["status"], _parse_checked(payload.get("checked"), now), links)
+    # `unknown` with links: the mail is known, its sender's presence is not (the
+    # service's processes cannot see each other): links, and the header says unknown.
+    why = "the service cannot tell the sender's presence" if payload["status"] == "unknown" else ""
+    return LookupResult(payload["status"], _parse_checked(payload.get("checked"), now), links,
+                        why)
 
 
 class PresenceLookup:
@@ -183,7 +187,7 @@ class PresenceLookup:
         links: dict[str, str] = {}
         for r in results:
             links.update(r.links)
-        return LookupResult(results[0].status, results[0].checked, links)
+        return LookupResult(results[0].status, results[0].checked, links, results[0].reason)
 
     async def _ask(self, endpoint: Endpoint, request: dict[str, Any],
                    keyid: str) -> LookupResult:

@@ -65,8 +65,9 @@ __all__ = ["Notice", "NoticeTemplates", "add_notice", "display_name", "split_hea
            "MARKER", "STATUSES"]
 
 MARKER = "mailtalk:"
-STATUSES = ("online", "away", "busy", "offline")
+STATUSES = ("online", "away", "busy", "offline", "unknown")
 STATE_TEXT = {s: f"was {s} when this mail arrived" for s in STATUSES}
+STATE_TEXT["unknown"] = "wrote this mail (whether they were online could not be told)"
 NAME_MAX = 200
 LINE_MAX = 998          # RFC 5322, for notice bytes inserted into a 7bit/8bit part
 _BOM = b"\xef\xbb\xbf"
@@ -109,7 +110,7 @@ class Notice:
     longer than NAME_MAX, or equal to the address, is dropped (the address is shown)."""
     sender: str
     sender_name: str
-    status: str                 # online | away | busy | offline ("unknown": no notice)
+    status: str                 # online | away | busy | offline | unknown
     link: str                   # the recipient's chat URL
     templates: NoticeTemplates | None = None     # None: the embedded defaults
 

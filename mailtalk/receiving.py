@@ -73,13 +73,15 @@ def _link_for(links: dict[str, str], rcpt: str) -> str | None:
 
 def headers_for(account: str, result: LookupResult, recipients: Sequence[str]
                 ) -> dict[str, SenderOnline]:
-    """One SenderOnline per recipient: `yes`/`no` with its link, else `unknown`.
+    """One SenderOnline per recipient: `yes`/`no` with its link, else `unknown` (with
+    its link where the service gave one: a known mail whose sender's presence it
+    could not tell).
 
     The lookup checked every link (grammar and origin); a recipient it gave none gets
     `unknown`, as the header's grammar has no `yes`/`no` without `chat`."""
     out: dict[str, SenderOnline] = {}
     for rcpt in recipients:
-        link = _link_for(result.links, rcpt) if result.state != "unknown" else None
+        link = _link_for(result.links, rcpt)
         if link is not None:
             out[rcpt] = SenderOnline(result.state, account, result.status, result.checked, link)
         else:

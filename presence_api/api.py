@@ -175,10 +175,13 @@ def _lookup_error(body: Any) -> str | None:
 
 
 async def _lookup_answer(svc: Any, body: dict[str, Any], now: float, ip: str,
-                         signer: Callable[[], Awaitable[str | None]]) -> dict[str, Any]:
-    """The answer to one well-formed lookup request (see _lookup_error). `signer`
-    gives the domain that signed the request (None: unsigned or not valid): a link
-    goes only to a recipient of that domain."""
+                         signer: Callable[[], Awaitable[str | None]]
+                         ) -> tuple[dict[str, Any], bool]:
+    """(the answer to one well-formed lookup request (see _lookup_error), whether it
+    is a refusal). `signer` gives the domain that signed the request (None: unsigned
+    or not valid): a link goes only to a recipient of that domain. A status of
+    `unknown` with links is no refusal: the mail is known, its sender's presence is
+    not (PresenceHub.answer_status)."""
     account_in, mail_id, rcpts = body["account"], body["mail_id"], body["recipients"]
     account = norm_account(account_in) if len(account_in) <= 320 else None
     # The same work on every path: one HMAC, one memo look-up (memory only).
@@ -189,9 +192,9 @@ async def _lookup_answer(svc: Any, body: dict[str, Any], now: float, ip: str,
             or account_domain(account) not in svc.cfg.domains.names
             or (mail is not None and mail.account != account)):
         metrics.LOOKUP_REFUSALS.labels("invalid_claim").inc()
-        return {"status": "unknown", "checked": rfc3339(now), "links": {}}
+        return {"status": "unknown", "checked": rfc3339(now), "links": {}}, True
 
-    status = svc.presence.status(account, ctx.mode)
+    status = svc.presence.answer_status(account, ctx.mode)
     # The record may not be here yet (the outbox is asynchronous): the verified Mail-ID
     # proves the mail, so every recipient asked gets a link. Once the record is known
     # (in memory, or read once: `LookupMemo.mail_state`), only its recipients do. Keys are the
@@ -203,7 +206,7 @@ async def _lookup_answer(svc: Any, body: dict[str, Any], now: float, ip: str,
     if mail.account != account or not mail.matches(body.get("message_id", "")):
         # Another account's mail, or a genuine claim copied onto another mail.
         metrics.LOOKUP_REFUSALS.labels("other_mail").inc()
-        return {"status": "unknown", "checked": rfc3339(now), "links": {}}
+        return {"status": "unknown", "checked": rfc3339(now), "links": {}}, True
     domain = await signer()
     links: dict[str, str] = {}
     made: dict[str, str | None] = {}         # recipient as bound -> URL
@@ -219,7 +222,7 @@ async def _lookup_answer(svc: Any, body: dict[str, Any], now: float, ip: str,
     if log.isEnabledFor(logging.DEBUG):
         log.debug("lookup of %s for mail %s from %s: %s, %d links", account, mail_id,
                   ip, status, len(links))
-    return {"status": status, "checked": rfc3339(now), "links": links}
+    return {"status": status, "checked": rfc3339(now), "links": links}, False
 
 
 def _too_many() -> web.Response:
@@ -249,9 +252,9 @@ async def post_lookup(request: web.Request) -> web.Response:
     async def signer() -> str | None:
         return await svc.signatures.signer(request.headers, "POST", svc.lookup_path, raw)
     with metrics.LOOKUP_SECONDS.time():
-        answer = await _lookup_answer(svc, body, svc.clock(), ip, signer)
+        answer, refused = await _lookup_answer(svc, body, svc.clock(), ip, signer)
     metrics.LOOKUPS.labels(metrics.answer_of(answer["status"])).inc()
-    if answer["status"] == "unknown":       # a refusal (every refusal is this answer)
+    if refused:
         svc.lookup_limiter.hit(ip)
     return _answer(answer)
 

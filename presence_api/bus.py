@@ -9,9 +9,16 @@ process id on the site's channel (`channel_for`); every other process hands it t
     to_room   {mail_id, event}                    to one room's link pages
     presence  {account, pages, last_input, mode}  a process's pages of an account
     record    {mail_id, account, allowed, message_id}  a mail record stored
+    hello     {}                                  a process (re)subscribed: the others
+                                                  publish `here` and their presence now
+    here      {}                                  a process is alive (every heartbeat)
 
 Presence: every process republishes its accounts' page state each heartbeat; another
-process's state counts until 3 heartbeats old (a process that died drops out).
+process's state counts until 3 heartbeats old (a process that died drops out). A
+process that (re)subscribes says `hello` and hears everyone's state at once, so a new
+or reconnected process answers lookups correctly without waiting for a heartbeat.
+While a process is not subscribed (`up` clear), lookups it answers for senders
+with no page of its own say `unknown` (PresenceHub.answer_status).
 Without `[presence] redis` there is no bus (one process per database).
 """
 
@@ -22,7 +29,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -60,10 +67,12 @@ class _PubSub(aioredis.client.PubSub):
 class RedisBus:
     def __init__(self, url: str, channel: str,
                  on_event: Callable[[dict[str, Any]], Awaitable[None]],
-                 on_resubscribed: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_subscribed: Callable[[bool], Awaitable[None]] | None = None) -> None:
+        """`on_subscribed(again)`: after each subscription; `again`: not the first, so
+        events sent meanwhile were missed."""
         self.url = url
         self.channel = channel
-        self._on_resubscribed = on_resubscribed
+        self._on_subscribed = on_subscribed
         self._pending: set[asyncio.Task[None]] = set()
         self.proc = secrets.token_hex(8)          # this process, for its own echoes
         self._on_event = on_event
@@ -106,8 +115,7 @@ class RedisBus:
                     await ps.subscribe(self.channel)
                     self.up.set()
                     log.info("Redis: subscribed to %s", self.channel)
-                    if again and self._on_resubscribed is not None:
-                        await self._on_resubscribed()
+                    await self._subscribed(again)
                     async for msg in ps.listen():
                         if msg.get("type") == "message":
                             await self._handle(msg["data"])
@@ -122,10 +130,17 @@ class RedisBus:
 
     def _resubscribed(self) -> None:
         log.warning("Redis: subscribed again after a lost connection")
-        if self._on_resubscribed is not None:
-            task = asyncio.get_running_loop().create_task(self._on_resubscribed())
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+        self._spawn(self._subscribed(True))
+
+    async def _subscribed(self, again: bool) -> None:
+        await self.publish("hello")
+        if self._on_subscribed is not None:
+            await self._on_subscribed(again)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)                   # kept until done (no lost tasks)
+        task.add_done_callback(self._pending.discard)
 
     async def _handle(self, data: bytes) -> None:
         try:

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from presence_api.service import client_ip, in_networks, service
+from presence_api.shared import peers_alive
 
 log = logging.getLogger("mailtalk.presence.health")
 
@@ -36,15 +37,26 @@ async def get_healthz(request: web.Request) -> web.Response:
 
 
 async def get_readyz(request: web.Request) -> web.Response:
-    """200 when the database answers; 503 naming what does not."""
+    """200 when the database answers and, with `[presence] redis`, this process is
+    subscribed to the other processes' events; else 503 naming what is not ready.
+    `processes`: the other processes heard from lately (information, not a condition:
+    one process of several is a working site)."""
     svc = service(request)
+    answer: dict[str, Any] = {"ready": True, "database": "ok"}
     try:
         await asyncio.wait_for(svc.store.data_version(), READY_TIMEOUT)
     except Exception as e:          # any failure of the store is "not ready"
         log.warning("not ready: database: %s: %s", type(e).__name__, e)
-        return web.json_response({"ready": False, "database": f"{type(e).__name__}: {e}"},
-                                 status=503)
-    return web.json_response({"ready": True, "database": "ok"})
+        answer.update(ready=False, database=f"{type(e).__name__}: {e}")
+    if svc.cfg.presence.redis:
+        if svc.presence.others_known():
+            answer["redis"] = "ok"
+        else:
+            log.warning("not ready: Redis: not subscribed (lookups say unknown for "
+                        "senders with no page here)")
+            answer.update(ready=False, redis="not subscribed")
+        answer["processes"] = 1 + peers_alive(svc)
+    return web.json_response(answer, status=200 if answer["ready"] else 503)
 
 
 def routes() -> list[web.AbstractRouteDef]:

@@ -102,7 +102,9 @@ def _paths() -> dict[str, Any]:
         API_LOOKUP: {"post": {
             "summary": "Presence of a mail's sender, and one chat link per recipient",
             "description": "Unknown account, wrong, forged or expired Mail-ID: the same "
-                           "200 answer with status unknown and no links.",
+                           "200 answer with status unknown and no links. Status unknown "
+                           "with links: the mail is known, its sender's presence could "
+                           "not be told (use the links).",
             "operationId": "lookup",
             "security": [],
             "requestBody": {"required": True, "content": {"application/json": {

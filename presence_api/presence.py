@@ -6,8 +6,11 @@ that) closes the socket of a page that vanished without closing, so it drops out
 within 1.5 x heartbeat_seconds (at most 2 x with the sweep). Away: no input on any
 page for `idle_away_seconds`. Busy and appear-offline are chosen modes (stored).
 
-In one process this map is the truth; with several processes it moves to Redis
-(a key per connection with an expiry, a pub/sub channel per account for changes).
+In one process this map is the truth. With several processes (`[presence] redis`)
+each process keeps its own pages here and counts the others' from what they publish
+each heartbeat (`remote`, presence_api/bus.py); while that bus is down, a lookup
+cannot tell "offline" from "on another process" and answers `unknown`
+(`answer_status`).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class PresenceHub:
         # mode, valid until). Empty with one process.
         self.remote: dict[str, dict[str, tuple[int, float, str, float]]] = {}
         self.publish: Callable[..., Awaitable[None]] | None = None     # the bus, if any
+        self.others_known: Callable[[], bool] = lambda: True   # False: the bus is down
 
     def status(self, account: str, mode: str | None = None) -> str:
         mode = mode or self.mode(account)
@@ -92,6 +96,16 @@ class PresenceHub:
         if all(now - t >= self.idle_away for t in inputs):
             return "away"
         return "online"
+
+    def answer_status(self, account: str, mode: str | None = None) -> str:
+        """The status a lookup gives: `status`, except that while other processes'
+        pages cannot be known (the bus down) no page here is `unknown`, not `offline`
+        (a chosen appear-offline stays `offline`)."""
+        status = self.status(account, mode)
+        if status == "offline" and not self.others_known() \
+                and (mode or self.mode(account)) != "offline":
+            return "unknown"
+        return status
 
     def _remote_pages(self, account: str) -> list[tuple[int, float, str]]:
         now = self._clock()

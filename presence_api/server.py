@@ -111,8 +111,10 @@ def _lifecycle(app: web.Application, svc: Service) -> None:
     bus = None
     if svc.cfg.presence.redis:
         bus = RedisBus(svc.cfg.presence.redis, channel_for(svc.site_key),
-                       lambda event: shared.heard(svc, event), lambda: shared.resync(svc))
+                       lambda event: shared.heard(svc, event),
+                       lambda again: shared.subscribed(svc, again))
         svc.presence.publish = svc.chat.publish = bus.publish
+        svc.presence.others_known = bus.up.is_set
         shared.share_limits(svc, bus.publish)
     sweeper: list[asyncio.Task[None]] = []
 

@@ -42,6 +42,7 @@ class Service:
     # counted, never silent.
     degraded: Counter[str] = field(default_factory=Counter)
     site_key: bytes = b""          # digests' X-Mailtalk-Digest (digest_mail.py)
+    peers: dict[str, float] = field(default_factory=dict)  # other processes: heard until
 
     def limiters(self) -> dict[str, RateLimiter]:
         """Every rate limit of the service, by the name the processes share it under."""

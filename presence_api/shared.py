@@ -32,6 +32,10 @@ async def heard(svc: Service, e: dict[str, Any]) -> None:
         await svc.presence.heard(str(e["from"]), str(e["account"]), int(e["pages"]),
                                  float(e["last_input"]), str(e["mode"]),
                                  VALID_HEARTBEATS * svc.cfg.presence.heartbeat_seconds)
+    elif kind in ("hello", "here"):
+        svc.peers[str(e["from"])] = svc.clock() + VALID_HEARTBEATS * svc.cfg.presence.heartbeat_seconds
+        if kind == "hello":            # a process (re)joined: it learns our pages now
+            await share_all(svc)
     elif kind == "hit":
         limiter = svc.limiters().get(str(e["limit"]))
         if limiter is not None:
@@ -57,11 +61,36 @@ def share_limits(svc: Service, publish: Callable[..., Awaitable[None]]) -> None:
         limiter.on_hit = teller(name)
 
 
+async def subscribed(svc: Service, again: bool) -> None:
+    """On the bus (again): the others learn this process's pages now, and after a
+    gap this process's pages catch up on what they missed."""
+    await share_all(svc)
+    if again:
+        await resync(svc)
+
+
 async def resync(svc: Service) -> None:
     """After the bus was down, events of other processes may have been missed: every
     page here is told to enter its room again (a `room` frame: the chat whole)."""
     pages = [c for conns in svc.presence.clients.values() for c in conns]
     await send_all(pages + svc.chat.link_clients(), {"type": "resync"})
+
+
+def peers_alive(svc: Service) -> int:
+    """Other processes heard from within VALID_HEARTBEATS heartbeats (/readyz)."""
+    now = svc.clock()
+    for proc in [p for p, until in svc.peers.items() if until <= now]:
+        del svc.peers[proc]
+    return len(svc.peers)
+
+
+async def share_all(svc: Service) -> None:
+    """This process is here, with these pages of every account."""
+    if svc.presence.publish is None:
+        return
+    await svc.presence.publish("here")
+    for account in list(svc.presence.clients):
+        await svc.presence.share(account)
 
 
 async def republish(svc: Service) -> None:
@@ -70,7 +99,6 @@ async def republish(svc: Service) -> None:
     while True:
         await asyncio.sleep(svc.cfg.presence.heartbeat_seconds)
         try:
-            for account in list(svc.presence.clients):
-                await svc.presence.share(account)
+            await share_all(svc)
         except Exception:
             log.exception("republishing presence failed")

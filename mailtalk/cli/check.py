@@ -231,7 +231,8 @@ async def _check_presence(cfg: Config) -> list[Finding]:
 
 
 async def _readyz(session: aiohttp.ClientSession, base: str, key: str) -> Finding:
-    """The service's own view: /readyz (its database answers)."""
+    """The service's own view: /readyz (its database answers; with Redis, it hears
+    the other processes)."""
     url = base.rstrip("/") + "/readyz"
     try:
         async with session.get(url, allow_redirects=False) as resp:
@@ -242,7 +243,10 @@ async def _readyz(session: aiohttp.ClientSession, base: str, key: str) -> Findin
     except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as e:
         return fail(f"presence service ({key}): {url}: {type(e).__name__}: {e}")
     if resp.status == 200 and isinstance(doc, dict) and doc.get("ready") is True:
-        return ok(f"presence service ready ({url}: database ok)")
+        parts = ["database ok"]
+        if "redis" in doc:
+            parts.append(f"Redis ok, {doc.get('processes')} process(es) heard")
+        return ok(f"presence service ready ({url}: {', '.join(parts)})")
     return fail(f"presence service ({key}) not ready: {url} says {doc}; see its log")
 
 

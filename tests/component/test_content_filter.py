@@ -235,7 +235,7 @@ async def test_each_copy_carries_a_notice_with_its_own_link(h: Harness) -> None:
         assert f"/c/{other}" not in got.content.decode()
 
 
-async def test_no_notice_when_off_or_unknown(tmp_path: Path) -> None:
+async def test_no_notice_when_off_or_without_a_link(tmp_path: Path) -> None:
     harness, things = await start_filter(FakeLookup("online"), extra="notice = false")
     try:
         raw = alternative(*CLAIM)
@@ -246,7 +246,7 @@ async def test_no_notice_when_off_or_unknown(tmp_path: Path) -> None:
     finally:
         await things[0].close()
         things[1].close()
-    harness, things = await start_filter(FakeLookup("unknown"))
+    harness, things = await start_filter(FakeLookup("unknown", links={}))
     try:
         raw = alternative(*CLAIM)
         assert (await harness.send(["bob@b.example"], raw)).data[0] == 250

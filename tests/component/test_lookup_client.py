@@ -85,7 +85,19 @@ async def test_status_maps_to_state(client, remote, status, state):
     remote.handler = answer
     res = await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])
     assert (res.state, res.status) == (state, status)
-    assert bool(res.links) == (state != "unknown")
+    # `unknown` with a link: a known mail whose sender's presence the service could not
+    # tell (its processes cut off from each other): the link stays
+    assert res.links == {"bob@b.test": remote.link("bob@b.test")}
+    assert bool(res.reason) == (state == "unknown")
+
+
+async def test_unknown_without_links_is_a_refusal(client, remote):
+    async def answer(request, body):
+        return web.json_response({"status": "unknown", "checked": "2026-11-29T07:00:00+00:00",
+                                  "links": {}})
+    remote.handler = answer
+    res = await client.lookup("alice@a.test", mail_id(), ["bob@b.test"])
+    assert (res.state, res.links, res.reason) == ("unknown", {}, "the service does not know this mail")
 
 
 @pytest.mark.parametrize("account,mid", [

@@ -36,7 +36,8 @@ def sites(tmp_path: Path) -> Iterator[tuple[MailtalkService, MailtalkService, st
 
 
 @contextlib.contextmanager
-def two_processes(tmp_path: Path) -> Iterator[tuple[MailtalkService, MailtalkService, str]]:
+def two_processes(tmp_path: Path, heartbeat: int = 1
+                  ) -> Iterator[tuple[MailtalkService, MailtalkService, str]]:
     for why in (pg_unavailable(), redis_unavailable()):
         if why:
             pytest.skip(why)
@@ -49,7 +50,7 @@ def two_processes(tmp_path: Path) -> Iterator[tuple[MailtalkService, MailtalkSer
         "site": {"secret_file": str(tmp_path / "site.key"), "state_dir": str(tmp_path / f"s{i}")},
         "domains": {"names": ["a.test"]},
         "presence": {"listen": f"{HOST}:{port}", "public_url": public, "database": pg.url,
-                     "redis": redis.url, "heartbeat_seconds": 1,
+                     "redis": redis.url, "heartbeat_seconds": heartbeat,
                      "lookups_per_minute_per_client": 10},
         "dns": {"static": {"b.test": hook}}}, subcommand="presence", name=f"p{i}")
         for i, port in enumerate(ports)]
@@ -237,3 +238,83 @@ async def test_redis_restarted_the_processes_talk_again(tmp_path: Path) -> None:
             await bob.close()
             await reading
             await alice.close()
+
+
+async def record_mail(c: aiohttp.ClientSession, at: str, key: bytes) -> str:
+    """The sending milter's record of one mail from alice to bob; its Mail-ID."""
+    mail_id = MailIds(key, 30).issue(ALICE)
+    async with c.post(at + "/api/v1/mails", json={
+            "mail_id": mail_id, "account": ALICE, "message_id": "<m@a.test>",
+            "recipients": [BOB]},
+            headers={"Authorization": f"Bearer {outbox_api_token(key)}"}) as r:
+        assert r.status == 201
+    return mail_id
+
+
+async def status_becomes(c: aiohttp.ClientSession, at: str, mail_id: str, status: str,
+                         seconds: float) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while (answer := await lookup(c, at, mail_id))["status"] != status:
+        assert time.monotonic() < deadline, f"{at} still says {answer}, not {status}"
+        await asyncio.sleep(0.1)
+    return answer
+
+
+async def readyz(c: aiohttp.ClientSession, at: str) -> tuple[int, dict[str, Any]]:
+    async with c.get(at + "/readyz") as r:
+        return r.status, await r.json()
+
+
+async def test_redis_down_lookups_say_unknown_with_the_link(tmp_path: Path) -> None:
+    """Redis down: process 2 cannot see alice's page on process 1, so its lookups say
+    `unknown` (never a wrong `no`) and still give bob his link; process 1 still says
+    online; both /readyz say Redis is not subscribed. Redis back: process 2 says online
+    again and /readyz counts both processes."""
+    with two_processes(tmp_path) as (one, two, public):
+        at1, at2 = base(one), base(two)
+        key = (tmp_path / "site.key").read_bytes()
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as c, \
+                aiohttp.ClientSession() as hook:
+            mail_id = await record_mail(hook, at2, key)
+            alice = await alice_page(c, at1, public)
+            reading = asyncio.create_task(drain(alice))     # answers the pings
+            link = (await status_becomes(hook, at2, mail_id, "online", 10))["links"][BOB]
+            assert (await readyz(hook, at2)) == (200, {"ready": True, "database": "ok",
+                                                       "redis": "ok", "processes": 2})
+            REDIS_OF[tmp_path].stop()
+            answer = await status_becomes(hook, at2, mail_id, "unknown", 10)
+            assert answer["links"] == {BOB: link}
+            assert (await lookup(hook, at1, mail_id))["status"] == "online"
+            status, doc = await readyz(hook, at2)
+            assert (status, doc["ready"], doc["redis"]) == (503, False, "not subscribed")
+            REDIS_OF[tmp_path].start()
+            await status_becomes(hook, at2, mail_id, "online", 15)
+            deadline = time.monotonic() + 10
+            while (await readyz(hook, at2)) != (200, {"ready": True, "database": "ok",
+                                                      "redis": "ok", "processes": 2}):
+                assert time.monotonic() < deadline, await readyz(hook, at2)
+                await asyncio.sleep(0.2)
+            await alice.close()
+            await reading
+
+
+async def test_a_process_started_late_knows_the_others_pages_at_once(tmp_path: Path) -> None:
+    """With a 300 s heartbeat, a process that restarts while alice's page is open on
+    the other says online within seconds: its `hello` makes the other tell its pages
+    now. (Without it, the restarted process would say offline until the other's next
+    heartbeat, up to 300 s later.)"""
+    with two_processes(tmp_path, heartbeat=300) as (one, two, public):
+        at1, at2 = base(one), base(two)
+        key = (tmp_path / "site.key").read_bytes()
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as c:
+            async with aiohttp.ClientSession() as hook:
+                mail_id = await record_mail(hook, at2, key)
+                alice = await alice_page(c, at1, public)
+                reading = asyncio.create_task(drain(alice))
+                await status_becomes(hook, at2, mail_id, "online", 10)
+            two.stop()
+            two.start()
+            async with aiohttp.ClientSession() as hook:      # a new connection
+                await status_becomes(hook, at2, mail_id, "online", 10)
+            await alice.close()
+            await reading

@@ -18,7 +18,7 @@ NOTICE = Notice("alice@a.example", "Alice Example", "online", LINK)
 
 def test_notice_values_are_checked() -> None:
     with pytest.raises(ValueError):
-        Notice("alice@a.example", "", "unknown", LINK)
+        Notice("alice@a.example", "", "idle", LINK)
     with pytest.raises(ValueError):
         Notice("alice@a.example", "", "online", "javascript:alert(1)")
     with pytest.raises(ValueError):
@@ -34,6 +34,11 @@ def test_state_text_for_every_status() -> None:
     for status in ("online", "away", "busy", "offline"):
         text = default_templates().text(Notice("a@b.example", "", status, LINK))
         assert text.startswith(f"mailtalk: a@b.example was {status} when this mail arrived.\n")
+    # a known mail whose sender's presence could not be told (the service's processes
+    # could not hear each other): the link, without a claim either way
+    text = default_templates().text(Notice("a@b.example", "", "unknown", LINK))
+    assert text == (f"mailtalk: a@b.example wrote this mail (whether they were online could "
+                    f"not be told).\nChat about this mail: {LINK}\n\n")
 
 
 @pytest.mark.parametrize("header, name", [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailtalk import headers, online_header, receiving
+from mailtalk import headers, notice, online_header, receiving
 from support.fake_lookup import CLAIM, MAIL_ID, NOW, FakeLookup, msg
 
 # --- the claim
@@ -53,14 +53,30 @@ async def test_per_recipient_links_and_unchanged_bytes() -> None:
 
 async def test_unknown_answer_error_and_missing_link_give_unknown() -> None:
     raw = msg(*CLAIM)
-    p = await receiving.prepare(raw, ["bob@b.example"], FakeLookup("unknown"), clock=lambda: NOW)
+    p = await receiving.prepare(raw, ["bob@b.example"], FakeLookup("unknown", links={}),
+                                clock=lambda: NOW)
     assert p.headers["bob@b.example"].startswith(b"X-Sender-Online: unknown; account=alice@a.example")
+    assert b"chat=" not in p.headers["bob@b.example"]
     assert "(no answer)" not in p.summary
     p = await receiving.prepare(raw, ["bob@b.example"], FakeLookup(error=RuntimeError("x")))
     assert b"unknown" in p.headers["bob@b.example"] and "(lookup failed)" in p.summary
     p = await receiving.prepare(raw, ["bob@b.example", "carol@b.example"],
                                 FakeLookup(links={"bob@b.example": "https://c/c/1"}))
     assert b"yes;" in p.headers["bob@b.example"] and b"chat=" not in p.headers["carol@b.example"]
+
+
+async def test_unknown_with_a_link_keeps_the_link_and_the_notice() -> None:
+    """A known mail whose sender's presence the service could not tell: the header
+    says unknown and carries the link; the notice gives the link without a state."""
+    raw = msg(*CLAIM, "Content-Type: text/plain", body=b"Hello\r\n")
+    p = await receiving.prepare(raw, ["bob@b.example"], FakeLookup("unknown"),
+                                notices=notice.default_templates(), clock=lambda: NOW)
+    parsed = online_header.parse_value(p.headers["bob@b.example"].decode().split(":", 1)[1])
+    assert (parsed.state, parsed.status, parsed.chat) == (
+        "unknown", "unknown", "https://chat.a.example/c/bob")
+    out = p.message_with(p.headers["bob@b.example"])
+    assert b"whether they were online could not be told" in out
+    assert b"https://chat.a.example/c/bob" in out.split(b"\r\n\r\n", 1)[1]
 
 
 async def test_no_claim_asks_nobody_and_adds_no_header() -> None:
