@@ -8,6 +8,8 @@ process id on the site's channel (`channel_for`); every other process hands it t
     to_user   {account, event}                    to one account's pages
     to_room   {mail_id, event}                    to one room's link pages
     presence  {account, pages, last_input, mode}  a process's pages of an account
+    pages     {accounts: [[account, pages, last_input, mode], ...]}  the same for up to
+                                                  500 accounts (every heartbeat)
     record    {mail_id, account, allowed, message_id}  a mail record stored
     hello     {}                                  a process (re)subscribed: the others
                                                   publish `here` and their presence now

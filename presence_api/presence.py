@@ -118,14 +118,19 @@ class PresenceHub:
         others = self._remote_pages(account) if self.remote else []
         return others[0][2] if others else "auto"
 
+    def pages_of(self, account: str) -> tuple[int, float, str]:
+        """This process's pages of `account`: (count, last input, mode), for the others."""
+        conns = self.clients.get(account, set())
+        return (len(conns), max((c.last_input for c in conns), default=0.0),
+                self._modes.get(account, "auto"))
+
     async def share(self, account: str) -> None:
-        """This process's pages of `account`, for the others (bus.py)."""
+        """This process's pages of `account`, for the others (bus.py), at once."""
         if self.publish is None:
             return
-        conns = self.clients.get(account, set())
-        await self.publish("presence", account=account, pages=len(conns),
-                           last_input=max((c.last_input for c in conns), default=0.0),
-                           mode=self._modes.get(account, "auto"))
+        pages, last_input, mode = self.pages_of(account)
+        await self.publish("presence", account=account, pages=pages, last_input=last_input,
+                           mode=mode)
 
     async def heard(self, proc: str, account: str, pages: int, last_input: float, mode: str,
                     valid_for: float) -> None:
