@@ -39,7 +39,11 @@ NO_LIMIT = 1_000_000_000
 
 class MailtalkSite:
     def __init__(self, ip: str, domain: str, extra_presence: str = "",
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", database_url: str = "", redis_url: str = "",
+                 key_file: Path | None = None) -> None:
+        """`database_url`: a `postgresql://` URL (default: SQLite in its own state
+        directory); `redis_url`: the bus to other processes; `key_file`: a site key
+        shared with them (default: its own)."""
         self.ip = ip
         self.domain = domain
         self.port = free_port(ip)
@@ -48,9 +52,12 @@ class MailtalkSite:
         self.config = self.dir / "mailtalk.toml"
         self.extra_presence = extra_presence
         self.log_level = log_level
+        self.database_url = database_url
+        self.redis_url = redis_url
         self.proc: asyncio.subprocess.Process | None = None
         self.state.mkdir(mode=0o700)
-        self.site_key = load_or_create_site_key(self.state / "site.key")
+        self.key_file = key_file or self.state / "site.key"
+        self.site_key = load_or_create_site_key(self.key_file)
         self.mail_ids = MailIds(self.site_key, 30)
 
     @property
@@ -66,12 +73,14 @@ class MailtalkSite:
         return self.state / "presence.sqlite3"
 
     def write_config(self) -> None:
+        redis = f'redis = "{self.redis_url}"\n' if self.redis_url else ""
         self.config.write_text(
-            f'[site]\nstate_dir = "{self.state}"\nlog_level = "{self.log_level}"\n\n'
+            f'[site]\nstate_dir = "{self.state}"\nlog_level = "{self.log_level}"\n'
+            f'secret_file = "{self.key_file}"\n\n'
             f'[domains]\nnames = ["{self.domain}"]\n\n'
             f'[presence]\nlisten = "{self.ip}:{self.port}"\n'
             f'public_url = "{self.base_url}"\n'
-            f'database = "{self.database}"\n'
+            f'database = "{self.database_url or self.database}"\n{redis}'
             f'lookups_per_minute_per_client = {NO_LIMIT}\n'
             f'chat_messages_per_minute = {NO_LIMIT}\n'
             f'{self.extra_presence}')
@@ -82,6 +91,8 @@ class MailtalkSite:
 
         Returns account -> its session tokens (the value of the session cookie).
         """
+        if self.database_url:
+            return await self._populate_pg(accounts, sessions_per_account)
         from presence_api.auth import hash_password, token_hash
         from presence_api.store_sqlite import SqliteStore
         store = SqliteStore(self.database)
@@ -106,6 +117,29 @@ class MailtalkSite:
             # One transaction through the store's own connection: the schema is the
             # service's (created by open()), the bulk insert is the benchmark's.
             await store._run(fill)
+        finally:
+            await store.close()
+        return tokens
+
+    async def _populate_pg(self, accounts: list[str], sessions_per_account: int
+                           ) -> dict[str, list[str]]:
+        """populate() on PostgreSQL: the service's schema (PgStore.open), then COPY."""
+        from presence_api.auth import hash_password, token_hash
+        from presence_api.store_pg import PgStore
+        store = PgStore(self.database_url)
+        await store.open()
+        tokens = {a: [secrets.token_urlsafe(32) for _ in range(sessions_per_account)]
+                  for a in accounts}
+        try:
+            pw_hash, now = hash_password(secrets.token_urlsafe(12)), time.time()
+            async with store.pool.acquire() as db, db.transaction():
+                await db.copy_records_to_table(
+                    "accounts", columns=["account", "password_hash", "created_at"],
+                    records=[(a, pw_hash, now) for a in accounts])
+                await db.copy_records_to_table(
+                    "sessions", columns=["token_hash", "account", "expires_at"],
+                    records=[(token_hash(t), a, now + 86400)
+                             for a in accounts for t in tokens[a]])
         finally:
             await store.close()
         return tokens
@@ -142,6 +176,13 @@ class MailtalkSite:
         finally:
             await store.close()
         return out
+
+    async def lookup_status(self, http: aiohttp.ClientSession, account: str) -> str:
+        """The status an (unsigned) lookup of a fresh Mail-ID of `account` answers."""
+        body = {"account": account, "mail_id": self.mail_ids.issue(account),
+                "recipients": ["bob@b.bench.test"]}
+        async with http.post(f"{self.base_url}/api/v1/lookup", json=body) as r:
+            return str((await r.json()).get("status"))
 
     async def start(self, argv: list[str] | None = None) -> None:
         """Start `mailtalk -c CONFIG presence`, or `argv + [CONFIG]` (a variant of it)."""

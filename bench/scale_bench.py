@@ -1,5 +1,6 @@
 """Several presence processes: what PostgreSQL and a second process (with Redis
-between them) do to lookups/s and to a chat message's trip from one page to another.
+between them) do to lookups/s and to a chat message's trip from one page to another,
+beside ejabberd doing the same jobs.
 
 Configurations, each measured in the same run, in rotated order after a warm-up:
 
@@ -8,13 +9,19 @@ Configurations, each measured in the same run, in rotated order after a warm-up:
     pg-redis-2   two processes on that PostgreSQL and a private Redis; the load is
                  spread over both (as nginx would); a message goes from a link page on
                  one process to the sender's page on the other
+    ejabberd     Debian's ejabberd (bench/ejabberd_peer.py, Mnesia, one node): the
+                 question "is alice online?" is its HTTP API's `get_presence`, the
+                 message a one-to-one XMPP chat message between two logged-in
+                 sessions (plain c2s on loopback). `--peer none` leaves it out.
 
 Load: `--concurrency` aiohttp clients sending signed lookups for one recorded mail
-for `--duration` seconds (the hooks' real request); then `--messages` chat messages,
-one at a time, timed from send to arrival. Prints medians per configuration and the
-ratios to sqlite-1.
+(ejabberd: get_presence for one online user) for `--duration` seconds, with the
+servers' CPU time per 1000 answers (/proc; ejabberd: its beam process); then
+`--messages` chat messages, one at a time, timed from send to arrival. Prints medians
+per configuration and the ratios to sqlite-1 and to ejabberd.
 
-    .venv/bin/python bench/scale_bench.py [--concurrency 16] [--duration 5] [--rounds 3] [--messages 200]
+    sh bench/setup     # once, as root: Debian's ejabberd, its service not started
+    .venv/bin/python bench/scale_bench.py [--concurrency 16] [--duration 5] [--rounds 3] [--messages 200] [--peer ejabberd]
 """
 
 from __future__ import annotations
@@ -27,13 +34,19 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.append(str(Path(__file__).resolve().parent))     # after tests/: bench/support.py
+
+from ejabberd_peer import EjabberdPeer  # noqa: E402
+from pbench_util import cpu_seconds  # noqa: E402
+from xmpp_online import XmppSession, go_online  # noqa: E402
 
 from mailtalk.lookup_signing import public_key_text  # noqa: E402
 from mailtalk.mailid import MailIds, outbox_api_token  # noqa: E402
@@ -45,12 +58,15 @@ from support.redis import Redis  # noqa: E402
 from support.wait import free_port  # noqa: E402
 
 HOST = "127.0.29.1"
+EJABBERD_HOST = "127.0.29.2"
+XMPP_DOMAIN = "x.bench.test"
 ALICE, BOB, PASSWORD = "alice@a.test", "bob@b.test", "a long password 3"
 CONFIGS = ("sqlite-1", "pg-1", "pg-redis-2")
 
 
 def start(work: Path, name: str, database: str | None, redis: str | None, n: int,
-          stack: ExitStack) -> tuple[list[str], str, bytes]:
+          stack: ExitStack) -> tuple[list[str], str, bytes, list[int]]:
+    """n presence processes: (their base URLs, the public URL, the site key, pids)."""
     ports = [free_port(HOST) for _ in range(n)]
     public = f"http://{HOST}:{ports[0]}"
     hook = f"v=mailtalk1; api=http://127.0.0.1:9; k={public_key_text(HOOK_KEY)}"
@@ -73,27 +89,53 @@ def start(work: Path, name: str, database: str | None, redis: str | None, n: int
         procs.append(svc)
     r = procs[0].command("user", "add", ALICE, "--password-stdin", input=PASSWORD + "\n")
     assert r.returncode == 0 or "exists already" in r.stderr, r.stderr   # one PostgreSQL
-    return [f"http://{HOST}:{p}" for p in ports], public, (work / f"{name}.key").read_bytes()
+    return ([f"http://{HOST}:{p}" for p in ports], public, (work / f"{name}.key").read_bytes(),
+            [svc.proc.pid for svc in procs if svc.proc is not None])
 
 
-async def lookups(bases: list[str], mail_id: str, concurrency: int, duration: float) -> float:
+Ask = Callable[[aiohttp.ClientSession, int], Awaitable[None]]
+
+
+def mailtalk_ask(bases: list[str], mail_id: str) -> Ask:
+    """One signed lookup, as a receiving hook sends it; worker i asks process i mod n."""
     body = json.dumps({"account": ALICE, "mail_id": mail_id, "recipients": [BOB],
                        "message_id": "<b@a.test>"}).encode()
+
+    async def ask(c: aiohttp.ClientSession, i: int) -> None:
+        headers = signed(body, "b.test", "/api/v1/lookup", time.time())
+        async with c.post(bases[i % len(bases)] + "/api/v1/lookup", data=body,
+                          headers=headers) as r:
+            assert r.status == 200 and (await r.json())["links"]
+    return ask
+
+
+def ejabberd_ask(peer: EjabberdPeer) -> Ask:
+    """ejabberd's own "is alice online?": get_presence of its HTTP API."""
+    body = {"user": "alice", "server": peer.host}
+
+    async def ask(c: aiohttp.ClientSession, i: int) -> None:
+        async with c.post(peer.api_url + "/get_presence", json=body) as r:
+            assert r.status == 200 and (await r.json())["show"] == "available"
+    return ask
+
+
+async def lookups(ask: Ask, pids: list[int], concurrency: int, duration: float
+                  ) -> tuple[float, float]:
+    """(answers/s, the servers' CPU ms per 1000 answers)."""
     done = 0
     stop = time.monotonic() + duration
+    cpu0 = sum(cpu_seconds(p) for p in pids)
 
     async def worker(i: int) -> None:
         nonlocal done
-        at = bases[i % len(bases)]
         async with aiohttp.ClientSession() as c:
             while time.monotonic() < stop:
-                headers = signed(body, "b.test", "/api/v1/lookup", time.time())
-                async with c.post(at + "/api/v1/lookup", data=body, headers=headers) as r:
-                    assert r.status == 200 and (await r.json())["links"]
+                await ask(c, i)
                 done += 1
     started = time.monotonic()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return done / (time.monotonic() - started)
+    cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+    return done / (time.monotonic() - started), 1e6 * cpu / max(done, 1)
 
 
 async def trip(bases: list[str], public: str, mail_id: str, link: str, n: int) -> float:
@@ -123,6 +165,34 @@ async def trip(bases: list[str], public: str, mail_id: str, link: str, n: int) -
         return statistics.median(times)
 
 
+async def ejabberd_start(stack: ExitStack) -> tuple[EjabberdPeer, list[XmppSession]]:
+    """A private ejabberd with alice and bob registered and logged in."""
+    peer = EjabberdPeer(EJABBERD_HOST, XMPP_DOMAIN)
+    await peer.start()
+    stack.push_async_callback(peer.stop)
+    async with aiohttp.ClientSession() as http:
+        await peer.register(http, ["alice", "bob"], PASSWORD)
+    sessions = [await go_online(peer.ip, peer.c2s_port, peer.host, u, PASSWORD)
+                for u in ("alice", "bob")]
+    for s in sessions:
+        stack.callback(s.close)
+    return peer, sessions
+
+
+async def ejabberd_trip(sessions: list[XmppSession], host: str, n: int) -> float:
+    """Median ms from bob's chat message to its arrival at alice's session."""
+    alice, bob = sessions
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        bob.send(f"<message to='alice@{host}/bench' type='chat' id='m{i}'>"
+                 f"<body>m{i}</body></message>")
+        await bob.writer.drain()
+        await alice.expect(f"<body>m{i}</body>")
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
 async def prepare(bases: list[str], key: bytes) -> tuple[str, str]:
     mail_id = MailIds(key, 30).issue(ALICE)
     body = json.dumps({"account": ALICE, "mail_id": mail_id, "recipients": [BOB],
@@ -149,31 +219,51 @@ async def prepare(bases: list[str], key: bytes) -> tuple[str, str]:
 async def main(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="mt-scale-"))
     os.chmod(work, 0o755)
-    with ExitStack() as stack:
+    configs = CONFIGS + (("ejabberd",) if args.peer == "ejabberd" else ())
+    async with AsyncExitStack() as astack:
+        stack = astack.enter_context(ExitStack())
         pg, redis = Postgres().start(), Redis().start()
         stack.callback(pg.remove)
         stack.callback(redis.remove)
         sites = {"sqlite-1": start(work, "s1", None, None, 1, stack),
                  "pg-1": start(work, "p1", pg.url, None, 1, stack),
                  "pg-redis-2": start(work, "pr2", pg.url, redis.url, 2, stack)}
-        mails = {c: await prepare(bases, key) for c, (bases, _, key) in sites.items()}
-        for c, (bases, _, _) in sites.items():            # warm-up
-            await lookups(bases, mails[c][0], args.concurrency, 1.0)
-        rate: dict[str, list[float]] = {c: [] for c in CONFIGS}
+        mails = {c: await prepare(site[0], site[2]) for c, site in sites.items()}
+        asks = {c: (mailtalk_ask(sites[c][0], mails[c][0]), sites[c][3]) for c in CONFIGS}
+        if args.peer == "ejabberd":
+            peer, sessions = await ejabberd_start(astack)
+            asks["ejabberd"] = (ejabberd_ask(peer), [peer.pid] if peer.pid else [])
+        for c in configs:            # warm-up
+            await lookups(*asks[c], args.concurrency, 1.0)
+        rate: dict[str, list[tuple[float, float]]] = {c: [] for c in configs}
         for rnd in range(args.rounds):
-            for c in CONFIGS[rnd % 3:] + CONFIGS[:rnd % 3]:
-                rate[c].append(await lookups(sites[c][0], mails[c][0], args.concurrency,
-                                             args.duration))
+            k = rnd % len(configs)
+            for c in configs[k:] + configs[:k]:
+                rate[c].append(await lookups(*asks[c], args.concurrency, args.duration))
         trips = {c: await trip(sites[c][0], sites[c][1], *mails[c], args.messages)
                  for c in CONFIGS}
-    base = statistics.median(rate["sqlite-1"])
+        if args.peer == "ejabberd":
+            trips["ejabberd"] = await ejabberd_trip(sessions, peer.host, args.messages)
+    report(args, configs, rate, trips)
+    return 0
+
+
+def report(args: argparse.Namespace, configs: tuple[str, ...],
+           rate: dict[str, list[tuple[float, float]]], trips: dict[str, float]) -> None:
+    rates = {c: statistics.median(r for r, _ in rate[c]) for c in configs}
+    cpu = {c: statistics.median(ms for _, ms in rate[c]) for c in configs}
     print(f"load average {os.getloadavg()[0]:.2f}; {args.concurrency} clients, "
           f"{args.duration:g} s x {args.rounds} rounds")
-    print(f"{'config':12} {'lookups/s':>10} {'ratio':>6} {'message ms':>11}")
-    for c in CONFIGS:
-        r = statistics.median(rate[c])
-        print(f"{c:12} {r:10.0f} {r / base:6.2f} {trips[c]:11.2f}")
-    return 0
+    peer = "ejabberd" if "ejabberd" in configs else None
+    head = (f"{'config':12} {'lookups/s':>10} {'/sqlite-1':>9} {'CPU ms/1000':>11} "
+            f"{'message ms':>11} {'/sqlite-1':>9}")
+    print(head + (f" {'lookups/ejabberd':>16} {'ms/ejabberd':>11}" if peer else ""))
+    for c in configs:
+        line = (f"{c:12} {rates[c]:10.0f} {rates[c] / rates['sqlite-1']:9.2f} "
+                f"{cpu[c]:11.0f} {trips[c]:11.2f} {trips[c] / trips['sqlite-1']:9.2f}")
+        if peer:
+            line += f" {rates[c] / rates[peer]:16.2f} {trips[c] / trips[peer]:11.2f}"
+        print(line)
 
 
 if __name__ == "__main__":
@@ -182,4 +272,6 @@ if __name__ == "__main__":
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--messages", type=int, default=200)
+    p.add_argument("--peer", choices=("none", "ejabberd"), default="ejabberd",
+                   help="also measure ejabberd (installed by bench/setup)")
     sys.exit(asyncio.run(main(p.parse_args())))

@@ -10,6 +10,8 @@ idle    N users, each logged in (a web session made directly in the store) with 
         RSS before and with N connected, the delta per connection, and the RSS against
         the 300 MB target. The clients run in several processes (`--per-process`,
         bench/ws_clients.py). Then the same on ejabberd over XMPP (`--peer`).
+        `--store pg-redis`: the N pages spread over `--processes` presence processes
+        on a private PostgreSQL and Redis; RSS and CPU per process (idle_scaled.py).
 fanout  `--rooms` rooms (one sent mail each): the sender's page (`/ws`) and
         `--members` recipients' link pages (`/ws/c/<token>`). Recipients post at
         `--rate` messages/s in all, round robin over rooms; each message carries its
@@ -38,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aiohttp  # noqa: E402
 
 import xmpp_bench  # noqa: E402
+from mailtalk import defaults as D  # noqa: E402
+from idle_scaled import idle_scaled  # noqa: E402
 from mailtalk_site import MailtalkSite  # noqa: E402
 from ws_clients import IdlePages, first_frame, ws_headers  # noqa: E402
 from pbench_util import cpu_seconds, percentile, raise_nofile, rss_bytes  # noqa: E402
@@ -48,6 +52,7 @@ SERVICE_IP = "127.0.15.3"
 FANOUT_CLIENT_IP = "127.0.15.9"
 DOMAIN = "a.bench.test"
 RSS_TARGET_MB = 300
+SAMPLED = 50                  # users whose lookup must say online after the hold
 MB = 1024 * 1024
 SLOW_MS = 50.0
 
@@ -64,6 +69,10 @@ def _args() -> argparse.Namespace:
     i.add_argument("--connect-timeout", type=float, default=180.0)
     i.add_argument("--peer", choices=("none", "ejabberd"), default="ejabberd",
                    help="also measure ejabberd with as many idle XMPP sessions (ejabberd)")
+    i.add_argument("--store", choices=("sqlite", "pg-redis"), default="sqlite",
+                   help="one process on SQLite, or --processes on PostgreSQL + Redis "
+                        "(bench/idle_scaled.py; no ejabberd)")
+    i.add_argument("--processes", type=int, default=2, help="with --store pg-redis (2)")
     f = sub.add_parser("fanout", help="chat delivery latency at a fixed message rate")
     f.add_argument("--rate", type=float, default=500.0, help="messages per second, in all")
     f.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
@@ -80,16 +89,20 @@ def _args() -> argparse.Namespace:
 
 # --- idle: the parent
 
-async def _lookup_status(http: aiohttp.ClientSession, site: MailtalkSite, account: str) -> str:
-    body = {"account": account, "mail_id": site.mail_ids.issue(account),
-            "recipients": ["bob@b.bench.test"]}
-    async with http.post(f"{site.base_url}/api/v1/lookup", json=body) as r:
-        return str((await r.json()).get("status"))
-
-
 async def idle(args: argparse.Namespace) -> int:
     n = args.users
-    raise_nofile(n + 4096)          # the service (a child) inherits it
+    # the service (a child) inherits it, and admits at most half of it in connections
+    soft = raise_nofile(2 * n + 4096)
+    per_service = n // (args.processes if args.store == "pg-redis" else 1)
+    if per_service + SAMPLED > min(D.PRESENCE_MAX_CONNECTIONS, soft // 2):
+        print(f"ws_bench: the open-file limit here is {soft} (its hard limit could not "
+              f"be raised), so a presence process admits "
+              f"{min(D.PRESENCE_MAX_CONNECTIONS, soft // 2)} connections in all: too few "
+              f"for {per_service} pages and {SAMPLED} lookups; use fewer --users",
+              file=sys.stderr)
+        return 2
+    if args.store == "pg-redis":
+        return await idle_scaled(args, SERVICE_IP, DOMAIN)
     accounts = [f"user{i}@{DOMAIN}" for i in range(n)]
     site = MailtalkSite(SERVICE_IP, DOMAIN)
     pages = IdlePages()
@@ -116,10 +129,12 @@ async def idle(args: argparse.Namespace) -> int:
             print(f"connected {ok} of {n} pages in {connect_s:.1f} s "
                   f"({ok / connect_s:.0f}/s), {failed} failed", flush=True)
             rss1 = rss_bytes(site.pid)
+            cpu0 = cpu_seconds(site.pid)
             await asyncio.sleep(args.hold)        # through at least one heartbeat
+            cpu = cpu_seconds(site.pid) - cpu0
             rss2 = rss_bytes(site.pid)
-            sample = accounts[:: max(1, n // 50)]
-            statuses = await asyncio.gather(*(_lookup_status(http, site, a) for a in sample))
+            sample = accounts[:: max(1, n // SAMPLED)]
+            statuses = await asyncio.gather(*(site.lookup_status(http, a) for a in sample))
             online = sum(1 for s in statuses if s == "online")
         still = await pages.close()
         per_conn = (rss2 - rss0) / max(ok, 1)
@@ -128,7 +143,8 @@ async def idle(args: argparse.Namespace) -> int:
         print(f"still open after the hold: {still} of {ok}; lookups of {len(sample)} "
               f"sampled users: {online} online")
         print(f"RSS per connection: {per_conn / 1024:.1f} KiB "
-              f"(delta {(rss2 - rss0) / MB:.1f} MB / {ok})")
+              f"(delta {(rss2 - rss0) / MB:.1f} MB / {ok}); CPU {cpu:.2f} s in the "
+              f"{args.hold:.0f} s hold ({100 * cpu / args.hold:.1f} % of a core)")
         met = rss2 < RSS_TARGET_MB * MB and ok == n
         print(f"RSS {rss2 / MB:.1f} MB vs target {RSS_TARGET_MB} MB for {n} users: "
               f"ratio {rss2 / MB / RSS_TARGET_MB:.2f} ({'met' if met else 'NOT met'})")
