@@ -5,8 +5,9 @@ the hooks' keys come from an injected resolver (no DNS server)."""
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,13 @@ def lookup_body(mail_id: str, *rcpts: str) -> dict[str, Any]:
             "recipients": list(rcpts)}
 
 
+def tampered(headers: dict[str, str], change: Callable[[bytes], bytes]) -> dict[str, str]:
+    """`headers` with the signature's bytes changed by `change`."""
+    label, _, value = headers["Signature"].partition("=")
+    sig = change(base64.b64decode(value.strip(":")))
+    return {**headers, "Signature": f"{label}=:{base64.b64encode(sig).decode()}:"}
+
+
 async def test_bob_cannot_mint_carols_link(p: Presence) -> None:
     """Bob has alice's Mail-ID from his own copy and asks for carol (c.test): unsigned,
     signed with a made-up key, signed by another domain's real key, and replaying the
@@ -80,6 +88,10 @@ async def test_bob_cannot_mint_carols_link(p: Presence) -> None:
         "a replay of the c.test hook's request": genuine,
         "stale": signed(data, "c.test", path, now - MAX_SKEW - 5, KEY_C),
         "another path": signed(data, "c.test", "/elsewhere", now, KEY_C),
+        "a flipped bit in the signature": tampered(signed(data, "c.test", path, now, KEY_C),
+                                                   lambda sig: bytes([sig[0] ^ 1]) + sig[1:]),
+        "a signature cut short": tampered(signed(data, "c.test", path, now, KEY_C),
+                                          lambda sig: sig[:63]),
     }
     answers = {name: await ask(p, body, h) for name, h in refusals.items()}
     for name, raw in answers.items():
