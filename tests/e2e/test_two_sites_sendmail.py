@@ -14,7 +14,9 @@ import asyncio
 import threading
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
 from mailtalk import headers, online_header
@@ -23,6 +25,7 @@ from support.smtp_sink import SinkHandler, start_sink
 from support.sendmail import SendmailInstance, unavailable
 from support.dns import mailtalk_txt
 from support.smtp import swaks
+from support.presence_ws import next_of
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,7 +129,7 @@ def test_sendmail_lmtp_mode_two_recipients_own_links(e2e_dir, sendmails, dns_fac
     """b.test in `[filter] mode = "lmtp"` (deploy/sendmail/receiver-lmtp.mc): Sendmail ->
     mailtalk's LMTP hook -> a private Dovecot. One mail to bob and carol: each mailbox
     (read over IMAP) holds one copy with that recipient's own link to the one chat of
-    the mail; a recipient Dovecot does not know gets Dovecot's own 550."""
+    the mail, and what bob writes on his link's page reaches carol's."""
     from support.dovecot import Dovecot, unavailable as no_dovecot
     if why := no_dovecot():
         pytest.skip(why)
@@ -192,5 +195,26 @@ def _lmtp_round(e2e_dir, sendmails, dns_factory, mailtalk_factory, dovecot) -> N
         with urllib.request.urlopen(link, timeout=10) as resp:
             page = resp.read().decode()
         assert "Sendmail team mail" in page and rcpt in page
+    asyncio.run(_group_chat(links, next(iter(mail_ids))))
     site_b.wait_log(r"X-Sender-Online for alice@a\.test: no .*to 2 recipient\(s\); "
                     r"delivered to 2 of 2")
+
+
+async def _group_chat(links: dict[str, str], mail_id: str) -> None:
+    """bob and carol open their link pages' sockets, as the page does; bob writes, and
+    carol's page gets it: one room for the mail, on a.test's presence service."""
+    async with aiohttp.ClientSession() as bob_c, aiohttp.ClientSession() as carol_c:
+        pages = {}
+        for rcpt, c in (("bob@b.test", bob_c), ("carol@b.test", carol_c)):
+            url = urlsplit(links[rcpt])
+            origin = f"{url.scheme}://{url.netloc}"
+            pages[rcpt] = await c.ws_connect(origin + "/ws" + url.path,
+                                             headers={"Origin": origin})
+            await next_of(pages[rcpt], "hello")
+            await pages[rcpt].send_json({"type": "open"})
+        await pages["bob@b.test"].send_json({"type": "send", "mail_id": mail_id,
+                                             "text": "Both of us on Sendmail"})
+        got = await next_of(pages["carol@b.test"], "message", text="Both of us on Sendmail")
+        assert got["author"] == "bob@b.test", got
+        for ws in pages.values():
+            await ws.close()
