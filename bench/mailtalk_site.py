@@ -40,10 +40,11 @@ NO_LIMIT = 1_000_000_000
 class MailtalkSite:
     def __init__(self, ip: str, domain: str, extra_presence: str = "",
                  log_level: str = "warning", database_url: str = "", redis_url: str = "",
-                 key_file: Path | None = None) -> None:
+                 key_file: Path | None = None, extra_config: str = "") -> None:
         """`database_url`: a `postgresql://` URL (default: SQLite in its own state
         directory); `redis_url`: the bus to other processes; `key_file`: a site key
-        shared with them (default: its own)."""
+        shared with them (default: its own); `extra_config`: more sections."""
+        self.extra_config = extra_config
         self.ip = ip
         self.domain = domain
         self.port = free_port(ip)
@@ -83,7 +84,7 @@ class MailtalkSite:
             f'database = "{self.database_url or self.database}"\n{redis}'
             f'lookups_per_minute_per_client = {NO_LIMIT}\n'
             f'chat_messages_per_minute = {NO_LIMIT}\n'
-            f'{self.extra_presence}')
+            f'{self.extra_presence}\n{self.extra_config}')
 
     async def populate(self, accounts: list[str], sessions_per_account: int = 0
                        ) -> dict[str, list[str]]:

@@ -15,7 +15,9 @@ Targets, all asking "is this sender there?" about `--accounts` accounts:
                   bench/ejabberd_peer.py), users registered, `--online` of them online
                   over XMPP.
   mailtalk        `POST /api/v1/lookup` with valid Mail-IDs (made with the site key the
-                  service uses) that were looked up before (a retried delivery);
+                  service uses) that were looked up before (a retried delivery), signed
+                  as a receiving hook signs (RFC 9421, Ed25519; the signatures are made
+                  before the timed part, one per request);
                   `--online` of the accounts have a page's WebSocket open (online).
   mailtalk-fresh  the same with a Mail-ID never seen before in every request: what a
                   receiving MTA really sends, one lookup per delivered mail (the
@@ -31,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import statistics
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -47,6 +51,8 @@ from ejabberd_peer import EjabberdPeer  # noqa: E402
 from mailtalk_site import MailtalkSite  # noqa: E402
 from pbench_util import free_port, wait_for  # noqa: E402
 from xmpp_online import XmppSession, go_online  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from mailtalk.lookup_signing import public_key_text, sign  # noqa: E402
 
 log = logging.getLogger("bench.presence")
 
@@ -131,6 +137,17 @@ async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
         pass
 
 
+# The recipients' site's hook key: b.bench.test publishes it (the site's [dns] static),
+# and every mailtalk lookup is signed with it, as a receiving hook signs (RFC 9421).
+HOOK_KEY = Ed25519PrivateKey.generate()
+HOOK_DNS = (f'[dns]\nstatic = {{ "b.bench.test" = "v=mailtalk1; api=http://127.0.0.1:9; '
+            f'k={public_key_text(HOOK_KEY)}" }}\n')
+
+
+def _sign(data: bytes) -> dict[str, str]:
+    return sign(HOOK_KEY, "b.bench.test", "POST", "/api/v1/lookup", data, int(time.time()))
+
+
 def _mailtalk_targets(site: MailtalkSite, accounts: list[str], fresh_count: int,
                       wanted: set[str]) -> list[loadgen.Target]:
     url = f"{site.base_url}/api/v1/lookup"
@@ -138,7 +155,7 @@ def _mailtalk_targets(site: MailtalkSite, accounts: list[str], fresh_count: int,
     if "mailtalk" in wanted:
         bodies = [{"account": a, "mail_id": site.mail_ids.issue(a), "recipients": [RECIPIENT]}
                   for a in accounts]
-        out.append(loadgen.Target("mailtalk", url, bodies, _mailtalk_ok, site.pid))
+        out.append(loadgen.Target("mailtalk", url, bodies, _mailtalk_ok, site.pid, sign=_sign))
     if "mailtalk-fresh" in wanted:
         # Every measured request carries a Mail-ID the service has never seen; the
         # warm-up asks about one more of its own.
@@ -147,7 +164,8 @@ def _mailtalk_targets(site: MailtalkSite, accounts: list[str], fresh_count: int,
                    "recipients": [RECIPIENT]} for i in range(fresh_count)]
         warm = {"account": accounts[0], "mail_id": site.mail_ids.issue(accounts[0]),
                 "recipients": [RECIPIENT]}
-        out.append(loadgen.Target("mailtalk-fresh", url, bodies, _mailtalk_ok, site.pid, warm))
+        out.append(loadgen.Target("mailtalk-fresh", url, bodies, _mailtalk_ok, site.pid, warm,
+                                  sign=_sign))
     return out
 
 
@@ -205,7 +223,8 @@ async def main(args: argparse.Namespace) -> int:
     wanted = {t.strip() for t in args.targets.split(",") if t.strip()}
     accounts = [f"user{i}@{SENDER_DOMAIN}" for i in range(args.accounts)]
     peer = EjabberdPeer(EJABBERD_IP, "b.bench.test") if "ejabberd" in wanted else None
-    site = MailtalkSite(MAILTALK_IP, SENDER_DOMAIN, log_level=args.log_level) \
+    site = MailtalkSite(MAILTALK_IP, SENDER_DOMAIN, log_level=args.log_level,
+                        extra_config=HOOK_DNS) \
         if wanted & {"mailtalk", "mailtalk-fresh"} else None
     sessions: list[XmppSession] = []
     ws_http: aiohttp.ClientSession | None = None
@@ -241,8 +260,7 @@ async def main(args: argparse.Namespace) -> int:
             rounds.append({})
             for t in targets:
                 if t.name == "mailtalk-fresh":      # never reuse a Mail-ID across rounds
-                    t = loadgen.Target(t.name, t.url, t.bodies[fresh_pos:], t.check, t.pid,
-                                       t.warm_body)
+                    t = dataclasses.replace(t, bodies=t.bodies[fresh_pos:])
                 count = min(args.count, len(t.bodies)) if t.name == "mailtalk-fresh" \
                     else args.count
                 r = await loadgen.run(t, args.concurrency, count, args.duration, CLIENT_IP)
