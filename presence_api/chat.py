@@ -151,7 +151,7 @@ class ChatHub:
                 "members": await self.store.members(mail.mail_id),
                 "shared": self.shared(mail.mail_id),
                 "messages": [message_view(m) for m in msgs],
-                "sender_status": self.presence.status(mail.account),
+                "sender_status": self.presence.answer_status(mail.account),
                 "you": client.identity}
 
     async def post(self, client: Client, mail_id: Any, text: Any) -> Message:

@@ -82,6 +82,7 @@ class PresenceHub:
         self.remote: dict[str, dict[str, tuple[int, float, str, float]]] = {}
         self.publish: Callable[..., Awaitable[None]] | None = None     # the bus, if any
         self.others_known: Callable[[], bool] = lambda: True   # False: the bus is down
+        self._others_known_before = True                        # at the last sweep
 
     def status(self, account: str, mode: str | None = None) -> str:
         mode = mode or self.mode(account)
@@ -98,9 +99,9 @@ class PresenceHub:
         return "online"
 
     def answer_status(self, account: str, mode: str | None = None) -> str:
-        """The status a lookup gives: `status`, except that while other processes'
-        pages cannot be known (the bus down) no page here is `unknown`, not `offline`
-        (a chosen appear-offline stays `offline`)."""
+        """The status others are given (lookups, link pages): `status`, except that
+        while other processes' pages cannot be known (the bus down) no page here is
+        `unknown`, not `offline` (a chosen appear-offline stays `offline`)."""
         status = self.status(account, mode)
         if status == "offline" and not self.others_known() \
                 and (mode or self.mode(account)) != "offline":
@@ -144,9 +145,6 @@ class PresenceHub:
                 del self.remote[account]
         await self.announce(account)
 
-    def event(self, account: str) -> dict[str, Any]:
-        return {"type": "presence", "account": account, "status": self.status(account)}
-
     async def announce(self, account: str, force: bool = False, share: bool = False) -> None:
         if share:
             await self.share(account)
@@ -156,7 +154,8 @@ class PresenceHub:
         self._last[account] = new
         log.debug("%s is %s", account, new)
         await send_all(self._watchers.get(account, ()),
-                       {"type": "presence", "account": account, "status": new})
+                       {"type": "presence", "account": account,
+                        "status": self.answer_status(account)})
         await send_all(self.clients.get(account, ()),
                        {"type": "presence", "account": account, "status": new,
                         "mode": self.mode(account), "self": True})
@@ -215,6 +214,11 @@ class PresenceHub:
                 del self.remote[account]
         for account in set(self.clients) | set(self.remote) | set(self._last):
             await self.announce(account)
+        known = self.others_known()
+        if known != self._others_known_before:       # the bus went down or came back
+            self._others_known_before = known
+            for account in list(self._watchers):
+                await self.announce(account, force=True)
 
     async def run_sweeper(self, interval: float) -> None:
         while True:

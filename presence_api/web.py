@@ -223,7 +223,7 @@ async def get_link(request: web.Request) -> web.StreamResponse:
     resp = render("link.html", title=f"{mail.subject or '(no subject)'} \u2013 mailtalk",
                   you=link.recipient,
                   token=token, mail=mail_view(mail, False),
-                  sender_status=svc.presence.status(mail.account),
+                  sender_status=svc.presence.answer_status(mail.account),
                   members=await svc.store.members(mail.mail_id),
                   max_chars=svc.cfg.presence.chat_message_max_chars,
                   **await _digest_choice(svc, link.recipient))

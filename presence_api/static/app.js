@@ -148,7 +148,9 @@
     if (kind !== "link") return;
     const line = $("peer-status");
     if (line) {
-      line.textContent = person(sender) + " is " + status;
+      line.textContent = status === "unknown"
+        ? "Whether " + person(sender) + " is online cannot be seen just now"
+        : person(sender) + " is " + status;
       line.hidden = status === "offline";
     }
     const note = $("offline-note");

@@ -260,6 +260,24 @@ async def status_becomes(c: aiohttp.ClientSession, at: str, mail_id: str, status
     return answer
 
 
+async def statuses(ws: aiohttp.ClientWebSocketResponse, seen: list[str]) -> None:
+    """A link page reading all the time (and so answering pings): the sender's status
+    from each frame that carries it."""
+    async for msg in ws:
+        frame = json.loads(msg.data)
+        status = frame.get("sender_status") or (
+            frame.get("status") if frame.get("type") == "presence" else None)
+        if status:
+            seen.append(status)
+
+
+async def until(done: Any, seconds: float, what: Any) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
 async def readyz(c: aiohttp.ClientSession, at: str) -> tuple[int, dict[str, Any]]:
     async with c.get(at + "/readyz") as r:
         return r.status, await r.json()
@@ -267,9 +285,10 @@ async def readyz(c: aiohttp.ClientSession, at: str) -> tuple[int, dict[str, Any]
 
 async def test_redis_down_lookups_say_unknown_with_the_link(tmp_path: Path) -> None:
     """Redis down: process 2 cannot see alice's page on process 1, so its lookups say
-    `unknown` (never a wrong `no`) and still give bob his link; process 1 still says
-    online; both /readyz say Redis is not subscribed. Redis back: process 2 says online
-    again and /readyz counts both processes."""
+    `unknown` (never a wrong `no`) and still give bob his link, and bob's link page on
+    it shows `unknown`, not offline; process 1 still says online; both /readyz say
+    Redis is not subscribed. Redis back: online again everywhere, and /readyz counts
+    both processes."""
     with two_processes(tmp_path) as (one, two, public):
         at1, at2 = base(one), base(two)
         key = (tmp_path / "site.key").read_bytes()
@@ -281,14 +300,26 @@ async def test_redis_down_lookups_say_unknown_with_the_link(tmp_path: Path) -> N
             link = (await status_becomes(hook, at2, mail_id, "online", 10))["links"][BOB]
             assert (await readyz(hook, at2)) == (200, {"ready": True, "database": "ok",
                                                        "redis": "ok", "processes": 2})
+            bob = await hook.ws_connect(at2 + "/ws" + link[len(public):],
+                                        headers={"Origin": public})
+            bob_saw: list[str] = []          # the sender's status as bob's page shows it
+            bob_reads = asyncio.create_task(statuses(bob, bob_saw))
+            await bob.send_json({"type": "open"})
+            await bob.send_json({"type": "join", "mail_id": mail_id})
+            await until(lambda: bob_saw[-1:] == ["online"], 10, bob_saw)
             REDIS_OF[tmp_path].stop()
             answer = await status_becomes(hook, at2, mail_id, "unknown", 10)
             assert answer["links"] == {BOB: link}
             assert (await lookup(hook, at1, mail_id))["status"] == "online"
             status, doc = await readyz(hook, at2)
             assert (status, doc["ready"], doc["redis"]) == (503, False, "not subscribed")
+            await until(lambda: bob_saw[-1:] == ["unknown"], 15, bob_saw)   # not "offline"
+            assert "offline" not in bob_saw, bob_saw
             REDIS_OF[tmp_path].start()
             await status_becomes(hook, at2, mail_id, "online", 15)
+            await until(lambda: bob_saw[-1:] == ["online"], 15, bob_saw)
+            await bob.close()
+            await bob_reads
             deadline = time.monotonic() + 10
             while (await readyz(hook, at2)) != (200, {"ready": True, "database": "ok",
                                                       "redis": "ok", "processes": 2}):
