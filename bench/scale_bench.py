@@ -10,15 +10,20 @@ Configurations, each measured in the same run, in rotated order after a warm-up:
                  spread over both (as nginx would); a message goes from a link page on
                  one process to the sender's page on the other
     ejabberd     Debian's ejabberd (bench/ejabberd_peer.py, Mnesia, one node): the
-                 question "is alice online?" is its HTTP API's `get_presence`, the
-                 message a one-to-one XMPP chat message between two logged-in
-                 sessions (plain c2s on loopback). `--peer none` leaves it out.
+                 question "is alice online?" is its HTTP API's `get_presence` (alice
+                 logged in over XMPP), the message a one-to-one XMPP chat message
+                 (`<message to='bob@host' type='chat'>`) from alice's session to
+                 bob's, both logged in over plain c2s on loopback. `--peer none`
+                 leaves it out (then ejabberd need not be installed).
 
 Load: `--concurrency` aiohttp clients sending signed lookups for one recorded mail
 (ejabberd: get_presence for one online user) for `--duration` seconds, with the
 servers' CPU time per 1000 answers (/proc; ejabberd: its beam process); then
 `--messages` chat messages, one at a time, timed from send to arrival. Prints medians
-per configuration and the ratios to sqlite-1 and to ejabberd.
+per configuration and the ratios to sqlite-1 and to ejabberd (each configuration's
+figure divided by theirs). Loopback only: mailtalk on 127.0.29.1, ejabberd on
+127.0.29.2 (its ejabberdctl link on 127.0.0.1, see bench/ejabberd_peer.py),
+PostgreSQL and Redis on unix sockets; every wait has a deadline.
 
     sh bench/setup     # once, as root: Debian's ejabberd, its service not started
     .venv/bin/python bench/scale_bench.py [--concurrency 16] [--duration 5] [--rounds 3] [--messages 200] [--peer ejabberd]
@@ -30,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -62,6 +68,8 @@ EJABBERD_HOST = "127.0.29.2"
 XMPP_DOMAIN = "x.bench.test"
 ALICE, BOB, PASSWORD = "alice@a.test", "bob@b.test", "a long password 3"
 CONFIGS = ("sqlite-1", "pg-1", "pg-redis-2")
+TIMEOUT = 10.0                     # seconds: any one request, frame, stanza or log-in
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=TIMEOUT)
 
 
 def start(work: Path, name: str, database: str | None, redis: str | None, n: int,
@@ -128,7 +136,7 @@ async def lookups(ask: Ask, pids: list[int], concurrency: int, duration: float
 
     async def worker(i: int) -> None:
         nonlocal done
-        async with aiohttp.ClientSession() as c:
+        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as c:
             while time.monotonic() < stop:
                 await ask(c, i)
                 done += 1
@@ -140,8 +148,9 @@ async def lookups(ask: Ask, pids: list[int], concurrency: int, duration: float
 
 async def trip(bases: list[str], public: str, mail_id: str, link: str, n: int) -> float:
     """Median ms from a link page's send (last process) to the sender's page (first)."""
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as a, \
-            aiohttp.ClientSession() as b:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                     timeout=HTTP_TIMEOUT) as a, \
+            aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as b:
         async with a.get(bases[0] + "/login") as r:
             csrf = (await r.text()).split('name="csrf" value="')[1].split('"')[0]
         async with a.post(bases[0] + "/login", allow_redirects=False,
@@ -165,30 +174,31 @@ async def trip(bases: list[str], public: str, mail_id: str, link: str, n: int) -
         return statistics.median(times)
 
 
-async def ejabberd_start(stack: ExitStack) -> tuple[EjabberdPeer, list[XmppSession]]:
-    """A private ejabberd with alice and bob registered and logged in."""
+async def ejabberd_start(stack: AsyncExitStack) -> tuple[EjabberdPeer, list[XmppSession]]:
+    """A private ejabberd with alice and bob registered and logged in (XMPP, c2s)."""
     peer = EjabberdPeer(EJABBERD_HOST, XMPP_DOMAIN)
-    await peer.start()
-    stack.push_async_callback(peer.stop)
-    async with aiohttp.ClientSession() as http:
+    stack.push_async_callback(peer.stop)    # before start: a failed start is stopped too
+    await peer.start()                      # deadline: ejabberd_peer.START_TIMEOUT
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
         await peer.register(http, ["alice", "bob"], PASSWORD)
-    sessions = [await go_online(peer.ip, peer.c2s_port, peer.host, u, PASSWORD)
-                for u in ("alice", "bob")]
-    for s in sessions:
+    sessions = []
+    for u in ("alice", "bob"):
+        s = await asyncio.wait_for(
+            go_online(peer.ip, peer.c2s_port, peer.host, u, PASSWORD), TIMEOUT)
         stack.callback(s.close)
+        sessions.append(s)
     return peer, sessions
 
 
 async def ejabberd_trip(sessions: list[XmppSession], host: str, n: int) -> float:
-    """Median ms from bob's chat message to its arrival at alice's session."""
+    """Median ms from alice's chat message to bob@host until bob's session reads it."""
     alice, bob = sessions
     times = []
     for i in range(n):
         t0 = time.perf_counter()
-        bob.send(f"<message to='alice@{host}/bench' type='chat' id='m{i}'>"
-                 f"<body>m{i}</body></message>")
-        await bob.writer.drain()
-        await alice.expect(f"<body>m{i}</body>")
+        alice.send(f"<message to='bob@{host}' type='chat'><body>{i}</body></message>")
+        await asyncio.wait_for(alice.writer.drain(), TIMEOUT)
+        await bob.expect(f"<body>{i}</body>")     # deadline: xmpp_online.READ_TIMEOUT
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
 
@@ -197,7 +207,7 @@ async def prepare(bases: list[str], key: bytes) -> tuple[str, str]:
     mail_id = MailIds(key, 30).issue(ALICE)
     body = json.dumps({"account": ALICE, "mail_id": mail_id, "recipients": [BOB],
                        "message_id": "<b@a.test>"}).encode()
-    async with aiohttp.ClientSession() as c:
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as c:
         async with c.post(bases[0] + "/api/v1/mails", json={
                 "mail_id": mail_id, "account": ALICE, "message_id": "<b@a.test>",
                 "recipients": [BOB]},
@@ -222,6 +232,7 @@ async def main(args: argparse.Namespace) -> int:
     configs = CONFIGS + (("ejabberd",) if args.peer == "ejabberd" else ())
     async with AsyncExitStack() as astack:
         stack = astack.enter_context(ExitStack())
+        stack.callback(shutil.rmtree, work, True)    # last, once every service is gone
         pg, redis = Postgres().start(), Redis().start()
         stack.callback(pg.remove)
         stack.callback(redis.remove)
