@@ -89,17 +89,23 @@ def _args() -> argparse.Namespace:
 
 # --- idle: the parent
 
+def _room_for_pages(args: argparse.Namespace) -> bool:
+    """Raise the open-file limit for the pages (the service, a child, inherits it and
+    admits at most half of it in connections); False, said why, if it cannot be."""
+    soft = raise_nofile(2 * args.users + 4096)
+    per_service = args.users // (args.processes if args.store == "pg-redis" else 1)
+    admitted = min(D.PRESENCE_MAX_CONNECTIONS, soft // 2)
+    if per_service + SAMPLED <= admitted:
+        return True
+    print(f"ws_bench: the open-file limit here is {soft} (its hard limit could not be "
+          f"raised), so a presence process admits {admitted} connections in all: too few "
+          f"for {per_service} pages and {SAMPLED} lookups; use fewer --users", file=sys.stderr)
+    return False
+
+
 async def idle(args: argparse.Namespace) -> int:
     n = args.users
-    # the service (a child) inherits it, and admits at most half of it in connections
-    soft = raise_nofile(2 * n + 4096)
-    per_service = n // (args.processes if args.store == "pg-redis" else 1)
-    if per_service + SAMPLED > min(D.PRESENCE_MAX_CONNECTIONS, soft // 2):
-        print(f"ws_bench: the open-file limit here is {soft} (its hard limit could not "
-              f"be raised), so a presence process admits "
-              f"{min(D.PRESENCE_MAX_CONNECTIONS, soft // 2)} connections in all: too few "
-              f"for {per_service} pages and {SAMPLED} lookups; use fewer --users",
-              file=sys.stderr)
+    if not _room_for_pages(args):
         return 2
     if args.store == "pg-redis":
         return await idle_scaled(args, SERVICE_IP, DOMAIN)
